@@ -1,0 +1,171 @@
+"""The `dialogbert` command. Each subcommand is a parser plus one library call; heavy imports
+happen inside the call, so `dialogbert --help` is instant.
+
+    dialogbert preprocess INPUT... --out DIR          exports -> anonymized shards
+    dialogbert tokenizer --shards DIR --out DIR       shards -> tokenizer/
+    dialogbert pretrain --config configs/tiny.toml    shards -> checkpoints (MLM + next turn)
+    dialogbert finetune --init CKPT --shards DIR      checkpoint -> dual encoder
+    dialogbert index --model DIR --shards DIR         encoder -> FAISS index of responses
+    dialogbert eval --model DIR --shards DIR          encoder -> Rn@k, MRR vs BM25 / TF-IDF
+    dialogbert ablate --shards DIR                    the ablation table
+    dialogbert demo                                   the whole way on the bundled corpus
+
+Multi-GPU: `deepspeed --module dialogbert.cli pretrain --config ... --deepspeed configs/ds_zero2.json`
+or `torchrun --nproc_per_node N -m dialogbert.cli pretrain --config ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _overrides(values: list[str]) -> list[str]:
+    bad = [v for v in values if "=" not in v]
+    if bad:
+        raise SystemExit(f"error: overrides must look like key=value (e.g. train.lr=3e-4), got {bad}")
+    return values
+
+
+def cmd_preprocess(a) -> int:
+    from preprocess.pipeline import run
+    summary = run(a.inputs, a.out, workers=a.workers, session_gap_minutes=a.session_gap,
+                  sentence_backend=a.sentence_backend, shard_size=a.shard_size, resume=not a.no_resume,
+                  progress=not a.quiet)
+    return 1 if summary.get("failed") else 0
+
+
+def cmd_tokenizer(a) -> int:
+    from dialogbert.tokenizer import train_tokenizer
+    train_tokenizer(a.shards, a.out, vocab_size=a.vocab_size, extra_text=a.text or (),
+                    min_frequency=a.min_frequency)
+    return 0
+
+
+def cmd_pretrain(a) -> int:
+    from dialogbert.train import pretrain
+    pretrain(a.config, _overrides(a.overrides), deepspeed_config=a.deepspeed, resume=a.resume)
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from retrieval.finetune import finetune
+    finetune(a.init, a.shards, a.out, config_path=a.config, overrides=_overrides(a.overrides), resume=a.resume)
+    return 0
+
+
+def cmd_index(a) -> int:
+    from retrieval.index import build_index
+    build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from retrieval.evaluate import evaluate
+    evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
+             baselines_only=a.model is None)
+    return 0
+
+
+def cmd_ablate(a) -> int:
+    from retrieval.ablation import run_ablation
+    run_ablation(a.shards, a.out, tokenizer_dir=a.tokenizer, config_path=a.config, overrides=_overrides(a.overrides))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from dialogbert.demo import run_demo
+    return run_demo(a.out, serve=not a.no_serve, port=a.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dialogbert", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the deepspeed launcher passes --local_rank before the subcommand; the rank is read from env
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("preprocess", help="read messenger exports / corpora, anonymize, write shards")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="export files or folders")
+    s.add_argument("--out", required=True, help="shard folder to write (resumed if it exists)")
+    s.add_argument("--workers", type=int, default=1, help="files processed in parallel")
+    s.add_argument("--session-gap", type=float, default=360.0,
+                   help="minutes of silence that start a new session (default 360)")
+    s.add_argument("--sentence-backend", default="fast", choices=["fast", "punct", "pecab", "none"],
+                   help="kss backend for splitting long turns (see docs/preprocess.md)")
+    s.add_argument("--shard-size", type=int, default=10000, help="conversations per shard")
+    s.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_preprocess)
+
+    s = sub.add_parser("tokenizer", help="train the Hangul-safe cased WordPiece tokenizer")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--vocab-size", type=int, default=16000)
+    s.add_argument("--min-frequency", type=int, default=2)
+    s.add_argument("--text", nargs="*", help="extra plain-text files (one sentence a line)")
+    s.set_defaults(func=cmd_tokenizer)
+
+    s = sub.add_parser("pretrain", help="MLM + next-turn pretraining (torch, torchrun or deepspeed)")
+    s.add_argument("--config", required=True, help="a TOML file, e.g. configs/tiny.toml")
+    s.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON config, e.g. configs/ds_zero2.json")
+    s.add_argument("--resume", default="auto", help="auto (latest checkpoint in the run folder), a path, or none")
+    s.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("finetune", help="fine-tune a dual encoder with in-batch negatives")
+    s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", default=None, help="a TOML file (default: built-in settings)")
+    s.add_argument("--resume", default="auto")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("index", help="build a FAISS index over the training responses")
+    s.add_argument("--model", required=True)
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "IVF4096,PQ32", "HNSW32"')
+    s.add_argument("--gpu", action="store_true", help="build and search on GPU (faiss-gpu)")
+    s.add_argument("--add", action="store_true", help="append new responses to an existing index")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF")
+    s.add_argument("--model", default=None, help="encoder folder (omit for the baselines alone)")
+    s.add_argument("--index", default=None, help="index folder for full-index recall")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--report", required=True)
+    s.add_argument("--max-examples", type=int, default=None)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("ablate", help="turn/speaker embeddings, next-turn objective, fine-tuning: one table")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--tokenizer", default=None)
+    s.add_argument("--config", default="configs/tiny.toml")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_ablate)
+
+    s = sub.add_parser("demo", help="the whole way on the bundled sample corpus")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dialogbert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

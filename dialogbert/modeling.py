@@ -1,0 +1,150 @@
+"""DialogBERT: BERT that reads a conversation as a conversation.
+
+The embeddings are BERT's (word + position + token type) plus a **turn embedding**:
+
+* speaker ids ride in BERT's token-type embedding (``type_vocab_size = num_speakers``):
+  0 for [CLS]/padding, 1 for the speaker of the newest turn, 2 for the speaker before that, ...
+  (relative, so the model learns "who is talking now", not pseudonyms);
+* turn ids are added to ``inputs_embeds``: 0 for [CLS]/padding, 1 for the newest turn, 2 for the
+  one before it, ..., capped at ``max_turns``.
+
+BERT then adds position and token-type embeddings, LayerNorm and dropout as usual, and the MLM
+decoder stays tied to the word embeddings. Attribute names ``bert`` and ``cls`` match
+``BertForPreTraining`` so BERT checkpoints load into it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, BertConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel, BertPreTrainingHeads
+from transformers.utils import ModelOutput
+
+
+class DialogBertConfig(BertConfig):
+    model_type = "dialogbert"
+
+    def __init__(self, max_turns: int = 16, num_speakers: int = 4, **kwargs):
+        kwargs.setdefault("type_vocab_size", num_speakers)
+        super().__init__(**kwargs)
+        self.max_turns = max_turns
+        self.num_speakers = num_speakers
+        if self.type_vocab_size < num_speakers:
+            raise ValueError(f"type_vocab_size={self.type_vocab_size} is smaller than "
+                             f"num_speakers={num_speakers}; set type_vocab_size >= num_speakers")
+
+
+class DialogBertPreTrainedModel(BertPreTrainedModel):
+    config_class = DialogBertConfig
+    base_model_prefix = "bert"
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DialogBertModel):
+            module.turn_embeddings.weight.data.normal_(0.0, self.config.initializer_range)
+
+
+@dataclass
+class DialogBertPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    next_turn_loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    next_turn_logits: torch.Tensor | None = None
+
+
+class DialogBertModel(DialogBertPreTrainedModel):
+    """The encoder: BertModel plus the turn embedding. Loads with ``AutoModel``."""
+    _keys_to_ignore_on_load_unexpected = [r"^cls\."]  # pretraining heads, unused by the encoder
+
+    def __init__(self, config: DialogBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self._build_encoder(config, add_pooling_layer)
+        self.post_init()
+
+    def _build_encoder(self, config: DialogBertConfig, add_pooling_layer: bool = True) -> None:
+        self.bert = BertModel(config, add_pooling_layer=add_pooling_layer)
+        self.turn_embeddings = nn.Embedding(config.max_turns + 1, config.hidden_size)
+
+    def get_input_embeddings(self):
+        return self.bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.bert.embeddings.word_embeddings = value
+
+    def embed(self, input_ids: torch.Tensor, turn_ids: torch.Tensor | None) -> torch.Tensor:
+        emb = self.bert.embeddings.word_embeddings(input_ids)
+        if turn_ids is not None:
+            if int(turn_ids.max()) > self.config.max_turns:
+                raise ValueError(f"turn id {int(turn_ids.max())} > max_turns={self.config.max_turns}")
+            emb = emb + self.turn_embeddings(turn_ids)
+        return emb
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, turn_ids: torch.Tensor | None = None,
+                **kwargs) -> BaseModelOutputWithPooling:
+        if kwargs.pop("labels", None) is not None or kwargs.pop("next_turn_label", None) is not None:
+            raise TypeError("DialogBertModel takes no labels: use DialogBertForPreTraining")
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        return self.bert(inputs_embeds=self.embed(input_ids, turn_ids), attention_mask=attention_mask,
+                         token_type_ids=token_type_ids, return_dict=True)
+
+
+class DialogBertForPreTraining(DialogBertModel):
+    """Masked language modelling plus next-turn prediction on [CLS].
+
+    Same attributes as the encoder (``bert``, ``turn_embeddings``) plus BERT's ``cls`` heads, so
+    ``AutoModel`` loads the encoder out of a pretraining checkpoint and BERT checkpoints load in.
+    ``labels``: token ids for masked positions, -100 elsewhere (ignored by the loss).
+    ``next_turn_label``: 0 when the last turn is the true continuation, 1 when it is not
+    (BERT's next-sentence convention). Either may be omitted to switch that objective off.
+    """
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: DialogBertConfig):
+        DialogBertPreTrainedModel.__init__(self, config)
+        self._build_encoder(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, turn_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, next_turn_label: torch.Tensor | None = None,
+                **kwargs) -> DialogBertPreTrainingOutput:
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        out = super().forward(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              turn_ids=turn_ids)
+        seq, pooled = out.last_hidden_state, out.pooler_output
+        mlm_loss = nt_loss = None
+        if labels is not None:
+            # Decode only the masked positions: the vocabulary projection is the costliest matmul.
+            sel = labels.ne(-100)
+            prediction_logits = self.cls.predictions(seq[sel])
+            mlm_loss = (nn.functional.cross_entropy(prediction_logits.float(), labels[sel])
+                        if bool(sel.any()) else seq.sum() * 0.0)
+        else:
+            prediction_logits = self.cls.predictions(seq)
+        nt_logits = self.cls.seq_relationship(pooled)
+        if next_turn_label is not None:
+            nt_loss = nn.functional.cross_entropy(nt_logits.float(), next_turn_label.view(-1))
+        losses = [x for x in (mlm_loss, nt_loss) if x is not None]
+        loss = sum(losses) if losses else None
+        return DialogBertPreTrainingOutput(loss=loss, mlm_loss=mlm_loss, next_turn_loss=nt_loss,
+                                           prediction_logits=prediction_logits, next_turn_logits=nt_logits)
+
+
+AutoConfig.register("dialogbert", DialogBertConfig)
+AutoModel.register(DialogBertConfig, DialogBertModel)
+AutoModelForPreTraining.register(DialogBertConfig, DialogBertForPreTraining)

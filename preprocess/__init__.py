@@ -1,0 +1,1 @@
+"""Messenger exports in, anonymized conversation shards out (see docs/preprocess.md)."""

@@ -1,0 +1,1 @@
+"""Dual-encoder fine-tuning, the FAISS response index, and the offline evaluation."""
