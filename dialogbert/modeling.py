@@ -103,7 +103,10 @@ class DialogBertForPreTraining(DialogBertModel):
     ``next_turn_label``: 0 when the last turn is the true continuation, 1 when it is not
     (BERT's next-sentence convention). Either may be omitted to switch that objective off.
     """
-    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    # Tie the decoder bias too (as BertForPreTraining does): BERT checkpoints store the MLM output
+    # bias only as cls.predictions.bias, and forward() reads cls.predictions.decoder.bias.
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                          "cls.predictions.decoder.bias": "cls.predictions.bias"}
 
     def __init__(self, config: DialogBertConfig):
         DialogBertPreTrainedModel.__init__(self, config)

@@ -1,0 +1,212 @@
+"""Opening an export as a stream of text lines, whatever the bytes look like.
+
+    open_text(path) -> (text stream, encoding)      gzip by magic bytes; BOM, UTF-8, UTF-16, CP949
+    iter_lines(f, encoding) -> (lineno, str | BadLine)   bounded lines, bad bytes reported
+
+Memory stays bounded: the encoding is chosen from the first 256 KB, the file is decoded as a
+stream, and lines are cut from fixed-size chunks, so one 10 MB line costs at most ~1 MB.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import re
+import zlib
+from typing import IO, Iterator
+
+from .base import BadLine, FormatError
+
+MAX_LINE = 1 << 20          # characters; a longer line is reported as a BadLine and skipped
+SNIFF_BYTES = 1 << 18       # bytes read to choose the encoding
+CHUNK = 1 << 16             # characters decoded per read
+
+# Undecodable bytes become this noncharacter, so a line that held them can be reported
+# (a real U+FFFD in an export is kept as it is).
+_MARK = "\U0010fffe"
+codecs.register_error("dialogbert-mark", lambda err: (_MARK, err.end))
+
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+class _Guarded(io.BufferedIOBase):
+    """A gzip stream whose cut or corrupt end reads as EOF (kept in ``error``), so the text
+    before the cut is not lost inside TextIOWrapper; iter_lines then reports the cut."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.error = f, None
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return self.f.seekable()
+
+    def seek(self, pos, whence=0):
+        self.error = None
+        return self.f.seek(pos, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+    def _guard(self, fn, n):
+        if self.error is not None:
+            return b""
+        try:
+            return fn(n)
+        except _READ_ERRORS as e:
+            self.error = e
+            return b""
+
+    def read(self, n=-1):
+        return self._guard(self.f.read, n)
+
+    def read1(self, n=-1):
+        return self._guard(self.f.read1, n)
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+def _open_binary(path) -> IO[bytes]:
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return _Guarded(gzip.open(path, "rb"))
+    f.seek(0)
+    return f
+
+
+def read_head(path, size: int = SNIFF_BYTES) -> bytes:
+    """The first bytes of the (decompressed) file; a cut gzip still gives its readable head
+    (the reader reports the cut later)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(size)
+            if raw[:2] != b"\x1f\x8b":
+                return raw
+            d, out = zlib.decompressobj(31), b""
+            while raw and len(out) < size and not d.eof:
+                buf = raw
+                while buf and len(out) < size:
+                    out += d.decompress(buf, size - len(out))
+                    buf = d.unconsumed_tail
+                raw = f.read(1 << 16)
+            return out
+    except (OSError, zlib.error) as e:
+        raise FormatError(path, f"cannot read the file ({e})") from None
+
+
+def sniff_encoding(head: bytes, path, complete: bool = False) -> str:
+    """Choose a codec from the first bytes: BOM first, then strict UTF-8, then CP949."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    nul = head.count(0)
+    if nul * 200 > len(head):                 # > 0.5% NUL bytes: UTF-16 without a BOM, or binary
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        half = max(1, len(head) // 2)
+        # ASCII puts its NUL in the high byte; a few Hangul/CJK code points have a NUL low byte
+        if odd > 4 * even and odd > half // 20:    # UTF-16-LE without a BOM
+            return _checked(head, "utf-16-le", path)
+        if even > 4 * odd and even > half // 20:
+            return _checked(head, "utf-16-be", path)
+        raise FormatError(path, "binary file (NUL bytes): not a text export")
+    for enc in ("utf-8", "cp949"):
+        try:
+            text = codecs.getincrementaldecoder(enc)().decode(head, final=complete)
+        except UnicodeDecodeError:
+            continue
+        _check_text(text, path)
+        return enc
+    if nul or len(_CONTROL.findall(head.decode("latin-1"))) > len(head) // 100:
+        raise FormatError(path, "binary file: not a text export")
+    raise FormatError(path, "undecodable: not UTF-8, UTF-16 or CP949/EUC-KR text "
+                            "(re-save the export as UTF-8)")
+
+
+def _checked(head: bytes, enc: str, path) -> str:
+    _check_text(head[: len(head) & ~1].decode(enc, errors="replace"), path)
+    return enc
+
+
+def _check_text(text: str, path) -> None:
+    if len(_CONTROL.findall(text)) > max(2, len(text) // 100):
+        raise FormatError(path, "binary file (control characters): not a text export")
+
+
+def open_text(path) -> tuple[io.TextIOWrapper, str]:
+    """Open ``path`` as decoded text (universal newlines). Raises FormatError for empty,
+    binary or undecodable files."""
+    head = read_head(path)
+    if not head.strip(b" \t\r\n\x00\xef\xbb\xbf\xff\xfe"):
+        raise FormatError(path, "empty file")
+    enc = sniff_encoding(head, path, complete=len(head) < SNIFF_BYTES)
+    raw = _open_binary(path)
+    return io.TextIOWrapper(raw, encoding=enc, errors="dialogbert-mark", newline=None), enc
+
+
+def iter_lines(f: IO[str], encoding: str = "") -> Iterator[tuple[int, str | BadLine]]:
+    """(1-based line number, line without its newline), or a BadLine for a line that is too
+    long or held undecodable bytes (that line is skipped). A corrupt gzip stream ends the
+    iteration with a BadLine instead of an exception. Reads fixed-size chunks and splits them
+    (much faster than readline), so at most CHUNK + MAX_LINE characters are held."""
+    read = f.read
+    lineno = 0
+    carry = ""
+    long_line: tuple[int, str] | None = None       # (line, preview) of a line being skipped
+    try:
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            parts = chunk.split("\n")
+            if long_line is not None:
+                if len(parts) == 1:
+                    continue                             # still inside the long line
+                lineno += 1
+                yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1])
+                long_line = None
+                del parts[0]
+            elif carry:
+                parts[0] = carry + parts[0]
+            carry = parts.pop()
+            if len(carry) > MAX_LINE:
+                long_line, carry = (lineno + len(parts) + 1, carry[:80]), ""
+            if parts and len(parts[0]) > MAX_LINE:
+                lineno += 1
+                yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", parts[0][:80])
+                del parts[0]
+            if _MARK in chunk:
+                for line in parts:
+                    lineno += 1
+                    if _MARK in line:
+                        yield lineno, BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
+                                              line.replace(_MARK, "\ufffd")[:80])
+                    else:
+                        yield lineno, line
+            else:
+                for line in parts:
+                    lineno += 1
+                    yield lineno, line
+        err = getattr(getattr(f, "buffer", None), "error", None)
+        if err is not None:
+            raise err
+        if long_line is not None:
+            lineno += 1
+            yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1])
+        elif carry:
+            lineno += 1
+            if _MARK in carry:
+                yield lineno, BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
+                                      carry.replace(_MARK, "\ufffd")[:80])
+            else:
+                yield lineno, carry
+    except _READ_ERRORS as e:
+        yield lineno + 1, BadLine(lineno + 1, f"the file ends early or is corrupt ({e})", "")
