@@ -8,6 +8,7 @@ happen inside the call, so `dialogbert --help` is instant.
     dialogbert index --model DIR --shards DIR         encoder -> FAISS index of responses
     dialogbert eval --model DIR --shards DIR          encoder -> Rn@k, MRR vs BM25 / TF-IDF
     dialogbert ablate --shards DIR                    the ablation table
+    dialogbert serve --index DIR                      the chat service (JSON API + web page)
     dialogbert demo                                   the whole way on the bundled corpus
 
 Multi-GPU: `deepspeed --module dialogbert.cli pretrain --config ... --deepspeed configs/ds_zero2.json`
@@ -69,6 +70,14 @@ def cmd_eval(a) -> int:
 def cmd_ablate(a) -> int:
     from retrieval.ablation import run_ablation
     run_ablation(a.shards, a.out, tokenizer_dir=a.tokenizer, config_path=a.config, overrides=_overrides(a.overrides))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from bot.app import create_app
+    app = create_app({"INDEX_DIR": a.index, "MODEL_DIR": a.model})
+    print(f"chat page on http://{a.host}:{a.port}/  (JSON API: POST /api/chat)", flush=True)
+    app.run(host=a.host, port=a.port, threaded=True)
     return 0
 
 
@@ -146,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="configs/tiny.toml")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_ablate)
+
+    s = sub.add_parser("serve", help="the chat service: JSON API and web chat page")
+    s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
+    s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="the whole way on the bundled sample corpus")
     s.add_argument("--out", default="runs/demo")

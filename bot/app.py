@@ -1,0 +1,161 @@
+"""The chat service: a JSON API and a web chat page over the response index.
+
+    create_app(config=None) -> Flask app
+
+Config keys: ``INDEX_DIR`` and ``MODEL_DIR`` (what `dialogbert index` / `finetune` wrote), or
+``RETRIEVER`` (any object with ``search(contexts, k)``, see :class:`Retriever`; tests inject one);
+``CONTEXT_TURNS`` (turns of history fed to the encoder, default 5), ``TOP_K`` (candidates ranked,
+default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
+``MAX_MESSAGE_CHARS`` (default 1000).
+
+Routes: ``GET /`` the chat page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply",
+"session_id", "candidates"}; ``POST /api/reset`` {"session_id"}; ``GET /healthz``.
+
+Personal data never leaves: the user's message is anonymized before it is kept as context, and
+every candidate reply passes the anonymizer's detectors (and carries no placeholder) before it
+can be returned, whatever the index holds.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
+
+from preprocess.anonymize import anonymize, contains_pii
+
+USER, BOT = "U", "B"
+FALLBACK_REPLY = {"ko": "음, 잘 모르겠어요. 다르게 말해 줄래요?", "en": "Hmm, I'm not sure. Could you say it another way?"}
+_PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+class Retriever(Protocol):
+    def search(self, contexts: Sequence[Sequence[tuple[str, str]]], k: int) -> list[list[tuple[str, float]]]:
+        """For each context (turns oldest first, as (speaker, text)), the k best (response text, score)."""
+
+
+class Sessions:
+    """Per-session dialogue history, bounded in number (LRU) and in length (deque)."""
+
+    def __init__(self, max_sessions: int, max_turns: int):
+        self.max_sessions, self.max_turns = max_sessions, max_turns
+        self._data: OrderedDict[str, deque] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def history(self, sid: str) -> list[tuple[str, str]]:
+        with self._lock:
+            turns = self._data.get(sid)
+            if turns is None:
+                turns = self._data[sid] = deque(maxlen=self.max_turns)
+                while len(self._data) > self.max_sessions:
+                    self._data.popitem(last=False)
+            self._data.move_to_end(sid)
+            return list(turns)
+
+    def append(self, sid: str, speaker: str, text: str) -> None:
+        with self._lock:
+            self._data.setdefault(sid, deque(maxlen=self.max_turns)).append((speaker, text))
+
+    def reset(self, sid: str) -> None:
+        with self._lock:
+            self._data.pop(sid, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def is_servable(text: str) -> bool:
+    """The last guard before a stored sentence reaches a stranger."""
+    return bool(text.strip()) and not _PLACEHOLDER.search(text) and not contains_pii(text)
+
+
+def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tuple[str, str]]) -> str | None:
+    """The best-scoring servable candidate that the bot has not said in this session yet."""
+    said = {t for s, t in history if s == BOT}
+    servable = [(t, s) for t, s in candidates if is_servable(t)]
+    for text, _ in servable:
+        if text not in said:
+            return text
+    return servable[0][0] if servable else None
+
+
+def _retriever() -> Retriever:
+    app = current_app
+    r = app.config.get("RETRIEVER")
+    if r is None:
+        with app.config["_LOCK"]:
+            r = app.config.get("RETRIEVER")
+            if r is None:
+                from retrieval.index import ResponseIndex
+                r = ResponseIndex.load(app.config["INDEX_DIR"], app.config.get("MODEL_DIR"))
+                app.config["RETRIEVER"] = r
+    return r
+
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.get("/")
+def page():
+    return send_from_directory(Path(__file__).parent / "static", "chat.html")
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", sessions=len(current_app.config["SESSIONS"]))
+
+
+@bp.post("/api/chat")
+def chat():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+        return jsonify(error='send JSON like {"message": "안녕", "session_id": "..."}'), 400
+    message = " ".join(body["message"].split())
+    if not message:
+        return jsonify(error="the message is empty"), 400
+    limit = current_app.config["MAX_MESSAGE_CHARS"]
+    if len(message) > limit:
+        return jsonify(error=f"the message is longer than {limit} characters"), 413
+    sid = body.get("session_id")
+    if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", sid):
+        sid = secrets.token_urlsafe(12)
+    sessions: Sessions = current_app.config["SESSIONS"]
+    # The user's own personal data is not kept, not even in memory.
+    sessions.append(sid, USER, anonymize(message))
+    history = sessions.history(sid)
+    context = history[-current_app.config["CONTEXT_TURNS"]:]
+    candidates = _retriever().search([context], current_app.config["TOP_K"])[0]
+    reply = choose_reply(candidates, history)
+    if reply is None:
+        reply = FALLBACK_REPLY["ko" if _HANGUL.search(message) else "en"]
+    sessions.append(sid, BOT, reply)
+    shown = [{"text": t, "score": round(float(s), 4)} for t, s in candidates if is_servable(t)][:5]
+    return jsonify(reply=reply, session_id=sid, candidates=shown)
+
+
+@bp.post("/api/reset")
+def reset():
+    body = request.get_json(silent=True) or {}
+    sid = body.get("session_id")
+    if isinstance(sid, str):
+        current_app.config["SESSIONS"].reset(sid)
+    return jsonify(ok=True)
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, MAX_MESSAGE_CHARS=1000,
+                      INDEX_DIR=None, MODEL_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
+    app.config.update(config or {})
+    if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
+        raise ValueError("create_app needs INDEX_DIR (a folder written by `dialogbert index`) or RETRIEVER")
+    app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10))
+    app.config["_LOCK"] = threading.Lock()
+    app.json.ensure_ascii = False
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,33 @@
+"""The command line: every stage is reachable, and mistakes are reported, not tracebacks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dialogbert.cli import build_parser, main
+
+STAGES = ["preprocess", "tokenizer", "pretrain", "finetune", "index", "eval", "ablate", "serve", "demo"]
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "dialogbert.cli", "--help"], capture_output=True, text=True, check=True)
+    for name in STAGES:
+        assert name in out.stdout
+
+
+def test_deepspeed_launcher_local_rank_is_accepted():
+    args = build_parser().parse_args(["--local_rank=1", "pretrain", "--config", "c.toml", "train.max_steps=3"])
+    assert args.command == "pretrain" and args.overrides == ["train.max_steps=3"]
+
+
+def test_malformed_override_is_refused(capsys):
+    with pytest.raises(SystemExit, match="key=value"):
+        main(["pretrain", "--config", "configs/tiny.toml", "max_steps"])
+
+
+def test_missing_shards_folder_is_a_clear_error(tmp_path, capsys):
+    code = main(["tokenizer", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "tok")])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
