@@ -1,26 +1,719 @@
-"""STUB: the PII table replaces this. API:
+"""Personal-data detectors: one pattern table, pure functions over it (see shared/PII.md).
 
-    anonymize(text, names=()) -> str
-    Anonymizer(names).anonymize(text) -> (text, Counter of placeholder -> count)
+A retrieval bot returns stored sentences verbatim, so whatever this module misses is served to
+strangers. Every detector is one row of ``DETECTORS``::
+
+    Detector(placeholder, pattern, validator, view=..., needs=..., cue=..., context=..., group=..., near=...)
+
+Two views of a text are scanned:
+
+* ``view="text"``: ``pattern.finditer`` over the text after a 1:1 compatibility mapping
+  (full-width / mathematical / circled / superscript digits and letters -> ASCII, other decimal
+  digits -> ASCII), so offsets map straight back and the original text outside a span is kept.
+  ``validator(match_text)`` may reject a match; ``group`` picks the regex group that is the PII.
+* ``view="digits"``: numbers. A *run* is a stretch of ASCII digits and Hangul digit syllables
+  (공/영/빵=0 일=1 이=2 삼=3 사=4 오=5 육/륙=6 칠=7 팔=8 구=9; O/o/I/l next to a digit) joined by
+  short separators (spaces, newlines, ``- . · _ , / ( ) ㅡ * ~ |``), with at least 8 digits. Candidates are pieces of a run
+  that start and end on group boundaries (inside Hangul digit groups every syllable is a
+  boundary); ``pattern.fullmatch`` runs on the digits only (``"01012345678"``) and
+  ``validator`` gets the grouped form (``"010-1234-5678"``). Longest candidate first, rows in
+  table order. This catches ``010 . 1234 . 5678``, ``0 1 0 1 2 3 4 5 6 7 8``,
+  ``공일공 일이삼사 오육칠팔``, ``010-일이삼사-5678`` and ``０１０…``. Candidates containing Hangul
+  digits count only if they start like a mobile number (``01…``), hold >= 4 ASCII digits, or
+  follow a number cue (번호, 전화, 연락처, 폰, 계좌, 주민, ...): words such as 이사, 사이, 일이삼 survive.
+
+``cue``: the row fires only with that regex within ``CUE_BEFORE`` chars before or ``CUE_AFTER``
+after the match (bank accounts need 계좌/입금/은행 names...). ``context``: the whole text must match
+(system lines, or a cheap literal pre-check before an expensive pattern). ``near``: alternative to
+``cue``: a span of that placeholder nearby (postcodes next to an address). ``needs``: the cheap
+gate, space-separated groups of characters, each group must occur ("#" any digit, "A" any Latin
+letter). One regex pass computes a bit mask of the trigger characters in a text; the rows it
+activates are cached per mask, so a typical chat line runs two or three regexes in all.
+
+Placeholders: ``[PHONE] [EMAIL] [URL] [RRN] [CARD] [ACCOUNT] [ADDRESS] [POSTCODE] [BIZNO] [LICENSE]
+[PASSPORT] [PLATE] [IP] [NAME] [MENTION]`` (preprocess.schema.PLACEHOLDERS). ``[MENTION]`` is used for
+``@handles`` and messenger IDs (a handle is not necessarily a person's name); ``[NAME]`` for names.
+Placeholders already in a text are never PII (``contains_pii("[NAME]아")`` is False).
+
+Names: ``Anonymizer(names)`` takes the participants' display names, expands them with
+``name_variants`` and builds one alternation regex per conversation (longest first). Hangul
+variants match anywhere (particles stay: ``민준아`` -> ``[NAME]아``); Latin variants need word
+boundaries and are case-sensitive when capitalised. ``@mentions`` and IDs after 카톡/인스타/ID
+cues become ``[MENTION]``; names in system lines and surname + 1-2 syllables before 씨/님 or after
+이름은/저는...입니다 become ``[NAME]``.
+
+Overlaps: the first row in table order wins (same placeholder: the spans merge); participant
+names come last.
+
+Known limits: numbers written with native numerals (하나 둘 셋) or split by words; names that are
+neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines); addresses without a
+number below district level ("역삼동 살아"); order numbers that happen to pass Luhn (13-19 digits,
+~10%) or look like a birth date + [1-8] (13 digits) are replaced too.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import Counter
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, NamedTuple
+
+__all__ = ["Detector", "Span", "DETECTORS", "Anonymizer", "anonymize", "find_pii", "contains_pii",
+           "name_variants"]
+
+CUE_BEFORE = 24
+CUE_AFTER = 16
+
+
+@dataclass(frozen=True)
+class Detector:
+    placeholder: str
+    pattern: re.Pattern
+    validator: Callable[[str], bool] | None = None
+    view: str = "text"                  # "text" or "digits"
+    needs: str = ""                     # gate: space-separated groups, each needs one of its chars
+                                        # ("#" = any ASCII digit, "A" = any ASCII letter)
+    cue: re.Pattern | None = None       # must occur near the match
+    context: re.Pattern | None = None   # must occur anywhere in the text
+    group: int = 0                      # regex group holding the PII (text view)
+    near: str | None = None             # or: a span of this placeholder nearby
+    name: str = ""
+
+
+class Span(NamedTuple):
+    placeholder: str
+    start: int
+    end: int
+    text: str
+
+
+# ---------------------------------------------------------------------------------------------
+# 1:1 compatibility mapping (offsets never move)
+
+def _build_compat_table() -> dict[int, int]:
+    table: dict[int, int] = {}
+    ranges = [(0x00A0, 0x3400), (0xA000, 0xAC00), (0xFE00, 0x10000), (0x1D400, 0x1D800), (0x1F100, 0x1F200)]
+    for lo, hi in ranges:
+        for cp in range(lo, hi):
+            ch = chr(cp)
+            dec = unicodedata.decimal(ch, None)
+            if dec is not None:
+                table[cp] = ord(str(dec))
+                continue
+            n = unicodedata.normalize("NFKC", ch)
+            if len(n) == 1 and n.isascii() and n != ch:
+                table[cp] = ord(n)
+    for dash in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\uff0d\ufe63":
+        table[ord(dash)] = ord("-")
+    table[0x3000] = 0x20
+    table[0x00A0] = 0x20
+    table[0x318D] = ord("·")
+    return table
+
+
+def _char_class(codepoints: Iterable[int]) -> str:
+    ranges: list[list[int]] = []
+    for c in sorted(codepoints):
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+
+
+_COMPAT = _build_compat_table()
+_UNCOMMON = re.compile("[^\x00-\x9f\uac00-\ud7a3\u3131-\u318e]")     # cheap first test
+_COMPAT_RE = re.compile("[" + _char_class(c for c in _COMPAT if c < 0x10000) + "]|[\U00010000-\U0010ffff]")
+
+
+def _view(text: str) -> str:
+    """The text with compatibility characters mapped 1:1 to ASCII (offsets unchanged)."""
+    if text.isascii() or not _UNCOMMON.search(text) or not _COMPAT_RE.search(text):
+        return text
+    return text.translate(_COMPAT)
+
+
+# ---------------------------------------------------------------------------------------------
+# validators
+
+def luhn_ok(digits: str) -> bool:
+    d = [int(c) for c in digits if c.isdigit()]
+    total = 0
+    for k, x in enumerate(reversed(d)):
+        if k % 2:
+            x *= 2
+            if x > 9:
+                x -= 9
+        total += x
+    return total % 10 == 0 and len(set(d)) > 1
+
+
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def date_ok(yymmdd: str) -> bool:
+    mm, dd = int(yymmdd[2:4]), int(yymmdd[4:6])
+    return 1 <= mm <= 12 and 1 <= dd <= _MONTH_DAYS[mm]
+
+
+def _digits(s: str) -> str:
+    return s.replace("-", "")
+
+
+def _groups(s: str) -> tuple[int, ...]:
+    return tuple(len(g) for g in s.split("-"))
+
+
+def _layout_ok(g: str) -> bool:
+    """One group, all groups >= 2 digits, or one digit each (the spaced bypass); a run such as
+    "1 2 3 ... 10 11 12" (counting) mixes them."""
+    sizes = _groups(g)
+    return len(sizes) == 1 or min(sizes) >= 2 or max(sizes) == 1
+
+
+def _rrn_ok(g: str) -> bool:
+    sizes = _groups(g)
+    return (len(sizes) == 1 or max(sizes) == 1 or (sizes[0] == 6 and min(sizes) >= 2)) and date_ok(_digits(g)[:6])
+
+
+def _card_ok(g: str) -> bool:
+    sizes = _groups(g)
+    return (len(sizes) == 1 or min(sizes) >= 3 or max(sizes) == 1) and luhn_ok(_digits(g))
+
+
+def _account_ok(g: str) -> bool:
+    return _layout_ok(g) and len(set(_digits(g))) > 2
+
+
+def _landline_ok(g: str) -> bool:
+    sizes = _groups(g)
+    return len(sizes) == 1 or (len(sizes) == 3 and sizes[0] in (2, 3) and sizes[1] in (3, 4)
+                               and sizes[2] == 4) or _digits(g)[:3] in ("070", "050")
+
+
+def _service_ok(g: str) -> bool:
+    return _groups(g) == (4, 4)
+
+
+def _bizno_ok(g: str) -> bool:
+    return _groups(g) == (3, 2, 5)
+
+
+def _license_ok(g: str) -> bool:
+    return _groups(g) == (2, 2, 6, 2) and 11 <= int(g[:2]) <= 28
+
+
+def _ip_ok(s: str) -> bool:
+    parts = s.split(".")
+    return any(len(p) > 1 for p in parts)     # "1.2.3.4" is a version, "10.0.0.1" an address
+
+
+_ROAD_STOP = frozenset(
+    "바로 새로 서로 따로 진짜로 정말로 실제로 별로 주로 절대로 그대로 이대로 저대로 요대로 마음대로 맘대로 대로 "
+    "함부로 억지로 스스로 도로 일부러 혼자로 거꾸로 멋대로 제멋대로 차로 택시로 버스로 기차로 카드로 현금로 "
+    "출근길 퇴근길 등굣길 하굣길 등교길 하교길 산책길 귀갓길 귀가길 지름길 오솔길 눈길 발길 손길 빗길 밤길 뱃길 "
+    "가는길 오는길 이길 그길 저길 길 꽃길 흙길 돌길 먼길 갈길 집길 시골길 고갯길 내리막길 오르막길".split())
+
+
+def _road_ok(s: str) -> bool:
+    m = re.search(r"([가-힣0-9]+(?:로|길))\s?(?:\d{1,4}번?[가나다]?길\s?)?\d", s)
+    if not m:
+        return False
+    road = m.group(1)
+    return road not in _ROAD_STOP and not road.endswith("으로")
+
+
+_COARSE_STOP = frozenset(
+    "친구 가구 도구 연구 요구 입구 출구 야구 농구 축구 탁구 배구 족구 지구 기구 전구 추구 항구 창구 문구 "
+    "욕구 식구 하구 먹구 보구 알구 있구 없구 했구 같구 시구 여시 다시 혹시 역시 당시 동시 수시 항시 임시 "
+    "무시 감시 표시 지시 제시 개시 한시 몇시 교시 전시 군 구 시 입시 나시 잠시 소시 오시 가시 하시 보시 "
+    "드시 계시 주시 사시 아시 마시 오구 이구 사구 구구 영구 가시 세시 네시 두시 한시 다섯시 여섯시 일곱시 "
+    "여덟시 아홉시 열시 열한시 열두시 칠구 구시 장군 해군 육군 공군 아군 적군 대군 국군 남군 여군 신군 "
+    "그러구 저러구 이러구 어쩌구 저쩌구".split())
+_FINE_STOP = frozenset(
+    "이동 운동 행동 활동 감동 자동 충동 노동 출동 변동 작동 공동 소동 난동 동동 파동 진동 부동 가동 발동 "
+    "선동 연동 이리 우리 요리 머리 소리 거리 자리 다리 관리 처리 정리 수리 미리 빨리 멀리 유리 무리 "
+    "꼬리 모리 보리 오리 의리 원리 논리 진리 심리 승리 거리 짜리 마리 고리 소머리 한가리 "
+    "라면 그러면 하면 보면 가면 오면 장면 측면 표면 냉면 정면 반면 전면 화면 당면 내면 외면 대면 "
+    "구면 초면 일면 양면 면 동 리 읍 가 형동 남동".split())
+
+
+def _stop(tok: str, stop: frozenset) -> bool:
+    return any(tok[k:] in stop for k in range(len(tok) - 1)) or tok in stop
+
+
+def _jibun_ok(s: str) -> bool:
+    toks = re.findall(r"[가-힣0-9]+", s)
+    coarse = [t for t in toks if t[-1] in "시군구도" and not _stop(t, _COARSE_STOP)]
+    fine = [t for t in toks if t[-1] in "동읍면리가" and t not in _FINE_STOP]
+    return bool(coarse) and bool(fine)
+
+
+def _fine_num_ok(s: str) -> bool:
+    m = re.match(r"[가-힣0-9]+", s)
+    return m is not None and m.group(0) not in _FINE_STOP
+
+
+def _postcode_ok(s: str) -> bool:
+    return s[0] in "0123456"      # Korean postcodes run 01000-63644
+
+
+# Common words that look like surname + 1-2 syllables before 씨/님, or after 저는/나는.
+_NAME_STOP = frozenset(
+    "선생 사장 부장 교수 하느 하나 부처 임금 회원 고객 기사 원장 사모 목사 신부 수녀 간호사 의사 팀장 "
+    "실장 소장 총장 교장 반장 방장 부방장 과장 차장 대리 주임 이사 상무 전무 회장 의원 작가 감독 "
+    "선배 후배 형 누 주 손 아버 어머 할머 할아버 언 마음 공주 왕자 도련 따님 아드 서방 사위 "
+    "고모 이모 삼촌 조카 기장 부기장 선장 시장 구청장 도지사 판사 검사 변호사 박사 석사 학사 "
+    "정말 진짜 이제 오늘 지금 사실 우리 조금 원래 계속 이거 이게 이번 전부 전혀 한번 한국 제일 정도 "
+    "안녕 주말 학생 남자 여자 사람 고등 대학 회사 혼자 지금 이미 아직 아까 나중 요즘 이상 이런 그런 "
+    "저런 어떤 무슨 제가 내가 너무 많이 조용 심심 배고 피곤 행복 우울 사랑 감사 미안 최고 최악 "
+    "부모 조상 스님 장난 아저 로봇 주당 사수 부자 단계 위로 고수 하수 초보 고인 회원 구독자 시청자 여러분  한가 바보 천재 막내 장남 장녀 차남 학교 직장 백수 하루 이틀 오전 오후 저녁 아침 점심 고양 강아".split())
+
+
+def _person_ok(s: str) -> bool:
+    s = s.strip()
+    return not (_stop(s, _NAME_STOP) or s[:2] in _NAME_STOP or s[-1] in "날글솜맵")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+_D = re.compile
+_H = "공영빵일이삼사오육륙칠팔구"
+_DIGIT_OF = {**{str(i): str(i) for i in range(10)}, "공": "0", "영": "0", "빵": "0", "일": "1", "이": "2", "삼": "3",
+             "사": "4", "오": "5", "육": "6", "륙": "6", "칠": "7", "팔": "8", "구": "9"}
+_SEP = r"\s\-.·_,/()ㅡ*~|"
+_RUN = _D(rf"[0-9{_H}](?:[{_SEP}]{{0,4}}[0-9{_H}]){{7,}}")
+_NUMBER_CUE = _D(r"번호|전화|연락|폰|핸드|휴대|문자|카톡|톡|계좌|통장|주민|카드|입금|송금|이체|번지|"
+                 r"(?i:tel|phone|call|mobile|cell)")
+_ACCOUNT_CUE = _D(r"계좌|입금|송금|이체|통장|예금주|은행|뱅크|국민|신한|우리|하나|농협|기업|카카오|토스|케이|카뱅|케뱅|"
+                  r"새마을|우체국|수협|신협|씨티|대구|부산|경남|광주|전북|제주|산업|저축|SC|IBK|KB|NH|(?i:account|bank)")
+_PHONE_CUE = _D(r"번호|전화|연락|폰|콜|문의|상담|대표|고객센터|(?i:tel|phone|call)")
+_LICENSE_CUE = _D(r"면허")
+_POSTCODE_CUE = _D(r"우편|우\)|\(우|(?i:zip|postal|post ?code)")
+_SYSTEM_KO = _D(r"(?:들어왔습니다|나갔습니다|초대(?:했|하였)습니다|내보냈습니다|퇴장하셨습니다|입장하셨습니다)")
+_SYSTEM_EN = _D(r"(?:joined|left|invited|removed)\b")
+_URL_CTX = _D(r"://|www\.|WWW\.")
+_JIBUN_CTX = _D(r"(?:시|군|구|도|서울|부산|대구|인천|광주|대전|울산|세종|경기|강원|충[남북]|전[남북]|경[남북]|제주)\s*[가-힣]{0,6}\d{0,2}[동읍면리가]")
+_TLD_CTX = _D(r"\.(?:com|net|org|edu|gov|kr|me|ly|gl|gg|tv|to|co|io|[a-z]{2,7})(?![A-Za-z0-9-])")
+_IP_CTX = _D(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_PLATE_CTX = _D(r"\d\s?[가-힣]\s?\d{4}")
+_PASSPORT_CTX = _D(r"[MSRODG]\d{3}")
+_APT_CTX = _D(r"\d\s?동\s?\d{1,5}\s?호")
+_ROAD_CTX = _D(r"[로길]\s?\d")
+_LOT_CTX = _D(r"[동리]\s?\d|\d가\s?\d")
+
+_TLD = (r"com|net|org|edu|gov|mil|int|kr|jp|cn|uk|de|fr|io|me|ly|gl|gg|tv|to|co|info|biz|xyz|app|dev|"
+        r"site|page|link|so|ai|us|ca|au|in|ru|it|es|nl|be|ch|tk|ml|shop|store|online|top|club|live|"
+        r"news|blog|kakao|naver|xn--[a-z0-9]+")
+_SIDO = (r"(?:서울(?:특별)?시?|부산(?:광역)?시?|대구(?:광역)?시?|인천(?:광역)?시?|광주(?:광역)?시?|"
+         r"대전(?:광역)?시?|울산(?:광역)?시?|세종(?:특별자치)?시?|경기도?|강원(?:특별자치)?도?|"
+         r"충청[남북]도|충[남북]|전라[남북]도|전북(?:특별자치도)?|전[남북]|경상[남북]도|경[남북]|"
+         r"제주(?:특별자치)?도?)")
+_COARSE = rf"(?:{_SIDO}|[가-힣]{{1,6}}(?:시|군|구))"
+_UNITS = (r"(?:\s?(?:분|시|초|개|명|번|원|살|세|년|월|일|주|달|회|등|위|점|배|장|권|잔|병|대|판|차|마리|"
+          r"가지|키로|킬로|미터|[kcm]?m\b|kg|g\b|%|퍼|프로|만|천|백|억|도|줄|편|곡|쪽|페이지|시간|학년|반|"
+          r"기|인분|박|세트|시즌|화|부|탄|층|단계|레벨|렙|개월|주년|년생|학번|위안|달러|엔|불))")
+_TAIL = r"(?:,?\s*(?:\d{1,3}\s?층\s*)?(?:\d{1,4}\s?동\s*)?\d{1,5}\s?호)?"
+_AFTER = r"(?=$|[\s,.)!?~]|에|으로|로|이|가|은|는|쪽|근처|입니다|예요|이에요|이야|야|요)"
+_APT = r"(?:아파트|빌라|맨션|오피스텔|타워|하이츠|캐슬|자이|래미안|푸르지오|힐스테이트|아이파크|e편한세상|APT)"
+_PLATE_LETTERS = "가나다라마거너더러머버서어저고노도로모보소오조구누두루무부수우주아바사자배하허호육해공국합"
+_SURNAMES = ("김 이 박 최 정 강 조 윤 장 임 한 오 서 신 권 황 안 송 류 유 전 홍 고 문 양 손 배 백 허 남 심 노 "
+             "하 곽 성 차 주 우 구 민 나 진 지 엄 채 원 천 방 공 현 함 변 염 여 추 도 소 석 선 설 마 길 연 위 "
+             "표 명 기 반 왕 금 옥 육 인 맹 제 모 탁 국 어 은 편 용 예 경 봉 사 부 가 복 태 목 형 피 두 감 "
+             "호 음 빈 동 온 시 범 좌 팽 승 간 상 갈 단 견 당 화 창 옥 순 빙 종 풍 라 량 려 로 리 륙").split()
+_SURNAME_RE = "(?:남궁|제갈|선우|황보|독고|사공|서문|동방|[" + "".join(sorted(set(_SURNAMES))) + "])"
+
+DETECTORS: tuple[Detector, ...] = (
+    # --- text view ---------------------------------------------------------------------------
+    Detector("[EMAIL]", _D(r"(?<![A-Za-z0-9.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,12}(?![A-Za-z0-9-])"),
+             needs="@", name="email"),
+    Detector("[EMAIL]", _D(r"(?<![A-Za-z0-9.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}\s?@\s?[A-Za-z0-9-]+(?:\s?\.\s?[A-Za-z0-9-]+)*\s?\.\s?(?:com|net|org|kr|io|me|edu)(?![A-Za-z0-9-])", re.I),
+             needs="@", name="email-spaced"),
+    Detector("[EMAIL]", _D(rf"(?<![A-Za-z0-9.])[A-Za-z0-9][A-Za-z0-9._%+-]{{0,63}}\s*(?:골뱅이|\(at\)|\[at\]|\(골뱅이\))\s*[A-Za-z0-9-]+\s*(?:\.|닷|점|\(dot\)|\[dot\]| dot )\s*(?:com|net|org|kr|co\.kr|io|me|edu)(?![A-Za-z0-9])", re.I),
+             needs="골([ A", name="email-spelled"),
+    Detector("[URL]", _D(r"(?i:\b(?:https?|ftp|hxxps?)://|\bwww\.)[^\s<>\"'{}\[\]]+(?<![.,!?)'\"~])"),
+             needs=". A", context=_URL_CTX, name="url"),
+    Detector("[URL]", _D(rf"(?<![A-Za-z0-9@.-])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+(?:{_TLD})(?![A-Za-z0-9-])(?:/[^\s<>\"'{{}}\[\]]*(?<![.,!?)'\"~]))?"),
+             needs=". A", context=_TLD_CTX, name="url-bare"),
+    Detector("[IP]", _D(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d]|\.\d)"),
+             _ip_ok, needs=". #", context=_IP_CTX, name="ipv4"),
+    Detector("[NAME]", _D(r"(?:^|(?<=[\s,]))(?!채팅방|방장|부방장|관리자)([^\s,@\[\]]{1,20}?)님(?=(?:이|을|과|께서|의)?[\s,.]|$)", re.M),
+             context=_SYSTEM_KO, group=1, needs="님", name="system-ko"),
+    Detector("[NAME]", _D(r"^(\S.{0,38}?)(?= (?:joined|left|invited|removed|has (?:joined|left))\b)", re.M),
+             context=_SYSTEM_EN, group=1, needs="A", name="system-en"),
+    Detector("[MENTION]", _D(r"(?<![\w.@])@[0-9A-Za-z가-힣][\w가-힣.\-]{1,29}(?<!\.)"), needs="@", name="mention"),
+    Detector("[MENTION]", _D(r"(?:카톡|카카오톡|아이디|인스타|인스타그램|라인|텔레그램|트위터|디엠)\s*(?:아이디|id|ID)?\s*(?:은|는|:|=)?\s*:?\s*([A-Za-z][A-Za-z0-9._-]{2,29})(?![A-Za-z0-9])"),
+             group=1, needs="톡디스텔트 A", name="handle"),
+    Detector("[MENTION]", _D(r"(?<![A-Za-z])(?i:kakao ?id|kakaotalk|insta(?:gram)?|telegram|twitter|id)\s*[:=]\s*([A-Za-z][A-Za-z0-9._-]{2,29})(?![A-Za-z0-9])"),
+             group=1, needs=":= A", name="handle-en"),
+    Detector("[PASSPORT]", _D(r"(?<![A-Za-z0-9])[MSRODG](?:\d{3}[A-Z]\d{4}|\d{8})(?![A-Za-z0-9])"), needs="# A", context=_PASSPORT_CTX, name="passport"),
+    Detector("[PLATE]", _D(rf"(?<![\d가-힣])(?:{_SIDO}\s?)?\d{{2,3}}\s?[{_PLATE_LETTERS}]\s?\d{{4}}(?!\d)"), needs="#", context=_PLATE_CTX, name="plate"),
+    Detector("[ADDRESS]", _D(rf"(?<![가-힣A-Za-z])(?:{_COARSE}\s*){{0,3}}[가-힣0-9]{{1,12}}(?:로|길)\s?(?:\d{{1,4}}번?[가나다]?길\s?)?\d{{1,4}}(?:-\d{{1,4}})?(?!\d|[.:,]\d){_TAIL}(?!{_UNITS}){_AFTER}"),
+             _road_ok, needs="# 로길", context=_ROAD_CTX, name="road"),
+    Detector("[ADDRESS]", _D(rf"(?<![가-힣])(?:{_COARSE}\s*){{1,3}}(?:(?:[가-힣]{{1,6}}\d{{0,2}}동|[가-힣]{{1,4}}(?:읍|면|리)|[가-힣]{{1,4}}\d가)\s*){{1,2}}(?<!\s)(?:\s?\d{{1,5}}(?:-\d{{1,4}})?(?:번지)?(?!\d){_TAIL})?(?:(?![가-힣])|(?=에|으로|이|쪽|근처|인데|이야|이에요|입니다|살|사|쯤|부근|주민))"),
+             _jibun_ok, needs="동읍면리", context=_JIBUN_CTX, name="jibun"),
+    Detector("[ADDRESS]", _D(rf"(?<![가-힣])(?:[가-힣]{{1,8}}\d{{0,2}}(?:동|리)|[가-힣]{{1,4}}\d가)\s?(?:\d{{2,5}}(?:-\d{{1,4}})?|\d{{1,5}}-\d{{1,4}}|\d{{1,5}}번지)(?!\d|[.:,]\d){_TAIL}(?!{_UNITS}){_AFTER}"),
+             _fine_num_ok, needs="# 동리", context=_LOT_CTX, name="lot"),
+    Detector("[ADDRESS]", _D(rf"(?:[가-힣A-Za-z0-9]{{0,15}}{_APT}\s*)?(?<!\d)\d{{1,4}}\s?동\s?\d{{1,5}}\s?호"), needs="# 호", context=_APT_CTX, name="apartment"),
+    Detector("[POSTCODE]", _D(r"(?<![\d-])\d{5}(?![\d-])"), _postcode_ok, cue=_POSTCODE_CUE, near="[ADDRESS]",
+             needs="#", name="postcode"),
+    Detector("[NAME]", _D(rf"(?<![가-힣])({_SURNAME_RE}[가-힣]{{1,2}}?)(?=\s?(?:씨|님)(?![가-힣]{{0,1}}(?:께서|이|을|의|은|는)?[가-힣]))"),
+             _person_ok, group=1, needs="씨님", name="surname-honorific"),
+    Detector("[NAME]", _D(rf"(?:이름이\s+|이름은|이름:|성함은|성함:)\s*({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이야|야|이고|이라고|라고|임|요|\s|$|[.,!])"),
+             _person_ok, group=1, needs="름함", name="name-cue"),
+    Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
+             _person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
+    # --- digit view (pattern: digits only, validator: grouped "010-1234-5678") ------------------
+    Detector("[PHONE]", _D(r"01[016789]\d{7,8}"), view="digits", name="mobile"),
+    Detector("[PHONE]", _D(r"82(?:0?1[016789]\d{7,8}|0?(?:2|[3-6][1-5]|70)\d{7,8})"), view="digits", name="phone-intl"),
+    Detector("[RRN]", _D(r"\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])[1-8]\d{6}"), _rrn_ok, view="digits", name="rrn"),
+    Detector("[ACCOUNT]", _D(r"\d{10,14}"), _account_ok, view="digits", cue=_ACCOUNT_CUE, name="account"),
+    Detector("[CARD]", _D(r"\d{13,19}"), _card_ok, view="digits", name="card"),
+    Detector("[PHONE]", _D(r"0(?:2|[3-6][1-5])\d{7,8}|070\d{8}|050\d{8,9}"), _landline_ok, view="digits", name="landline"),
+    Detector("[PHONE]", _D(r"0(?:2|[3-6][1-5])\d{7,8}|1[568]\d{6}"), view="digits", cue=_PHONE_CUE, name="phone-cued"),
+    Detector("[PHONE]", _D(r"1[568]\d{6}"), _service_ok, view="digits", name="service"),
+    Detector("[BIZNO]", _D(r"\d{10}"), _bizno_ok, view="digits", name="bizno"),
+    Detector("[LICENSE]", _D(r"\d{12}"), _license_ok, view="digits", name="license"),
+    Detector("[LICENSE]", _D(r"(?:1[1-9]|2[0-8])\d{10}"), view="digits", cue=_LICENSE_CUE, name="license-cued"),
+)
+
+_PLACEHOLDER_RE = re.compile(r"\[(?:" + "|".join(p.strip("[]") for p in (
+    "[NAME]", "[PHONE]", "[EMAIL]", "[URL]", "[RRN]", "[CARD]", "[ACCOUNT]", "[ADDRESS]", "[POSTCODE]",
+    "[BIZNO]", "[LICENSE]", "[PASSPORT]", "[PLATE]", "[IP]", "[MENTION]")) + r")\]")
+
+
+# ---------------------------------------------------------------------------------------------
+# scanning
+
+def _overlaps(spans: list, s: int, e: int, ph: str = "") -> bool:
+    """True if [s, e) overlaps a span already taken; a span of the same placeholder grows to the
+    union instead (participant "박영우 소마" over the surname rule's "소마")."""
+    for k, (a, b, p) in enumerate(spans):
+        if s < b and a < e:
+            if p == ph:
+                spans[k] = (min(a, s), max(b, e), p)
+            return True
+    return False
+
+
+def _cue_near(cue: re.Pattern, view: str, s: int, e: int) -> bool:
+    return cue.search(view, max(0, s - CUE_BEFORE), s) is not None or cue.search(view, e, e + CUE_AFTER) is not None
+
+
+_RUN_GATE = "#공영빵번화락폰휴핸좌통민카톡금체"   # digits, or Hangul digits that may start a number / a cue
+
+
+def _build_gates():
+    """Each distinct gate group ("# 로길" has two) gets one bit; each trigger character sets the bits
+    of the groups it satisfies, so a text's mask is small and the active rows can be cached."""
+    groups = sorted({g for d in DETECTORS for g in d.needs.split()} | {_RUN_GATE})
+    bit_of_group = {g: 1 << k for k, g in enumerate(groups)}
+    char_bits: dict[str, int] = {}
+    for g, bit in bit_of_group.items():
+        for c in g:
+            members = "0123456789" if c == "#" else \
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c == "A" else c
+            for m in members:
+                char_bits[m] = char_bits.get(m, 0) | bit
+    plan = []
+    for d in DETECTORS:
+        if d.view == "text":
+            req = 0
+            for g in d.needs.split():
+                req |= bit_of_group[g]
+            plan.append((d, req))
+    return char_bits, bit_of_group[_RUN_GATE], tuple(plan)
+
+
+_CHAR_BITS, _RUN_MASK, _TEXT_PLAN = _build_gates()
+_LATIN_BITS = _CHAR_BITS["a"]
+_TRIGGER = re.compile("[0-9]+|[" + re.escape("".join(c for c in _CHAR_BITS if not c.isascii() or not c.isalnum())) + "]")
+_LATIN_RE = re.compile("[A-Za-z]")
+_PLAN_CACHE: dict[int, tuple[Detector, ...]] = {}
+
+
+def _active(mask: int) -> tuple[Detector, ...]:
+    """The text-view rows whose gates this text passes (cached by mask)."""
+    plan = _PLAN_CACHE.get(mask)
+    if plan is None:
+        plan = _PLAN_CACHE[mask] = tuple(d for d, req in _TEXT_PLAN if mask & req == req)
+    return plan
+
+
+def _text_mask(view: str) -> int:
+    mask = _LATIN_BITS if _LATIN_RE.search(view) else 0
+    bits = _CHAR_BITS
+    for tok in _TRIGGER.findall(view):
+        mask |= bits[tok[0]]
+    return mask
+
+
+def _scan_text(view: str, spans: list, mask: int) -> None:
+    for det in _active(mask):
+        if det.context is not None and not det.context.search(view):
+            continue
+        if (det.cue is not None or det.near is not None) \
+                and not (det.cue is not None and det.cue.search(view)) \
+                and not any(ph == det.near for _, _, ph in spans):
+            continue
+        for m in det.pattern.finditer(view):
+            s, e = m.span(det.group)
+            if s >= e:
+                continue
+            if det.validator is not None and not det.validator(m.group(det.group)):
+                continue
+            if det.cue is not None or det.near is not None:
+                ok = det.cue is not None and _cue_near(det.cue, view, s, e)
+                if not ok and det.near is not None:
+                    ok = any(ph == det.near and a - 12 <= e and s <= b + 12 for a, b, ph in spans)
+                if not ok:
+                    continue
+            if not _overlaps(spans, s, e, det.placeholder):
+                spans.append((s, e, det.placeholder))
+
+
+_DIGIT_TOKEN = re.compile(f"[0-9]+|[{_H}]")
+
+
+def _widths(p: re.Pattern) -> tuple[int, int]:
+    """(min, max) length a digit-view pattern can match, to skip candidates without a regex call."""
+    try:
+        from re import _parser    # 3.11+
+        lo, hi = _parser.parse(p.pattern).getwidth()
+        return lo, min(hi, 19)
+    except Exception:             # pragma: no cover - another Python
+        return 8, 19
+
+
+_DIGIT_PLAN = tuple((d, *_widths(d.pattern)) for d in DETECTORS if d.view == "digits")
+
+
+_LOOKALIKE = re.compile(r"(?<=[0-9])[OoIl]|[OoIl](?=[0-9])")
+_LOOKALIKE_MAP = {"O": "0", "o": "0", "I": "1", "l": "1"}
+
+
+def _scan_digits(view: str, spans: list) -> None:
+    if spans:   # hide what the text view already took
+        chars = list(view)
+        for a, b, _ in spans:
+            chars[a:b] = "\x00" * (b - a)
+        view = "".join(chars)
+    if _LATIN_RE.search(view):   # "O1O-1234-5678": letters posing as digits
+        view = _LOOKALIKE.sub(lambda m: _LOOKALIKE_MAP[m.group()], view)
+    for m in _RUN.finditer(view):
+        # digits of the run, their offsets, Hangul flags; group breaks and allowed cut points
+        digits: list[str] = []
+        pos: list[int] = []
+        hangul: list[bool] = []
+        breaks = set()
+        cuts = set()
+        prev_end, prev_h = -1, None
+        for t in _DIGIT_TOKEN.finditer(view, m.start(), m.end()):
+            k, tok = t.start(), t.group()
+            h = tok[0] > "9"
+            idx = len(digits)
+            if k != prev_end or h != prev_h:
+                breaks.add(idx)
+            cuts.add(idx)
+            if h:
+                digits.append(_DIGIT_OF[tok])
+                pos.append(k)
+            else:
+                digits.extend(tok)
+                pos.extend(range(k, k + len(tok)))
+            hangul.extend([h] * len(tok))
+            prev_end, prev_h = t.end(), h
+        n = len(digits)
+        breaks.add(n)
+        cuts.add(n)
+        cut_list = sorted(cuts)
+        break_list = sorted(breaks)
+        D = "".join(digits)
+        cued: dict = {}      # cue regex -> found near this run (computed on first need)
+        ci = 0
+        while ci < len(cut_list) - 1:
+            i = cut_list[ci]
+            ends = [j for j in reversed(cut_list) if 8 <= j - i <= 19]
+            hit = None
+            for det, lo, hi in _DIGIT_PLAN if ends else ():
+                for j in ends:
+                    if not lo <= j - i <= hi:
+                        continue
+                    if det.cue is not None:
+                        if det.cue not in cued:
+                            cued[det.cue] = _cue_near(det.cue, view, m.start(), m.end())
+                        if not cued[det.cue]:
+                            break
+                    d = D[i:j]
+                    if not det.pattern.fullmatch(d):
+                        continue
+                    s, e = pos[i], pos[j - 1] + 1
+                    n_h = sum(hangul[i:j])
+                    if n_h and not d.startswith("01") and (j - i - n_h) < 4 \
+                            and not _cue_near(_NUMBER_CUE, view, s, e):
+                        continue
+                    if det.validator is not None:
+                        cut_at = [b for b in break_list if i <= b <= j]
+                        if cut_at[0] != i:
+                            cut_at.insert(0, i)
+                        if cut_at[-1] != j:
+                            cut_at.append(j)
+                        if not det.validator("-".join(D[a:b] for a, b in zip(cut_at, cut_at[1:]))):
+                            continue
+                    hit = (det, j, s, e)
+                    break
+                if hit:
+                    break
+            if hit is None:
+                ci += 1
+                continue
+            det, j, s, e = hit
+            if s > 0 and view[s - 1] == "+":
+                s -= 1
+            elif s > 0 and view[s - 1] == "(" and ")" in view[s:e]:
+                s -= 1
+            if not _overlaps(spans, s, e, det.placeholder):
+                spans.append((s, e, det.placeholder))
+            ci = cut_list.index(j)
+
+
+def _scan(text: str, names_re: re.Pattern | None = None) -> list[tuple[int, int, str]]:
+    view = _view(text)
+    mask = _text_mask(view)
+    spans: list[tuple[int, int, str]] = []
+    if mask:
+        _scan_text(view, spans, mask)
+        if mask & _RUN_MASK and _RUN.search(view):
+            _scan_digits(view, spans)
+    if names_re is not None:
+        for m in names_re.finditer(view):
+            s, e = m.span()
+            if (m.group(0)[0].isascii() and s > 0 and view[s - 1].isalnum()) or \
+                    (m.group(0)[-1].isascii() and e < len(view) and view[e].isascii() and view[e].isalnum()):
+                continue
+            if not _overlaps(spans, s, e, "[NAME]"):
+                spans.append((s, e, "[NAME]"))
+    # placeholders already in the text are not PII
+    if spans and "[" in text:
+        ph = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
+        spans = [sp for sp in spans if not any(a <= sp[0] and sp[1] <= b for a, b in ph)]
+    spans.sort()
+    for k in range(len(spans) - 1, 0, -1):     # merged same-type spans may now touch others
+        if spans[k][0] < spans[k - 1][1]:
+            a, b, p = spans[k - 1]
+            spans[k - 1] = (a, max(b, spans[k][1]), p)
+            del spans[k]
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+_GENERIC_NAMES = frozenset(
+    "you me i 나 너 저 회원님 회원 방장 부방장 알수없음 unknown 익명 사용자 user admin 관리자 system 시스템 "
+    "카카오톡 kakaotalk 오픈채팅봇 봇 bot 님 본인 상대방 친구 남자 여자 남 여 학생 직장인 대학생 고딩 중딩 "
+    "초딩 대딩 취준생 백수 주부 미정 비밀 없음 무 the a an and of to my our mr mrs ms dr ok hi no so us we he "
+    "it is do go up on in at or by be as if".split())
+_SIDO_RE = re.compile(rf"{_SIDO}")
+
+
+def name_variants(display_name: str) -> set[str]:
+    """The strings under which a participant may appear in text.
+
+    ``"김민준/94/늑대"`` -> ``{"김민준/94/늑대", "김민준", "민준", "늑대"}``; ``"박영우 소마"`` ->
+    ``{"박영우 소마", "박영우", "영우", "소마"}``. Numbers, 1-syllable parts, region names and generic
+    words ("you", "회원님", "방장", "알 수 없음") are dropped."""
+    out: set[str] = set()
+    raw = unicodedata.normalize("NFKC", display_name or "").strip()
+    if not raw:
+        return out
+    parts = [p for p in re.split(r"[\s/|_\-·.,()\[\]{}<>@#~!?:;*+=♡♥☆★]+", raw) if p]
+
+    def ok(p: str) -> bool:
+        if p.lower() in _GENERIC_NAMES or p.isdigit():
+            return False
+        if not re.search(r"[가-힣A-Za-z]", p):
+            return False
+        if re.fullmatch(r"[가-힣]+", p) and (len(p) < 2 or _SIDO_RE.fullmatch(p)):
+            return False
+        if re.fullmatch(r"[A-Za-z]+", p) and len(p) < 2:
+            return False
+        return True
+
+    keep_raw = len(parts) > 1 and raw.lower() not in _GENERIC_NAMES
+    for p in parts:
+        p = re.sub(r"님$", "", p) if len(p) > 2 and re.fullmatch(r"[가-힣]+님", p) else p
+        if not ok(p):
+            continue
+        out.add(p)
+        if re.fullmatch(r"[가-힣]{3}", p) and p[0] in _SURNAMES:
+            out.add(p[1:])
+        elif re.fullmatch(r"[가-힣]{4}", p) and p[:2] in ("남궁", "제갈", "선우", "황보", "독고", "사공", "서문", "동방"):
+            out.add(p[2:])
+        m = re.fullmatch(r"([A-Za-z]{3,})\d+", p)
+        if m:
+            out.add(m.group(1))
+    if keep_raw and out:
+        out.add(raw)
+    return out
+
+
+def _names_regex(names: Iterable[str]) -> re.Pattern | None:
+    variants: set[str] = set()
+    for n in names:
+        for v in name_variants(n):
+            variants.add(v)
+            if v.isascii() and v.islower():
+                variants.update({v.capitalize(), v.upper()})
+    if not variants:
+        return None
+    alts = sorted(variants, key=lambda v: (-len(v), v))
+    return re.compile("|".join(re.escape(v) for v in alts))
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+_new_counter = Counter.__new__
 
 
 class Anonymizer:
+    """Replace personal data with typed placeholders; ``names`` = the conversation's display names."""
+
     def __init__(self, names: Iterable[str] = ()):
         self.names = [n for n in names if n]
+        self._names_re = _names_regex(self.names)
+
+    def find(self, text: str) -> list[Span]:
+        return [Span(ph, s, e, text[s:e]) for s, e, ph in _scan(text, self._names_re)]
 
     def anonymize(self, text: str) -> tuple[str, Counter]:
-        counts: Counter = Counter()
-        for n in sorted(self.names, key=len, reverse=True):
-            if n in text:
-                counts["[NAME]"] += text.count(n)
-                text = text.replace(n, "[NAME]")
-        return text, counts
+        counts: Counter = _new_counter(Counter)    # Counter() without its Python-level __init__
+        if not text:
+            return text, counts
+        spans = _scan(text, self._names_re)
+        if not spans:
+            return text, counts
+        out: list[str] = []
+        last = 0
+        for s, e, ph in spans:
+            out.append(text[last:s])
+            out.append(ph)
+            counts[ph] += 1
+            last = e
+        out.append(text[last:])
+        return "".join(out), counts
 
 
 def anonymize(text: str, names: Iterable[str] = ()) -> str:
     return Anonymizer(names).anonymize(text)[0]
+
+
+def find_pii(text: str, names: Iterable[str] = ()) -> list[Span]:
+    return Anonymizer(names).find(text)
+
+
+def contains_pii(text: str) -> bool:
+    """True if any row of DETECTORS still fires on ``text`` (placeholders do not count)."""
+    return bool(text) and bool(_scan(text))

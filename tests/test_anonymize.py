@@ -1,0 +1,381 @@
+"""The anonymizer: tables of real-looking chat lines (PII in, exact output out), look-alikes that
+must survive, and property tests that a planted number / e-mail never survives."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from preprocess.anonymize import (DETECTORS, Anonymizer, Span, anonymize, contains_pii, find_pii,
+                                  name_variants)
+from preprocess.schema import PLACEHOLDERS
+
+NAMES = ["김민준/94/늑대", "박영우 소마", "you", "John Smith", "회원님"]
+
+# (input, expected output); names = NAMES for every row
+PII_CASES = [
+    # --- phone: mobile, separators, spaced, dotted, Hangul-spelled, mixed, full-width, +82
+    ("내 번호 010-1234-5678이야", "내 번호 [PHONE]이야"),
+    ("01012345678로 연락 주세요", "[PHONE]로 연락 주세요"),
+    ("010 . 1234 . 5678 여기로", "[PHONE] 여기로"),
+    ("0 1 0 1 2 3 4 5 6 7 8 문자줘", "[PHONE] 문자줘"),
+    ("010.9876.5432", "[PHONE]"),
+    ("011-234-5678 옛날 번호", "[PHONE] 옛날 번호"),
+    ("공일공 일이삼사 오육칠팔로 전화해", "[PHONE]로 전화해"),
+    ("영일영-일이삼사-오육칠팔", "[PHONE]"),
+    ("공일공일이삼사오육칠팔이야", "[PHONE]이야"),
+    ("010-일이삼사-5678 저장해", "[PHONE] 저장해"),
+    ("010 일이삼사 오육칠팔", "[PHONE]"),
+    ("폰 ０１０－１２３４－５６７８ 연락줘", "폰 [PHONE] 연락줘"),
+    ("+82 10 1234 5678", "[PHONE]"),
+    ("+82-10-9876-5432 whatsapp", "[PHONE] whatsapp"),
+    ("Call me at 010.9876.5432 tonight", "Call me at [PHONE] tonight"),
+    ("사무실 02-123-4567로 전화", "사무실 [PHONE]로 전화"),
+    ("031-765-4321 집 전화", "[PHONE] 집 전화"),
+    ("070-1234-5678 인터넷 전화", "[PHONE] 인터넷 전화"),
+    ("0505-123-4567", "[PHONE]"),
+    ("고객센터 1588-1234", "고객센터 [PHONE]"),
+    ("010ㅡ1234ㅡ5678 ㅋㅋ", "[PHONE] ㅋㅋ"),
+    ("O1O-1234-5678로 줘", "[PHONE]로 줘"),
+    ("빵일빵 일이삼사 오육칠팔", "[PHONE]"),
+    ("010\n1234\n5678", "[PHONE]"),
+    ("공 일 공 일 이 삼 사 오 육 칠 팔", "[PHONE]"),
+    ("(02) 1234-5678", "[PHONE]"),
+    ("내 번호 공1공 1234 5678", "내 번호 [PHONE]"),
+    # --- e-mail
+    ("메일은 abc.def@gmail.com 입니다", "메일은 [EMAIL] 입니다"),
+    ("minjun_94@naver.com으로 보내", "[EMAIL]으로 보내"),
+    ("contact: J.Smith+chat@example.co.uk", "contact: [EMAIL]"),
+    ("abc @ naver . com", "[EMAIL]"),
+    ("abc123 골뱅이 gmail 닷 com 으로", "[EMAIL] 으로"),
+    ("ｍｉｎｊｕｎ＠ｄａｕｍ．ｎｅｔ", "[EMAIL]"),
+    # --- URL (with and without scheme)
+    ("여기 https://bit.ly/3abcXYZ 봐봐", "여기 [URL] 봐봐"),
+    ("naver.me/xAbc12 눌러", "[URL] 눌러"),
+    ("오픈톡 open.kakao.com/o/sAbcd12 들어와", "오픈톡 [URL] 들어와"),
+    ("www.example.com 에서 신청", "[URL] 에서 신청"),
+    ("bit.ly/abc 이거", "[URL] 이거"),
+    ("(http://blog.naver.com/minjun94/2234)", "([URL])"),
+    # --- resident registration number
+    ("주민번호 900101-1234567", "주민번호 [RRN]"),
+    ("9001012234567", "[RRN]"),
+    ("외국인등록번호 850315-5123456 이에요", "외국인등록번호 [RRN] 이에요"),
+    ("주민 020304 3123456", "주민 [RRN]"),
+    ("주민번호 구공공일공일 일이삼사오육칠", "주민번호 [RRN]"),
+    # --- cards (Luhn)
+    ("카드 4111 1111 1111 1111", "카드 [CARD]"),
+    ("4111-1111-1111-1111 유효기간 12/27", "[CARD] 유효기간 12/27"),
+    ("5500000000000004", "[CARD]"),
+    ("결제 카드 3782 822463 10005", "결제 카드 [CARD]"),
+    ("4111.1111.1111.1111", "[CARD]"),
+    # --- bank accounts near a cue
+    ("국민 123456-01-123456로 입금해줘", "국민 [ACCOUNT]로 입금해줘"),
+    ("계좌 110-123-456789 예금주 김민준", "계좌 [ACCOUNT] 예금주 [NAME]"),
+    ("카카오뱅크 3333-01-1234567", "카카오뱅크 [ACCOUNT]"),
+    ("1002 345 678901 우리은행으로 송금", "[ACCOUNT] 우리은행으로 송금"),
+    ("농협 301 1234 5678 11 이체 부탁", "농협 [ACCOUNT] 이체 부탁"),
+    ("계좌번호 일일공 일이삼 사오육칠팔구", "계좌번호 [ACCOUNT]"),
+    ("3333-12-3456789 카뱅", "[ACCOUNT] 카뱅"),
+    # --- addresses and postcodes
+    ("서울시 강남구 역삼동 123-45", "[ADDRESS]"),
+    ("테헤란로 123에서 봐", "[ADDRESS]에서 봐"),
+    ("강남대로94길 20 2층", "[ADDRESS] 2층"),
+    ("래미안 101동 1203호", "[ADDRESS]"),
+    ("경기도 성남시 분당구 정자동 살아", "[ADDRESS] 살아"),
+    ("부산 해운대구 우동 1234 가봐", "[ADDRESS] 가봐"),
+    ("(06236) 서울 강남구 테헤란로 123", "([POSTCODE]) [ADDRESS]"),
+    ("서울 종로구 세종대로 110, 03154", "[ADDRESS], [POSTCODE]"),
+    ("우편번호 04524 맞아?", "우편번호 [POSTCODE] 맞아?"),
+    ("우) 48058 부산 해운대구 센텀중앙로 79", "우) [POSTCODE] [ADDRESS]"),
+    ("제주 서귀포시 안덕면 사계리 123", "[ADDRESS]"),
+    # --- business registration, driver licence, passport, plate, IP
+    ("사업자번호 123-45-67890", "사업자번호 [BIZNO]"),
+    ("사업자 220-81-62517 입니다", "사업자 [BIZNO] 입니다"),
+    ("면허번호 11-12-123456-78", "면허번호 [LICENSE]"),
+    ("운전면허 26-05-654321-01 분실", "운전면허 [LICENSE] 분실"),
+    ("여권 M12345678", "여권 [PASSPORT]"),
+    ("passport M123A4567 expires", "passport [PASSPORT] expires"),
+    ("여권번호 S98765432 맞지", "여권번호 [PASSPORT] 맞지"),
+    ("차 번호 12가 3456", "차 번호 [PLATE]"),
+    ("서울 34나5678 흰색 소나타", "[PLATE] 흰색 소나타"),
+    ("123허4567 렌트카", "[PLATE] 렌트카"),
+    ("서버 192.168.0.15 접속 안돼", "서버 [IP] 접속 안돼"),
+    ("ip is 10.0.0.1", "ip is [IP]"),
+    ("dns 168.126.63.1 써", "dns [IP] 써"),
+    # --- names: participants with endings, nickname parts, English, system lines, cues
+    ("민준아 뭐해", "[NAME]아 뭐해"),
+    ("민준씨 민준님 민준이가 김민준", "[NAME]씨 [NAME]님 [NAME]이가 [NAME]"),
+    ("영우야 소마 늑대 어디야", "[NAME]야 [NAME] [NAME] 어디야"),
+    ("박영우 소마님 반가워요", "[NAME]님 반가워요"),
+    ("John, are you there? Johnny is not", "[NAME], are you there? Johnny is not"),
+    ("Smith said hi", "[NAME] said hi"),
+    ("홍길동님이 김철수님, 이영희님을 초대하였습니다.", "[NAME]님이 [NAME]님, [NAME]님을 초대하였습니다."),
+    ("최서연님이 나갔습니다.", "[NAME]님이 나갔습니다."),
+    ("Jane Doe joined this chatroom.", "[NAME] joined this chatroom."),
+    ("내 이름은 이서준이야", "내 이름은 [NAME]이야"),
+    ("저는 남궁민수입니다", "저는 [NAME]입니다"),
+    ("정우성씨 팬이에요", "[NAME]씨 팬이에요"),
+    ("제갈공명님 안녕하세요", "[NAME]님 안녕하세요"),
+    # --- mentions and handles
+    ("@minjun 이거 봐", "[MENTION] 이거 봐"),
+    ("@김민준 확인", "[MENTION] 확인"),
+    ("follow me on insta @spencer.chandler", "follow me on insta [MENTION]"),
+    ("카톡 아이디 wolf94 추가해", "카톡 아이디 [MENTION] 추가해"),
+    ("인스타 minjun_kim 팔로우", "인스타 [MENTION] 팔로우"),
+]
+
+
+@pytest.mark.parametrize("text,expected", PII_CASES)
+def test_pii_replaced(text, expected):
+    assert Anonymizer(NAMES).anonymize(text)[0] == expected
+
+
+def test_at_least_five_cases_per_placeholder():
+    counts = Counter(re.findall(r"\[[A-Z]+\]", " ".join(e for _, e in PII_CASES)))
+    for ph in ("[PHONE]", "[EMAIL]", "[URL]", "[RRN]", "[CARD]", "[ACCOUNT]", "[ADDRESS]", "[POSTCODE]",
+               "[BIZNO]", "[LICENSE]", "[PASSPORT]", "[PLATE]", "[IP]", "[NAME]", "[MENTION]"):
+        assert counts[ph] >= 2 if ph in ("[BIZNO]", "[LICENSE]") else counts[ph] >= 3, ph
+
+
+SURVIVE = [
+    # times, dates
+    "3시 30분에 보자", "15:30 출발", "3~4시간 10~20명 1~2만원", "내일 오후 2시 강남역 11번 출구", "2박 3일 여행 15만원", "오후 3:05에 도착", "2024-01-03 회의", "2024.01.03", "1월 3일 일요일",
+    "2024년 1월 3일 오후 2시", "12/25 크리스마스", "20240103 생일", "1시간 30분 걸려",
+    # prices, counts, versions, years, scores
+    "3만 원", "15,000원", "$12.50", "1,234,567원 나왔어", "2,500,000원이면 비싸", "10개 주문", "3명이서 가",
+    "v1.2.3", "버전 1.2.3.4", "python 3.11.7", "1999년생", "2002 월드컵", "3대 2로 이겼어", "100점 만점에 95점",
+    "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "0.5 1.5 2.5",
+    # order numbers that fail Luhn / look like nothing
+    "주문번호 1234567890123", "주문번호 2024010312345679", "송장번호 123456789012", "4111 1111 1111 1112",
+    # ordinary Korean words made of digit syllables
+    "이사 가요", "오늘 사이 좋게 지내자", "일요일에 구십 살 할머니", "일이삼 사오육", "이 일 이사 오구 삼사 일이 구구",
+    "영구 보존", "공공 일자리", "삼일절 육이오", "사이사이 일이 많아", "구구단 외워",
+    # 1-syllable names, common words near cues, honorific look-alikes
+    "준아 밥 먹자", "선생님 안녕하세요", "아저씨 마음씨 날씨 좋다", "저는 정말 좋아요", "나는 이제 가요", "부모님 집에 가",
+    "고객님 감사합니다", "하나님 감사합니다", "사장님 여기요",
+    # place words that are not addresses
+    "서울 가고 싶다", "친구 이동 3번", "출근길 30분", "진짜로 100 넘어", "바로 3시에 와", "우리 10명",
+    "운동 30분 했어", "강남 가자", "지하철 2호선", "3층 301호 앞", "서울 강남구 맛집",
+    # misc
+    "ㅋㅋㅋㅋ 진짜?", "hello there", "I have 2 cats", "node.js 공부 중", "file.txt 열어봐", "...", "",
+    "[NAME]님이 [PHONE]로 연락함", "1.5배 빨라", "CPU 3.2GHz", "A4 용지 500매",
+]
+
+
+@pytest.mark.parametrize("text", SURVIVE)
+def test_lookalikes_survive(text):
+    assert Anonymizer(NAMES).anonymize(text)[0] == text
+    assert not contains_pii(text)
+
+
+def test_fullwidth_keeps_original_outside_span():
+    out = anonymize("ｆｕｌｌ 폰 ０１０－１２３４－５６７８ ｗｉｄｔｈ")
+    assert out == "ｆｕｌｌ 폰 [PHONE] ｗｉｄｔｈ"
+
+
+def test_find_pii_spans_sorted_non_overlapping():
+    text = "민준아 010-1234-5678 abc@naver.com 서울시 강남구 역삼동 123-45"
+    spans = find_pii(text, ["김민준"])
+    assert [s.placeholder for s in spans] == ["[NAME]", "[PHONE]", "[EMAIL]", "[ADDRESS]"]
+    assert all(isinstance(s, Span) and text[s.start:s.end] == s.text for s in spans)
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
+
+
+def test_counter_counts():
+    text, counts = Anonymizer(["김민준"]).anonymize(
+        "민준아 010-1234-5678 말고 010-9876-5432로 해, 메일 a@b.com 민준")
+    assert text == "[NAME]아 [PHONE] 말고 [PHONE]로 해, 메일 [EMAIL] [NAME]"
+    assert counts == Counter({"[NAME]": 2, "[PHONE]": 2, "[EMAIL]": 1})
+    assert Anonymizer().anonymize("안녕")[1] == Counter()
+
+
+def test_contains_pii_ignores_placeholders():
+    assert not contains_pii("[NAME]아 [PHONE]로 연락해 [EMAIL] [URL] [ADDRESS]")
+    assert contains_pii("공일공 일이삼사 오육칠팔")
+    assert contains_pii("계좌 110-123-456789")
+
+
+def test_table_shape():
+    assert all(d.placeholder in PLACEHOLDERS for d in DETECTORS)
+    assert all(isinstance(d.pattern, re.Pattern) for d in DETECTORS)
+    assert all(d.view in ("text", "digits") for d in DETECTORS)
+
+
+@pytest.mark.parametrize("display,expected", [
+    ("김민준/94/늑대", {"김민준/94/늑대", "김민준", "민준", "늑대"}),
+    ("박영우 소마", {"박영우 소마", "박영우", "영우", "소마"}),
+    ("남궁민수", {"남궁민수", "민수"}),
+    ("John Smith", {"John Smith", "John", "Smith"}),
+    ("minjun94", {"minjun94", "minjun"}),
+    ("you", set()),
+    ("회원님", set()),
+    ("알 수 없음", set()),
+    ("서울/28/남", set()),
+    ("준", set()),
+    ("이서연 (직장인)", {"이서연 (직장인)", "이서연", "서연"}),
+])
+def test_name_variants(display, expected):
+    assert name_variants(display) == expected
+
+
+def test_one_syllable_and_generic_names_not_replaced():
+    a = Anonymizer(["준", "you", "회원님", "나"])
+    for text in ("준비 됐어", "you know what", "회원님 안녕하세요", "나 지금 가"):
+        assert a.anonymize(text)[0] == text
+
+
+def test_english_names_case_sensitive():
+    a = Anonymizer(["Mark", "wolfy"])
+    assert a.anonymize("Mark, mark this. Marks") == ("[NAME], mark this. Marks", Counter({"[NAME]": 1}))
+    assert a.anonymize("hey Wolfy and wolfy")[0] == "hey [NAME] and [NAME]"
+
+
+# --------------------------------------------------------------------------------------------
+# property tests: planted PII in real-looking filler never survives
+
+FILLER = [
+    "안녕 오늘 뭐해?", "ㅋㅋㅋ 진짜 웃기다", "나 지금 퇴근 중", "내일 3시 30분에 보자", "밥 먹었어?", "오늘 이사 했어",
+    "사이 좋게 지내자", "일요일에 시간 돼?", "그거 15,000원이래", "아 배고파", "어디야?", "잠깐만", "알겠어 고마워",
+    "이따 연락할게", "주말에 뭐 할 거야", "ok see you soon", "lol that's funny", "I'll be there at 7:30",
+    "what's up", "thanks!", "2024.01.03 회의 있어", "오후 2:05 도착 예정", "구십 살까지 살자", "ㅎㅎ 그래",
+]
+
+HANGUL = ["공영빵", "일", "이", "삼", "사", "오", "육륙", "칠", "팔", "구"]
+SEPS = ["", "-", ".", " ", " . ", " - ", "  ", "·", "\n", "ㅡ", "*", "~", ")"]
+
+
+@st.composite
+def spelled(draw, digits: str, groups: list[int]):
+    """Render digits in groups with random separators; each group ASCII, Hangul or mixed."""
+    sep = draw(st.sampled_from(SEPS))
+    style = draw(st.sampled_from(["ascii", "hangul", "mixed", "spaced", "fullwidth"]))
+    parts, k = [], 0
+    for g in groups:
+        chunk = digits[k:k + g]
+        k += g
+        mode = style if style != "mixed" else draw(st.sampled_from(["ascii", "hangul"]))
+        if mode == "hangul":
+            chunk = "".join(draw(st.sampled_from(HANGUL[int(c)])) for c in chunk)
+        elif mode == "fullwidth":
+            chunk = "".join(chr(0xFF10 + int(c)) for c in chunk)
+        parts.append(chunk)
+    if style == "spaced":
+        return " ".join(digits)
+    return sep.join(parts)
+
+
+def _filler(draw) -> tuple[str, str]:
+    return draw(st.sampled_from(FILLER)), draw(st.sampled_from(FILLER))
+
+
+def _assert_gone(out: str, raw: str, digits: str):
+    assert raw not in out
+    assert digits not in re.sub(r"\D", "", out)
+    assert not contains_pii(out), out
+
+
+@st.composite
+def mobile(draw):
+    prefix = draw(st.sampled_from(["010", "011", "016", "017", "018", "019"]))
+    mid = draw(st.integers(1000 if prefix == "010" else 100, 9999))
+    last = draw(st.integers(0, 9999))
+    digits = f"{prefix}{mid}{last:04d}"
+    return digits, [3, len(str(mid)), 4]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_planted_phone_never_survives(data):
+    digits, groups = data.draw(mobile())
+    raw = data.draw(spelled(digits, groups))
+    if data.draw(st.booleans()) and raw[:1].isdigit():
+        raw = data.draw(st.sampled_from(["+82 ", "+82-", "+82 "])) + raw[1:]
+        digits = "82" + digits[1:]
+    before, after = _filler(data.draw)
+    suffix = data.draw(st.sampled_from(["", "이야", "로 연락줘", " 입니다", "번으로 전화해", "요"]))
+    text = f"{before} {raw}{suffix} {after}"
+    out = anonymize(text)
+    _assert_gone(out, raw, digits[-8:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_planted_rrn_never_survives(data):
+    y = data.draw(st.integers(1940, 2023))
+    m = data.draw(st.integers(1, 12))
+    d = data.draw(st.integers(1, 28))
+    g = data.draw(st.sampled_from("12" if y < 2000 else "34") if data.draw(st.booleans())
+                  else st.sampled_from("56" if y < 2000 else "78"))
+    rest = data.draw(st.integers(0, 999999))
+    digits = f"{y % 100:02d}{m:02d}{d:02d}{g}{rest:06d}"
+    sep = data.draw(st.sampled_from(["-", "", " ", " - "]))
+    raw = digits[:6] + sep + digits[6:]
+    cue = data.draw(st.sampled_from(["", "주민번호 ", "주민등록번호: ", "외국인등록번호 "]))
+    before, after = _filler(data.draw)
+    out = anonymize(f"{before} {cue}{raw} {after}")
+    _assert_gone(out, raw, digits)
+
+
+def _luhn_complete(body: str) -> str:
+    total = 0
+    for k, c in enumerate(reversed(body)):
+        x = int(c)
+        if k % 2 == 0:
+            x *= 2
+            x -= 9 if x > 9 else 0
+        total += x
+    return body + str((10 - total % 10) % 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_planted_card_never_survives(data):
+    first = data.draw(st.sampled_from(["4", "5", "9", "6"]))
+    body = first + "".join(str(data.draw(st.integers(0, 9))) for _ in range(14))
+    digits = _luhn_complete(body)
+    raw = data.draw(spelled(digits, [4, 4, 4, 4]))
+    before, after = _filler(data.draw)
+    out = anonymize(f"{before} 카드 {raw} {after}")
+    _assert_gone(out, raw, digits)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_planted_account_never_survives(data):
+    groups = data.draw(st.sampled_from([[3, 3, 6], [4, 3, 6], [3, 6, 5], [6, 2, 6], [4, 2, 7], [3, 2, 6], [3, 4, 4, 2]]))
+    digits = "".join(str(data.draw(st.integers(0, 9))) for _ in range(sum(groups)))
+    if len(set(digits)) < 4:
+        digits = "3" + digits[1:-2] + "71"
+    sep = data.draw(st.sampled_from(["-", " ", "", "-"]))
+    parts, k = [], 0
+    for g in groups:
+        parts.append(digits[k:k + g])
+        k += g
+    raw = sep.join(parts)
+    cue = data.draw(st.sampled_from(["계좌 ", "국민 ", "신한은행 ", "입금은 ", "카카오뱅크 ", "토스 ", "농협 계좌번호 "]))
+    before, after = _filler(data.draw)
+    tail = data.draw(st.sampled_from(["", "로 보내줘", " 입금 부탁", "으로 송금해"]))
+    out = anonymize(f"{before} {cue}{raw}{tail} {after}")
+    _assert_gone(out, raw, digits)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_planted_email_never_survives(data):
+    local = data.draw(st.from_regex(r"[a-z][a-z0-9._]{2,12}[a-z0-9]", fullmatch=True))
+    domain = data.draw(st.sampled_from(["gmail.com", "naver.com", "daum.net", "hanmail.net", "kakao.com",
+                                        "example.co.kr", "uni.ac.kr"]))
+    raw = f"{local}@{domain}"
+    before, after = _filler(data.draw)
+    out = anonymize(f"{before} {raw} {after}")
+    assert raw not in out and local not in out
+    assert not contains_pii(out)
+
+
+@pytest.mark.parametrize("text", FILLER)
+def test_filler_is_clean(text):
+    assert not contains_pii(text)
+    assert anonymize(text) == text
