@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
+# The dialogue parts of the sample (the review text only feeds the tokenizer).
+DIALOG_FOLDERS = ("kakaotalk", "chatbotdata-ko", "xpersona-ko", "chitchat-en")
 
 
 def _stage(n: int, title: str) -> float:
@@ -30,9 +32,10 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     out.mkdir(parents=True, exist_ok=True)
     shards, tok_dir = out / "shards", out / "tokenizer"
 
-    t0 = _stage(1, f"preprocess {SAMPLE.relative_to(ROOT)} -> {shards}")
+    inputs = [SAMPLE / name for name in DIALOG_FOLDERS]
+    t0 = _stage(1, f"preprocess {', '.join(p.name for p in inputs)} -> {shards}")
     from preprocess.pipeline import run as preprocess
-    summary = preprocess([str(SAMPLE)], str(shards), workers=2, progress=True)
+    summary = preprocess([str(p) for p in inputs], str(shards), workers=2, progress=True)
     if summary.get("failed"):
         print(f"    {len(summary['failed'])} input(s) failed; see {shards / 'manifest.json'}")
     _done(t0, f"{shards}/ (shards + manifest.json)")
