@@ -1,0 +1,232 @@
+"""Pretraining: config, schedule, a tiny run whose loss falls, exact resume, HF export,
+switchable objectives, init_from a plain BERT. CPU, fp32, 1 thread."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dialogbert import train as train_mod
+from dialogbert.config import Config, TrainSection, apply_overrides, load_config
+from dialogbert.train import lr_at, pretrain
+
+torch.set_num_threads(1)  # 2-core CI shared by 2 xdist workers: 1 thread each is fastest
+
+
+@pytest.fixture(scope="session")
+def pretrain_tokenizer(tiny_shards, tmp_path_factory) -> Path:
+    from dialogbert.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("pretrain_tokenizer")
+    train_tokenizer(tiny_shards, out, vocab_size=2000)
+    return out
+
+
+def tiny(shards: Path, tokenizer: Path, out: Path, **extra) -> list[str]:
+    """Overrides for a ~0.2M-parameter model on the tiny shards (no config file needed)."""
+    values = {
+        "run.out": out, "data.shards": shards, "data.tokenizer": tokenizer,
+        "data.max_length": 64, "data.batch_size": 16, "data.shuffle_buffer": 256,
+        "model.hidden_size": 64, "model.num_hidden_layers": 2, "model.num_attention_heads": 2,
+        "model.intermediate_size": 128, "model.max_position_embeddings": 64,
+        "train.lr": 2e-3, "train.warmup_steps": 5, "train.log_every": 1, "train.eval_examples": 64,
+        "train.num_threads": 1, "train.progress": False, "train.tensorboard": False, "train.plot": False,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def read_log(run: Path) -> list[dict]:
+    with open(run / "log.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["loss"]) for r in read_log(run) if r["loss"]}
+
+
+# ------------------------------------------------------------------------------ config
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["train.lr=3e-4", "train.max_steps=1e3", "objectives.mlm=false",
+                                     "train.precision=bf16", "data.batch_size=8"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
+    assert cfg.objectives.mlm is False and cfg.train.precision == "bf16"
+    assert cfg.data_config().batch_size == 8 and cfg.data_config().mlm is False
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_overrides(Config(), ["train.max_steps=1.5"])
+    with pytest.raises(ValueError, match="true/false"):
+        apply_overrides(Config(), ["objectives.mlm=maybe"])
+
+
+def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.lrr.*max_steps.*warmup_steps"):
+        apply_overrides(Config(), ["train.lrr=1"])
+    with pytest.raises(ValueError, match="unknown config section 'optim'"):
+        apply_overrides(Config(), ["optim.lr=1"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nhidden_size = 64\nnum_layers = 2\n')
+    with pytest.raises(ValueError, match=r"bad\.toml.*model\.num_layers.*num_hidden_layers"):
+        load_config(bad)
+
+
+def test_config_file_paths_and_checks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml", ["run.out=here"])
+    assert cfg.run.out == str(tmp_path / "here")
+    assert Path(cfg.data.shards).is_absolute()
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        load_config(None, ["data.max_length=512", "model.max_position_embeddings=128"])
+    with pytest.raises(ValueError, match="both false"):
+        load_config(None, ["objectives.mlm=false", "objectives.next_turn=false"])
+
+
+def test_lr_schedule():
+    t = TrainSection(lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, t) == pytest.approx(1e-4)
+    assert lr_at(4, t) == pytest.approx(5e-4)
+    assert lr_at(9, t) == pytest.approx(1e-3)
+    assert lr_at(10, t) == pytest.approx(1e-3)
+    assert lr_at(60, t) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way through the cosine
+    assert lr_at(110, t) == pytest.approx(1e-4)
+    assert lr_at(500, t) == pytest.approx(1e-4)
+    lrs = [lr_at(s, t) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lr_at(0, TrainSection(warmup_steps=0, lr=1.0, max_steps=10)) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ runs
+@pytest.fixture(scope="module")
+def tiny_run(tiny_shards, pretrain_tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    final = pretrain(None, tiny(tiny_shards, pretrain_tokenizer, out, train__max_steps=50,
+                                train__eval_every=25, train__save_every=25, train__plot=True,
+                                train__tensorboard=True))
+    return out, final
+
+
+@pytest.mark.xdist_group("tiny_run")  # one worker builds the module fixture once
+def test_tiny_run_loss_falls_and_writes_a_run_folder(tiny_run):
+    out, final = tiny_run
+    assert final == out / "checkpoints" / "step-50"
+    losses = train_losses(out)
+    assert sorted(losses) == list(range(1, 51))
+    first = sum(losses[s] for s in range(1, 11)) / 10
+    last = sum(losses[s] for s in range(41, 51)) / 10
+    assert last < first - 0.3, (first, last)
+    evals = [r for r in read_log(out) if r["eval_mlm_loss"]]
+    assert [int(r["step"]) for r in evals] == [0, 25, 50]
+    assert float(evals[-1]["eval_mlm_loss"]) < float(evals[0]["eval_mlm_loss"])
+    assert all(0.0 <= float(r["eval_next_turn_acc"]) <= 1.0 for r in evals)
+    assert (out / "curves.png").stat().st_size > 1000
+    assert any((out / "tb").iterdir())
+    assert (out / "config.resolved.toml").is_file()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-25", "step-50"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.resolved.toml", "trainer_state.pt"):
+        assert (final / name).is_file(), name
+    # the resolved config reloads and names the same run
+    assert load_config(final / "config.resolved.toml").train.max_steps == 50
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_checkpoint_loads_with_auto_classes(tiny_run, pretrain_tokenizer):
+    from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
+
+    import dialogbert.modeling  # noqa: F401  (registers the dialogbert model type)
+    from dialogbert.modeling import DialogBertForPreTraining, DialogBertModel
+
+    _, final = tiny_run
+    enc = AutoModel.from_pretrained(final)
+    full = AutoModelForPreTraining.from_pretrained(final)
+    assert isinstance(enc, DialogBertModel) and isinstance(full, DialogBertForPreTraining)
+    assert enc.config.type_vocab_size == 4
+    tok = AutoTokenizer.from_pretrained(final)
+    assert len(tok) == 2000
+    from safetensors.torch import load_file
+    saved = load_file(str(final / "model.safetensors"))
+    assert torch.equal(full.bert.encoder.layer[0].attention.self.query.weight,
+                       saved["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(enc.bert.embeddings.word_embeddings.weight, full.bert.embeddings.word_embeddings.weight)
+    assert full.cls.predictions.decoder.weight.data_ptr() == full.bert.embeddings.word_embeddings.weight.data_ptr()
+    ids = torch.tensor([[tok.cls_token_id, 10, 11, tok.sep_token_id]])
+    out = enc(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([[0, 1, 1, 1]]),
+              turn_ids=torch.tensor([[0, 1, 1, 1]]))
+    assert out.last_hidden_state.shape == (1, 4, 64)
+
+
+def test_resume_after_an_interrupt_continues_the_same_curve(tiny_shards, pretrain_tokenizer, tmp_path, monkeypatch):
+    common = dict(train__max_steps=20, train__save_every=5, train__eval_every=10)
+    straight = tmp_path / "straight"
+    pretrain(None, tiny(tiny_shards, pretrain_tokenizer, straight, **common))
+
+    def crash(step):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    broken = tmp_path / "broken"
+    monkeypatch.setattr(train_mod, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(None, tiny(tiny_shards, pretrain_tokenizer, broken, **common))
+    assert [s for s, _ in train_mod.list_checkpoints(broken)] == [5, 10]
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    final = pretrain(None, tiny(tiny_shards, pretrain_tokenizer, broken, **common))  # resume="auto"
+    assert final.name == "step-20"
+
+    a, b = train_losses(straight), train_losses(broken)
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for s in range(1, 21):
+        assert math.isclose(a[s], b[s], rel_tol=0, abs_tol=1e-6), (s, a[s], b[s])
+    ev_a = [r for r in read_log(straight) if r["eval_mlm_loss"]]
+    ev_b = [r for r in read_log(broken) if r["eval_mlm_loss"]]
+    assert [r["step"] for r in ev_a] == [r["step"] for r in ev_b] == ["0", "10", "20"]
+    assert float(ev_a[-1]["eval_mlm_loss"]) == pytest.approx(float(ev_b[-1]["eval_mlm_loss"]), abs=1e-5)
+
+
+@pytest.mark.parametrize("mlm,next_turn", [(True, False), (False, True)])
+def test_objectives_are_switchable(tiny_shards, pretrain_tokenizer, tmp_path, mlm, next_turn):
+    out = tmp_path / "run"
+    pretrain(None, tiny(tiny_shards, pretrain_tokenizer, out, train__max_steps=3, train__eval_every=3,
+                        objectives__mlm=mlm, objectives__next_turn=next_turn))
+    rows = read_log(out)
+    train_rows = [r for r in rows if r["loss"]]
+    assert len(train_rows) == 3
+    assert all(bool(r["mlm_loss"]) == mlm and bool(r["next_turn_loss"]) == next_turn for r in train_rows)
+    for r in train_rows:
+        part = float(r["mlm_loss"] or r["next_turn_loss"])
+        assert float(r["loss"]) == pytest.approx(part, rel=1e-5)
+    evals = [r for r in rows if r["eval_mlm_loss"] or r["eval_next_turn_acc"]]
+    assert evals and all(bool(r["eval_mlm_acc"]) == mlm and bool(r["eval_next_turn_acc"]) == next_turn
+                         for r in evals)
+
+
+def test_init_from_a_plain_bert(tiny_shards, pretrain_tokenizer, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(1)
+    bert = BertForPreTraining(BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=128,
+                                         max_position_embeddings=64, type_vocab_size=2))
+    src = tmp_path / "bert"
+    bert.save_pretrained(src)  # no tokenizer there: data.tokenizer is used
+    out = tmp_path / "run"
+    # lr 0: the single step changes nothing, so the checkpoint holds the initial weights
+    final = pretrain(None, tiny(tiny_shards, pretrain_tokenizer, out, train__max_steps=1, train__lr=0.0,
+                                train__eval_every=1, model__init_from=src, model__hidden_size=32,
+                                model__num_hidden_layers=1))
+    got = load_file(str(final / "model.safetensors"))
+    want = bert.state_dict()
+    for key in ("bert.encoder.layer.1.output.dense.weight", "bert.embeddings.word_embeddings.weight",
+                "bert.embeddings.position_embeddings.weight", "bert.pooler.dense.weight",
+                "cls.seq_relationship.weight", "cls.predictions.transform.dense.weight"):
+        assert torch.equal(got[key], want[key]), key
+    tt = got["bert.embeddings.token_type_embeddings.weight"]
+    assert tt.shape == (4, 64)  # resized from BERT's 2 segment types to 4 speakers
+    assert torch.equal(tt[:2], want["bert.embeddings.token_type_embeddings.weight"])
+    assert got["turn_embeddings.weight"].shape == (9, 64)  # new, initialised
+    resolved = load_config(final / "config.resolved.toml")
+    assert (resolved.model.hidden_size, resolved.model.num_hidden_layers) == (64, 2)  # BERT's architecture won
