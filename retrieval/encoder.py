@@ -1,0 +1,178 @@
+"""Encode contexts and responses into L2-normalised float32 vectors.
+
+Works with a dialogbert checkpoint (speaker ids in ``token_type_ids``, ``turn_ids``) and with
+a plain BERT folder such as all-MiniLM-L6-v2 (no turn ids; token types all 0). Every input goes
+through :func:`dialogbert.features.encode_dialog`, the one formatting function, so a context
+looks the same in fine-tuning, indexing, evaluation and serving.
+
+``encode`` works like sentence-transformers' ``SentenceTransformer.encode``: sort by length,
+batch under ``torch.inference_mode()``, restore the order, return float32 ``(n, d)``.
+
+Settings that must match between fine-tuning and serving (pooling, context turns, lengths,
+whether speaker/turn ids are zeroed) live in ``retrieval.json`` beside the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from dialogbert.features import encode_dialog, pad_batch, turn_text
+
+SETTINGS_FILE = "retrieval.json"
+Turns = Sequence[tuple[str, str]]
+
+
+@dataclass
+class EncoderSettings:
+    pooling: str = "mean"           # "mean" over non-pad tokens, or "cls"
+    context_turns: int = 5          # newest turns of a context that are encoded
+    max_length: int = 128           # tokens per input ([CLS] + turns + [SEP]s)
+    max_turn_tokens: int = 64       # each turn cut to this many tokens (its start kept)
+    zero_dialog_ids: bool = False   # ablation: speaker and turn ids all 0 (train and eval alike)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "EncoderSettings":
+        p = Path(folder) / SETTINGS_FILE
+        if not p.exists():
+            return cls()
+        d = json.loads(p.read_text("utf-8"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def model_hash(folder: str | Path) -> str:
+    """sha256 of the weights file (model.safetensors, else pytorch_model.bin)."""
+    folder = Path(folder)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = folder / name
+        if p.exists():
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin: not a model folder")
+
+
+class Encoder:
+    def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, path: str | Path | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.settings = settings or EncoderSettings()
+        if self.settings.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.settings.pooling!r}")
+        self.path = Path(path) if path else None
+        cfg = model.config
+        self.is_dialog = getattr(cfg, "model_type", "") == "dialogbert"
+        self.max_turns = int(getattr(cfg, "max_turns", 16))
+        self.num_speakers = int(getattr(cfg, "num_speakers", getattr(cfg, "type_vocab_size", 2)))
+        limit = int(getattr(cfg, "max_position_embeddings", 512))
+        self.settings.max_length = min(self.settings.max_length, limit)
+        self.dim = int(cfg.hidden_size)
+
+    # ---- loading and saving -------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> "Encoder":
+        from transformers import AutoModel, AutoTokenizer
+
+        import dialogbert.modeling  # noqa: F401  (registers model_type "dialogbert")
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no config.json; pass a dialogbert checkpoint or a BERT folder "
+                                    f"(e.g. the output of `dialogbert finetune`)")
+        settings = EncoderSettings.read(path)
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(settings, k, v)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model.eval()
+        return cls(model, tok, settings, path)
+
+    def save(self, out: str | Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n", "utf-8")
+        return out
+
+    def hash(self) -> str:
+        if self.path is None:
+            raise ValueError("an in-memory encoder has no weights file to hash: save it first")
+        return model_hash(self.path)
+
+    # ---- features -----------------------------------------------------------------------
+    def featurize(self, items: Sequence[Turns]) -> list[dict[str, list[int]]]:
+        """encode_dialog over many turn lists, tokenizing each distinct turn text once."""
+        s = self.settings
+        items = [list(t)[-s.context_turns:] if s.context_turns else list(t) for t in items]
+        texts = sorted({turn_text(text) for turns in items for _, text in turns})
+        ids = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        feats = []
+        for turns in items:
+            f = encode_dialog(self.tokenizer, turns, max_length=s.max_length, max_turns=self.max_turns,
+                              num_speakers=max(2, self.num_speakers), max_turn_tokens=s.max_turn_tokens,
+                              token_ids=[ids[turn_text(t)] for _, t in turns])
+            if not self.is_dialog or s.zero_dialog_ids:
+                f["token_type_ids"] = [0] * len(f["input_ids"])
+                f["turn_ids"] = [0] * len(f["input_ids"])
+            feats.append(f)
+        return feats
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings of a padded batch (keeps the autograd graph)."""
+        kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  token_type_ids=batch["token_type_ids"])
+        if self.is_dialog:
+            kw["turn_ids"] = batch["turn_ids"]
+        hidden = self.model(**kw).last_hidden_state
+        if self.settings.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def pad(self, feats) -> dict[str, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        dev = next(self.model.parameters()).device
+        return {k: v.to(dev) for k, v in pad_batch(feats, pad_id).items()}
+
+    # ---- encode -------------------------------------------------------------------------
+    def encode(self, items: Sequence[Turns], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+        """Turn lists (oldest first) -> float32 (n, d), L2-normalised, in input order."""
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        feats = self.featurize(items)
+        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")
+        out = np.zeros((len(feats), self.dim), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(feats) >= 5000
+        was_training = self.model.training
+        self.model.eval()
+        starts = range(0, len(order), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="encode", unit="batch")
+        with torch.inference_mode():
+            for i in starts:
+                idx = order[i:i + batch_size]
+                out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+    def encode_contexts(self, contexts: Sequence[Turns], **kw) -> np.ndarray:
+        return self.encode(contexts, **kw)
+
+    def encode_responses(self, texts: Sequence[str], speaker: str = "R", **kw) -> np.ndarray:
+        return self.encode([[(speaker, t)] for t in texts], **kw)

@@ -1,0 +1,171 @@
+"""Offline evaluation by the protocol (shared/PROTOCOL.md): Rn@k, MRR, full-index recall, with
+the lexical baselines scored on the same candidate sets.
+
+    evaluate(model, shards, report) -> flat dict; writes report.json, report.md, report.png
+
+:class:`RetrievalEvaluator` holds the examples and the candidates; calling it with any scorer
+(an object with ``score(contexts, candidates) -> (m, n) array``) returns a flat dict of
+metrics, so the metric code is tested with a stub scorer whose right answers are known.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from retrieval.baselines import BM25Scorer, TfidfScorer
+from retrieval.examples import NEGATIVE_SEED, Example, draw_candidates, load_examples, train_responses
+from retrieval.metrics import rank_metrics
+
+TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1", "index_R@10")
+
+
+class EncoderScorer:
+    """Dot products of normalised context and response vectors (an Encoder from encoder.py)."""
+
+    def __init__(self, encoder, name: str = "encoder", batch_size: int = 64):
+        self.encoder, self.name, self.batch_size = encoder, name, batch_size
+
+    def score(self, contexts, candidates) -> np.ndarray:
+        uniq = sorted({c for cands in candidates for c in cands})
+        pos = {t: i for i, t in enumerate(uniq)}
+        R = self.encoder.encode_responses(uniq, batch_size=self.batch_size)
+        C = self.encoder.encode_contexts(contexts, batch_size=self.batch_size)
+        idx = np.array([[pos[c] for c in cands] for cands in candidates])
+        return np.einsum("md,mnd->mn", C, R[idx])
+
+
+class RandomScorer:
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def score(self, contexts, candidates) -> np.ndarray:
+        return np.random.default_rng(self.seed).random((len(contexts), len(candidates[0])))
+
+
+class RetrievalEvaluator:
+    def __init__(self, examples: Sequence[Example], n: int = 100, seed: int = NEGATIVE_SEED):
+        self.examples = list(examples)
+        self.candidates = draw_candidates([e.response for e in self.examples], n=n, seed=seed)
+        self.contexts = [e.context for e in self.examples]
+
+    def __call__(self, scorer) -> dict[str, float]:
+        t0 = time.perf_counter()
+        scores = np.asarray(scorer.score(self.contexts, self.candidates.texts))
+        if scores.shape != (len(self.examples), self.candidates.n):
+            raise ValueError(f"{getattr(scorer, 'name', scorer)}: scores of shape {scores.shape}, "
+                             f"expected {(len(self.examples), self.candidates.n)}")
+        out = rank_metrics(scores)
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        return out
+
+
+def index_recall(encoder, index, examples: Sequence[Example], ks=(1, 10), batch_size: int = 64) -> dict[str, float]:
+    """Recall@k of the true response text among the index's responses plus the test responses
+    (as a served bot would see them if the test responses were in its store)."""
+    kmax = max(ks)
+    C = encoder.encode_contexts([e.context for e in examples], batch_size=batch_size)
+    D, I = index.search_vectors(C, kmax)
+    test_texts = sorted({e.response for e in examples} - set(index.texts))
+    T = encoder.encode_responses(test_texts, batch_size=batch_size) if test_texts else np.zeros((0, C.shape[1]), np.float32)
+    S = C @ T.T if len(test_texts) else np.zeros((len(examples), 0), np.float32)
+    hits = {k: 0 for k in ks}
+    for i, e in enumerate(examples):
+        merged = [(float(d), index.texts[j]) for d, j in zip(D[i], I[i]) if j >= 0]
+        if S.shape[1]:
+            top = np.argsort(-S[i])[:kmax]
+            merged += [(float(S[i, j]), test_texts[j]) for j in top]
+        merged.sort(key=lambda x: -x[0])
+        texts = [t for _, t in merged]
+        for k in ks:
+            hits[k] += e.response in texts[:k]
+    return {f"index_R@{k}": hits[k] / max(1, len(examples)) for k in ks}
+
+
+def corpus_name(shards: str | Path, examples: Sequence[Example]) -> str:
+    sources = sorted({e.source for e in examples})
+    return f"{Path(shards).name} ({', '.join(sources)})"
+
+
+def write_report(report: dict, out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix == ".json":
+        out = out.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    systems = report["systems"]
+    keys = [k for k in TABLE_KEYS if any(k in m for m in systems.values())]
+    lines = [f"# Retrieval evaluation: {report['corpus']}", "",
+             f"{report['sizes']['test_examples']} test examples, {report['sizes']['train_responses']} training "
+             f"responses; negatives: random.Random({report['seeds']['negatives']}) from "
+             f"{report['sizes']['candidate_pool']} distinct test responses; ties count against the system.",
+             f"Model: {report.get('model') or '(baselines only)'}", "",
+             "| system | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, m in systems.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" if k in m else "" for k in keys) + " |")
+    (out / "report.md").write_text("\n".join(lines) + "\n", "utf-8")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        shown = [k for k in ("R10@1", "R10@5", "R100@1", "R100@10", "MRR") if k in keys]
+        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(shown), 3.6))
+        w = 0.8 / max(1, len(systems))
+        for i, (name, m) in enumerate(systems.items()):
+            ax.bar(np.arange(len(shown)) + i * w, [m.get(k, 0) for k in shown], w, label=name)
+        ax.set_xticks(np.arange(len(shown)) + w * (len(systems) - 1) / 2, shown)
+        ax.set_ylim(0, 1)
+        ax.set_title(report["corpus"], fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "report.png", dpi=100)
+        plt.close(fig)
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | None,
+             index_dir: str | Path | None = None, max_examples: int | None = None,
+             baselines_only: bool = False, *, sources: Sequence[str] | None = None,
+             encoder=None, n: int = 100, batch_size: int = 64, name: str | None = None,
+             baselines: bool = True) -> dict:
+    """Score the encoder (a folder, or an ``encoder`` object) and the baselines on the test split
+    of ``shards``; write the report folder unless ``report`` is None; return the report dict."""
+    examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
+    if not examples:
+        raise ValueError(f"{shards}: no test examples (is the split empty? are there multi-turn conversations?)")
+    ev = RetrievalEvaluator(examples, n=n)
+    systems: dict[str, dict] = {"random": ev(RandomScorer())}
+    train = train_responses(shards) if baselines else []
+    if baselines:
+        for sc in (BM25Scorer().fit(train), BM25Scorer(bigrams=False).fit(train), TfidfScorer().fit(train)):
+            systems[sc.name] = ev(sc)
+    model_name = None
+    if encoder is None and model is not None and not baselines_only:
+        from retrieval.encoder import Encoder
+        encoder = Encoder.load(model)
+    if encoder is not None and not baselines_only:
+        model_name = str(model) if model is not None else (name or "encoder")
+        label = name or Path(str(model_name)).name
+        m = ev(EncoderScorer(encoder, label, batch_size))
+        if index_dir is not None:
+            from retrieval.index import ResponseIndex
+            idx = ResponseIndex.load(index_dir, model if model is not None else None)
+            m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
+        systems[label] = m
+    rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name,
+           "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,
+           "sizes": {"test_examples": len(examples), "train_responses": len(train),
+                     "candidate_pool": ev.candidates.pool_size, "candidates": n,
+                     "max_examples": max_examples},
+           "seeds": {"negatives": NEGATIVE_SEED, "random_scorer": 0},
+           "systems": systems}
+    if report is not None:
+        write_report(rep, report)
+    return rep

@@ -1,0 +1,93 @@
+"""Protocol examples from shards (shared/PROTOCOL.md).
+
+A test example is (context, response): the context is up to the last ``context_turns`` (5)
+turns before turn t of a conversation (t >= 1), the response is turn t. A Q/A row ([Q, A])
+gives one example. The split is :func:`preprocess.schema.split_of`, by conversation.
+
+Candidates: the true response plus n-1 negatives drawn with ``random.Random(seed)`` (seed 1)
+from the other test responses whose text differs from the true one. One draw of 99 negatives
+per example serves both n=100 and n=10 (the first 9), so the sets are nested and identical for
+every system scored on them.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from preprocess.schema import Conversation, read_shards
+
+CONTEXT_TURNS = 5
+NEGATIVE_SEED = 1
+
+
+@dataclass
+class Example:
+    context: list[tuple[str, str]]  # (speaker, text), oldest first
+    response: str
+    speaker: str = ""
+    conv_id: str = ""
+    source: str = ""
+    turn: int = 0
+
+
+def conversation_examples(conv: Conversation, context_turns: int = CONTEXT_TURNS) -> list[Example]:
+    out = []
+    for t in range(1, len(conv.turns)):
+        ctx = [(x.speaker, x.text) for x in conv.turns[max(0, t - context_turns):t]]
+        r = conv.turns[t]
+        out.append(Example(ctx, r.text, r.speaker, conv.id, conv.source, t))
+    return out
+
+
+def load_examples(shards: str | Path, split: str | None = "test", max_examples: int | None = None,
+                  context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
+    """Examples of one split in shard order (file order, then turn order); the first
+    ``max_examples`` when capped (the protocol's chitchat cap is 1,000)."""
+    keep = set(sources) if sources else None
+    out: list[Example] = []
+    for conv in read_shards(shards, split=split):
+        if keep is not None and conv.source not in keep:
+            continue
+        out.extend(conversation_examples(conv, context_turns))
+        if max_examples is not None and len(out) >= max_examples:
+            return out[:max_examples]
+    return out
+
+
+def train_responses(shards: str | Path) -> list[str]:
+    """Every response text of the training split (turns t >= 1), for fitting the baselines."""
+    return [ex.response for conv in read_shards(shards, split="train")
+            for ex in conversation_examples(conv, 1)]
+
+
+@dataclass
+class CandidateSets:
+    """``texts[i]`` is example i's candidates, the true response first, then n-1 negatives."""
+    texts: list[list[str]]
+    n: int
+    seed: int = NEGATIVE_SEED
+    pool_size: int = 0
+    skipped: list[int] = field(default_factory=list)  # examples with too few distinct negatives
+
+    def first(self, n: int) -> list[list[str]]:
+        if n > self.n:
+            raise ValueError(f"asked for {n} candidates, only {self.n} were drawn")
+        return [c[:n] for c in self.texts]
+
+
+def draw_candidates(responses: Sequence[str], n: int = 100, seed: int = NEGATIVE_SEED) -> CandidateSets:
+    """Negatives for each response from the other responses with different text (distinct texts,
+    without replacement), with one ``random.Random(seed)`` walked in example order."""
+    pool = sorted(set(responses))
+    if len(pool) < n:
+        raise ValueError(f"only {len(pool)} distinct test responses: cannot draw {n - 1} negatives each; "
+                         f"use more test examples (--max-examples) or a smaller n")
+    rng = random.Random(seed)
+    out = []
+    for true in responses:
+        draw = rng.sample(pool, n)
+        negs = [t for t in draw if t != true][:n - 1]
+        out.append([true] + negs)
+    return CandidateSets(out, n, seed, len(pool))

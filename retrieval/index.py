@@ -1,0 +1,278 @@
+"""The response index: FAISS over the encoder's response vectors (the only module importing faiss).
+
+    build_index(model, shards, out, factory="Flat")   -> out/ (faiss.index, responses.jsonl, index_info.json)
+    ResponseIndex.load(out, model_dir).search(contexts, k) -> [[(score, response dict), ...], ...]
+
+Candidates are the deduplicated turns (t >= 1) of the TRAIN split that pass the filters: length
+bounds; never a turn for which ``preprocess.anonymize.contains_pii`` is True (a retrieval bot
+repeats stored text verbatim, see shared/PII.md); turns holding placeholders such as [NAME] are
+left out by default. FAISS id i is row i of ``responses.jsonl``. Inner product on normalised
+vectors (cosine). ``index_info.json`` records the model hash, dimension and factory and is
+checked on load; a mismatch raises an error that says how to fix it.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from preprocess.schema import PLACEHOLDERS, atomic_write_text, read_shards
+
+INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
+TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("faiss is missing: pip install faiss-cpu==1.15.1 (or faiss-gpu)") from e
+    faiss.cvar.distance_compute_blas_threshold = 20  # batched search through BLAS (NOTES.md)
+    return faiss
+
+
+@dataclass
+class ResponseFilter:
+    min_chars: int = 2
+    max_chars: int = 300
+    allow_placeholders: bool = False
+    pii_check: Callable[[str], bool] | None = None  # default: preprocess.anonymize.contains_pii
+
+    def checker(self) -> Callable[[str], bool]:
+        if self.pii_check is not None:
+            return self.pii_check
+        try:
+            from preprocess.anonymize import contains_pii
+        except ImportError as e:
+            raise ImportError("preprocess.anonymize.contains_pii is missing: the index refuses to store "
+                              "responses without the PII guard (shared/PII.md)") from e
+        return contains_pii
+
+    def reason(self, text: str, contains_pii: Callable[[str], bool]) -> str | None:
+        """Why a text stays out of the index, or None when it may enter."""
+        t = text.strip()
+        if len(t) < self.min_chars:
+            return "too_short"
+        if len(t) > self.max_chars:
+            return "too_long"
+        if contains_pii(t):
+            return "pii"
+        if not self.allow_placeholders and any(p in t for p in PLACEHOLDERS):
+            return "placeholder"
+        return None
+
+
+def collect_responses(shards, filt: ResponseFilter | None = None, seen: Iterable[str] = ()) -> tuple[list[dict], dict]:
+    """Deduplicated, filtered response rows of the train split, and counts of what was dropped."""
+    filt = filt or ResponseFilter()
+    check = filt.checker()
+    seen_set = set(seen)
+    rows, dropped = [], {"duplicate": 0}
+    for conv in read_shards(shards, split="train"):
+        for t, turn in enumerate(conv.turns):
+            if t == 0:
+                continue
+            text = turn.text.strip()
+            if text in seen_set:
+                dropped["duplicate"] += 1
+                continue
+            why = filt.reason(text, check)
+            if why:
+                dropped[why] = dropped.get(why, 0) + 1
+                continue
+            seen_set.add(text)
+            rows.append({"text": text, "conv": conv.id, "source": conv.source, "turn": t})
+    return rows, dropped
+
+
+def _metric_ip(faiss):
+    return faiss.METRIC_INNER_PRODUCT
+
+
+def make_index(factory: str, dim: int, train_vectors: np.ndarray | None = None, seed: int = 0):
+    """A FAISS index from a factory string, trained on (a sample of) ``train_vectors`` if needed."""
+    faiss = _faiss()
+    index = faiss.index_factory(dim, factory, _metric_ip(faiss))
+    if not index.is_trained:
+        if train_vectors is None or len(train_vectors) == 0:
+            raise ValueError(f"factory {factory!r} needs training vectors")
+        ivf = _ivf(faiss, index)
+        if ivf is not None and len(train_vectors) < ivf.nlist:
+            raise ValueError(f"factory {factory!r} has {ivf.nlist} lists but only {len(train_vectors)} vectors "
+                             f"to train them; use 'Flat' or 'HNSW32', or IVF with at most "
+                             f"{max(1, len(train_vectors) // 39)} lists")
+        x = train_vectors
+        if len(x) > TRAIN_SAMPLE:
+            x = x[np.random.default_rng(seed).choice(len(x), TRAIN_SAMPLE, replace=False)]
+        index.train(np.ascontiguousarray(x, dtype=np.float32))
+    set_search_params(index)
+    return index
+
+
+def _ivf(faiss, index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def set_search_params(index, nprobe: int = 16, ef_search: int = 64) -> None:
+    faiss = _faiss()
+    ivf = _ivf(faiss, index)
+    if ivf is not None:
+        ivf.nprobe = min(nprobe, ivf.nlist)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = ef_search
+
+
+def to_gpu(index, gpu: bool):
+    """index_cpu_to_all_gpus when faiss-gpu and a GPU are there; else the CPU index, with a note."""
+    if not gpu:
+        return index
+    faiss = _faiss()
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n == 0 or not hasattr(faiss, "index_cpu_to_all_gpus"):
+        print("index: --gpu asked, but faiss has no GPU support here (faiss-cpu, or no GPU visible); "
+              "using the CPU index. Install faiss-gpu==1.15.1 on a GPU machine to use it.")
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as e:  # e.g. an index type the GPU does not support (HNSW)
+        print(f"index: could not move the index to the GPU ({e}); using the CPU index")
+        return index
+
+
+def to_cpu(index):
+    faiss = _faiss()
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+class IndexMismatchError(ValueError):
+    pass
+
+
+class ResponseIndex:
+    def __init__(self, index, rows: list[dict], info: dict, encoder=None, folder: Path | None = None):
+        self.index, self.rows, self.info, self.encoder, self.folder = index, rows, info, encoder, folder
+        self.texts = [r["text"] for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def load(cls, folder: str | Path, model_dir: str | Path | None = None, encoder=None, gpu: bool = False,
+             check: bool = True) -> "ResponseIndex":
+        """Load an index folder; with ``model_dir`` (or an ``encoder`` that has a path) also load
+        the encoder and check it is the one the index was built with."""
+        faiss = _faiss()
+        folder = Path(folder)
+        for name in (INDEX_FILE, RESPONSES_FILE, INFO_FILE):
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder / name} is missing: build the index with "
+                                        f"`dialogbert index --model MODEL --shards SHARDS --out {folder}`")
+        info = json.loads((folder / INFO_FILE).read_text("utf-8"))
+        rows = [json.loads(line) for line in (folder / RESPONSES_FILE).read_text("utf-8").splitlines() if line.strip()]
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        if check:
+            if index.d != info["dimension"] or index.ntotal != info["count"] or len(rows) != info["count"]:
+                raise IndexMismatchError(
+                    f"{folder}: index_info.json says {info['count']} vectors of dimension {info['dimension']}, "
+                    f"but faiss.index holds {index.ntotal} of dimension {index.d} and responses.jsonl "
+                    f"{len(rows)} rows: the folder is inconsistent; rebuild it with `dialogbert index ... --out {folder}`")
+        if encoder is None and model_dir is not None:
+            from retrieval.encoder import Encoder
+            encoder = Encoder.load(model_dir)
+        if encoder is not None and check:
+            check_model(info, encoder, folder)
+        set_search_params(index, info.get("nprobe", 16), info.get("ef_search", 64))
+        return cls(to_gpu(index, gpu), rows, info, encoder, folder)
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(q, min(k, max(1, len(self.rows))))
+
+    def search(self, contexts: Sequence[Sequence[tuple[str, str]]], k: int = 5) -> list[list[tuple[float, dict]]]:
+        """For each context (turns, oldest first) the k best stored responses: (score, row)."""
+        if self.encoder is None:
+            raise ValueError("this ResponseIndex has no encoder: load it with ResponseIndex.load(dir, model_dir)")
+        D, I = self.search_vectors(self.encoder.encode_contexts(contexts), k)
+        return [[(float(d), self.rows[j]) for d, j in zip(drow, irow) if j >= 0] for drow, irow in zip(D, I)]
+
+
+def check_model(info: dict, encoder, folder: Path) -> None:
+    fix = (f"rebuild the index with `dialogbert index --model {encoder.path} --shards SHARDS --out {folder}`, "
+           f"or load it with the model it was built with ({info.get('model')})")
+    if int(info["dimension"]) != int(encoder.dim):
+        raise IndexMismatchError(f"{folder}: index vectors have dimension {info['dimension']} but the model "
+                                 f"{encoder.path} produces {encoder.dim}: {fix}")
+    if encoder.path is not None and info.get("model_sha256"):
+        h = encoder.hash()
+        if h != info["model_sha256"]:
+            raise IndexMismatchError(f"{folder}: built with model sha256 {info['model_sha256'][:12]}..., but "
+                                     f"{encoder.path} has sha256 {h[:12]}... (a different or retrained model): {fix}")
+
+
+def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def build_index(model: str | Path, shards: str | Path, out: str | Path, factory: str = "Flat", gpu: bool = False,
+                add: bool = False, *, encoder=None, filt: ResponseFilter | None = None, batch_size: int = 64) -> Path:
+    """Encode the filtered training responses of ``shards`` and write the index folder. With
+    ``add=True`` append the new responses to an existing index (same model) without rebuilding."""
+    faiss = _faiss()
+    out = Path(out)
+    from retrieval.encoder import Encoder, model_hash
+    if encoder is None:
+        encoder = Encoder.load(model)
+    t0 = time.time()
+    if add:
+        existing = ResponseIndex.load(out, encoder=encoder)
+        rows, dropped = collect_responses(shards, filt, seen=existing.texts)
+        index, info = to_gpu(existing.index, gpu), existing.info
+        start = len(existing.rows)
+    else:
+        rows, dropped = collect_responses(shards, filt)
+        start, info = 0, None
+    for i, r in enumerate(rows):
+        r["id"] = start + i
+    vecs = encoder.encode_responses([r["text"] for r in rows], batch_size=batch_size) if rows else \
+        np.zeros((0, encoder.dim), np.float32)
+    if not add:
+        if not rows:
+            raise ValueError(f"{shards}: no responses passed the filters ({dropped}); nothing to index")
+        index = to_gpu(make_index(factory, encoder.dim, vecs), gpu)
+    if len(vecs):
+        index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    out.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(to_cpu(index), str(out / (INDEX_FILE + ".tmp")))
+    _write_rows(out / RESPONSES_FILE, rows, append=add)
+    (out / (INDEX_FILE + ".tmp")).replace(out / INDEX_FILE)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    import dialogbert
+    if info is None:
+        info = {"model": str(model) if model is not None else None,
+                "model_sha256": model_hash(encoder.path) if encoder.path else None,
+                "dimension": int(encoder.dim), "factory": factory, "metric": "inner_product",
+                "normalized": True, "count": 0, "nprobe": 16, "ef_search": 64, "shards": [],
+                "dropped": {}, "created": now,
+                "created_with": {"dialogbert": dialogbert.__version__, "faiss": faiss.__version__,
+                                 "python": platform.python_version()}}
+    info["count"] = int(start + len(rows))
+    info["shards"] = list(info.get("shards", [])) + [str(shards)]
+    info["dropped"] = {k: info.get("dropped", {}).get(k, 0) + v for k, v in dropped.items()}
+    info["updated"] = now
+    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
+          f"{factory}) in {time.time() - t0:.1f}s; left out: {dropped}")
+    return out

@@ -1,0 +1,108 @@
+"""tiny_shards -> tokenizer -> a tiny random DialogBert -> fine-tune -> index -> evaluate.
+
+The fine-tuned encoder must beat random clearly (MRR and R10@1) on the tiny test split, and
+the saved encoder must load with AutoModel, serve through ResponseIndex and resume training.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_shards, tmp_path_factory):
+    import torch
+
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
+    from dialogbert.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-dialogbert")
+    tok = train_tokenizer(tiny_shards, out, vocab_size=2000)
+    torch.manual_seed(0)
+    cfg = DialogBertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=128, max_position_embeddings=128, max_turns=8, num_speakers=4,
+                           pad_token_id=tok.pad_token_id)
+    DialogBertForPreTraining(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_model, tiny_shards, tmp_path_factory):
+    import torch
+
+    from retrieval.finetune import finetune
+
+    out = tmp_path_factory.mktemp("encoder")
+    threads = torch.get_num_threads()
+    # one thread: on a shared 2-core box two OpenMP threads run many times slower
+    finetune(tiny_model, tiny_shards, out, overrides=[
+        "train.max_steps=60", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=5",
+        "train.save_every=30", "train.log_every=30", "data.max_length=96", "train.hard_negatives=true",
+        "train.threads=1"], progress=False)
+    yield out
+    torch.set_num_threads(threads)
+
+
+def test_finetune_index_evaluate_beats_random(finetuned, tiny_shards, tmp_path):
+    from transformers import AutoModel
+
+    from retrieval.evaluate import evaluate
+    from retrieval.index import ResponseIndex, build_index
+
+    assert type(AutoModel.from_pretrained(finetuned)).__name__ == "DialogBertModel"
+    idx_dir = build_index(finetuned, tiny_shards, tmp_path / "index")
+    rep = evaluate(finetuned, tiny_shards, tmp_path / "report", index_dir=idx_dir)
+    sys_ = rep["systems"][finetuned.name]
+    rand = rep["systems"]["random"]
+    assert rep["sizes"]["test_examples"] >= 200
+    assert sys_["MRR"] > rand["MRR"] + 0.1, sys_
+    assert sys_["R10@1"] > 0.15, sys_  # random: 0.10 (+-0.02 at this size)
+    assert 0.0 <= sys_["index_R@1"] <= sys_["index_R@10"] <= 1.0
+    for name in ("report.json", "report.md", "report.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["systems"].keys() >= {
+        "random", "BM25 words + char bigrams", "TF-IDF char 1-3"}
+    served = ResponseIndex.load(idx_dir, finetuned)
+    (hits,) = served.search([[("S1", "안녕하세요 반가워요")]], k=3)
+    assert len(hits) == 3 and all(isinstance(h[1]["text"], str) for h in hits)
+
+
+def test_finetune_resumes_from_its_checkpoint(finetuned, tiny_model, tiny_shards):
+    from retrieval.finetune import finetune
+
+    state = json.loads((finetuned / "checkpoints" / "step-60" / "trainer_state.json").read_text())
+    assert state["step"] == 60
+    # the same command with a higher max_steps continues at step 60 instead of starting over
+    finetune(tiny_model, tiny_shards, finetuned, overrides=[
+        "train.max_steps=62", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=5",
+        "data.max_length=96", "train.save_every=30", "train.threads=1"], progress=False)
+    assert json.loads((finetuned / "finetune.json").read_text())["steps"] == 62
+    assert (finetuned / "checkpoints" / "step-62").is_dir()
+
+
+def test_encoder_contract(finetuned):
+    import numpy as np
+
+    from retrieval.encoder import Encoder
+
+    enc = Encoder.load(finetuned)
+    ctxs = [[("S1", "안녕"), ("S2", "뭐 해?")], [("S1", "밥 먹었어?")], [("S1", "x " * 300)]]
+    v = enc.encode_contexts(ctxs, batch_size=2)
+    assert v.dtype == np.float32 and v.shape == (3, enc.dim)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # order restored after the length sort; same input, same vector, regardless of the batch
+    assert np.allclose(enc.encode_contexts(ctxs[1:2]), v[1], atol=1e-5)
+    f = enc.featurize([ctxs[0]])[0]
+    assert max(f["turn_ids"]) == 2 and max(f["token_type_ids"]) == 2
+    enc.settings.zero_dialog_ids = True
+    f = enc.featurize([ctxs[0]])[0]
+    assert max(f["turn_ids"]) == 0 and max(f["token_type_ids"]) == 0
+
+
+def test_config_rejects_unknown_keys():
+    from retrieval.finetune import load_config
+
+    with pytest.raises(ValueError, match="unknown key train.max_stepz"):
+        load_config(None, ["train.max_stepz=3"])
+    assert load_config(None, ["train.symmetric=false"])["train"]["symmetric"] is False
