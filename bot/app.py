@@ -35,8 +35,9 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
 class Retriever(Protocol):
-    def search(self, contexts: Sequence[Sequence[tuple[str, str]]], k: int) -> list[list[tuple[str, float]]]:
-        """For each context (turns oldest first, as (speaker, text)), the k best (response text, score)."""
+    def search(self, contexts: Sequence[Sequence[tuple[str, str]]], k: int) -> list[list[tuple[float, dict]]]:
+        """For each context (turns oldest first, as (speaker, text)), the k best (score, row) where
+        row["text"] is the stored response (retrieval.index.ResponseIndex.search)."""
 
 
 class Sessions:
@@ -129,7 +130,8 @@ def chat():
     sessions.append(sid, USER, anonymize(message))
     history = sessions.history(sid)
     context = history[-current_app.config["CONTEXT_TURNS"]:]
-    candidates = _retriever().search([context], current_app.config["TOP_K"])[0]
+    hits = _retriever().search([context], current_app.config["TOP_K"])[0]
+    candidates = [(row["text"], score) for score, row in hits]
     reply = choose_reply(candidates, history)
     if reply is None:
         reply = FALLBACK_REPLY["ko" if _HANGUL.search(message) else "en"]

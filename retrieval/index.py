@@ -170,8 +170,8 @@ class ResponseIndex:
     @classmethod
     def load(cls, folder: str | Path, model_dir: str | Path | None = None, encoder=None, gpu: bool = False,
              check: bool = True) -> "ResponseIndex":
-        """Load an index folder; with ``model_dir`` (or an ``encoder`` that has a path) also load
-        the encoder and check it is the one the index was built with."""
+        """Load an index folder and its encoder (``model_dir``, an ``encoder``, or by default the
+        model folder recorded in index_info.json), checking it is the one the index was built with."""
         faiss = _faiss()
         folder = Path(folder)
         for name in (INDEX_FILE, RESPONSES_FILE, INFO_FILE):
@@ -187,6 +187,8 @@ class ResponseIndex:
                     f"{folder}: index_info.json says {info['count']} vectors of dimension {info['dimension']}, "
                     f"but faiss.index holds {index.ntotal} of dimension {index.d} and responses.jsonl "
                     f"{len(rows)} rows: the folder is inconsistent; rebuild it with `dialogbert index ... --out {folder}`")
+        if encoder is None and model_dir is None and info.get("model") and Path(info["model"]).is_dir():
+            model_dir = info["model"]  # the encoder the index was built with
         if encoder is None and model_dir is not None:
             from retrieval.encoder import Encoder
             encoder = Encoder.load(model_dir)

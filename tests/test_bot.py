@@ -1,6 +1,8 @@
 """The chat service through Flask's test client, with a retriever whose answers we control."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.app import create_app, choose_reply, is_servable
@@ -14,7 +16,7 @@ class FakeRetriever:
 
     def search(self, contexts, k):
         self.contexts.extend(contexts)
-        return [list(self.candidates)[:k] for _ in contexts]
+        return [[(score, {"text": text}) for text, score in self.candidates][:k] for _ in contexts]
 
 
 @pytest.fixture
@@ -98,3 +100,41 @@ def test_choose_reply_and_guard():
     assert not is_servable("연락처 공일공 일이삼사 오육칠팔")
     assert is_servable("3시 30분에 만나요")
     assert choose_reply([("a@b.co 로 보내", 1.0)], []) is None
+
+
+def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_path):
+    """shards with planted personal data -> tokenizer -> tiny random DialogBERT -> index -> chat."""
+    import torch
+
+    from conftest import sample_conversations
+    from dialogbert.modeling import DialogBertConfig, DialogBertModel
+    from dialogbert.tokenizer import train_tokenizer
+    from preprocess.schema import Conversation, Turn, write_shard
+    from retrieval.index import build_index
+
+    leaks = ["내 번호 010-2345-6789로 연락해", "계좌 신한 110-234-567890 으로 보내", "메일은 jiwoo.park@example.org 야"]
+    convs = sample_conversations(n_persona=20, n_qa=150)
+    for i, leak in enumerate(leaks * 10):  # many copies, so a random model would surely meet them
+        convs.append(Conversation(f"planted{i}", "jsonl", "ko", [Turn("S1", "연락처 알려줘"), Turn("S2", leak)]))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / "shard-00000.jsonl", convs)
+
+    model_dir = tmp_path / "model"
+    tok = train_tokenizer(shards, model_dir, vocab_size=1000)
+    torch.manual_seed(0)
+    cfg = DialogBertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    DialogBertModel(cfg).save_pretrained(model_dir)
+    index_dir = build_index(model_dir, shards, tmp_path / "index")
+    stored = [json.loads(line)["text"] for line in (index_dir / "responses.jsonl").read_text("utf-8").splitlines()]
+    assert stored and not any("example.org" in t or "2345" in t or "110-234" in t for t in stored)
+
+    client = create_app({"INDEX_DIR": str(index_dir)}).test_client()  # the model named by the index
+    sid = None
+    for message in ["연락처 알려줘", "번호 좀 줘", "오늘 뭐 했어?", "메일 주소 뭐야?"]:
+        body = client.post("/api/chat", json={"message": message, "session_id": sid}).get_json()
+        sid = body["session_id"]
+        assert body["reply"] in stored
+        for leak in leaks:
+            assert leak not in json.dumps(body, ensure_ascii=False)
