@@ -427,50 +427,77 @@ def _build_gates():
 
 
 _CHAR_BITS, _RUN_MASK, _TEXT_PLAN = _build_gates()
-_LATIN_BITS = _CHAR_BITS["a"]
-_TRIGGER = re.compile("[0-9]+|[" + re.escape("".join(c for c in _CHAR_BITS if not c.isascii() or not c.isalnum())) + "]")
+_LATIN_BITS = _CHAR_BITS["a"]      # every ASCII letter sets the same bits ("A" groups)
+_DIGIT_BITS = _CHAR_BITS["0"]      # every ASCII digit too ("#" groups)
+_SPECIAL_RE = re.compile("[" + re.escape("".join(c for c in _CHAR_BITS if not c.isascii() or not c.isalnum())) + "]")
 _LATIN_RE = re.compile("[A-Za-z]")
-_PLAN_CACHE: dict[int, tuple[Detector, ...]] = {}
+_DIGIT_RE = re.compile("[0-9]")
+
+
+# Cheap necessary conditions in front of slow cue regexes (inline flags defeat re's first-character
+# scan). Every alternative of _POSTCODE_CUE holds 우편, 우), (우, a z, or a p followed by an o, and
+# under (?i:) only z/Z, p/P and o/O match those letters (checked over every code point).
+_PO = re.compile("[Pp][Oo]")
+_PRECHECK: dict[re.Pattern, Callable[[str], bool]] = {
+    _POSTCODE_CUE: lambda v: ("우편" in v or "우)" in v or "(우" in v or "z" in v or "Z" in v
+                              or _PO.search(v) is not None),
+}
+_PLAN_CACHE: dict[int, tuple] = {}
 
 
 def _active(mask: int) -> tuple[Detector, ...]:
-    """The text-view rows whose gates this text passes (cached by mask)."""
+    """The text-view rows whose gates this text passes."""
+    return tuple(d for d, req in _TEXT_PLAN if mask & req == req)
+
+
+def _step(d: Detector) -> tuple:
+    """A detector as the tuple _scan_text runs (no attribute look-ups per text)."""
+    gate = None
+    if d.cue is not None:
+        pre = _PRECHECK.get(d.cue)
+        gate = d.cue.search if pre is None else (lambda v, _p=pre, _c=d.cue.search: _p(v) and _c(v))
+    return (d.context.search if d.context is not None else None, d.cue is not None or d.near is not None,
+            gate, d.near, d.pattern.finditer, d.group, d.validator, d.cue, d.placeholder)
+
+
+def _plan(mask: int) -> tuple:
     plan = _PLAN_CACHE.get(mask)
     if plan is None:
-        plan = _PLAN_CACHE[mask] = tuple(d for d, req in _TEXT_PLAN if mask & req == req)
+        plan = _PLAN_CACHE[mask] = tuple(_step(d) for d in _active(mask))
     return plan
 
 
 def _text_mask(view: str) -> int:
     mask = _LATIN_BITS if _LATIN_RE.search(view) else 0
+    if _DIGIT_RE.search(view):
+        mask |= _DIGIT_BITS
     bits = _CHAR_BITS
-    for tok in _TRIGGER.findall(view):
-        mask |= bits[tok[0]]
+    for c in _SPECIAL_RE.findall(view):
+        mask |= bits[c]
     return mask
 
 
 def _scan_text(view: str, spans: list, mask: int) -> None:
-    for det in _active(mask):
-        if det.context is not None and not det.context.search(view):
+    for context, gated, cue_search, near, finditer, group, validator, cue, ph in _plan(mask):
+        if context is not None and context(view) is None:
             continue
-        if (det.cue is not None or det.near is not None) \
-                and not (det.cue is not None and det.cue.search(view)) \
-                and not any(ph == det.near for _, _, ph in spans):
+        if gated and not (cue_search is not None and cue_search(view)) \
+                and not (spans and any(p == near for _, _, p in spans)):
             continue
-        for m in det.pattern.finditer(view):
-            s, e = m.span(det.group)
+        for m in finditer(view):
+            s, e = m.span(group)
             if s >= e:
                 continue
-            if det.validator is not None and not det.validator(m.group(det.group)):
+            if validator is not None and not validator(m.group(group)):
                 continue
-            if det.cue is not None or det.near is not None:
-                ok = det.cue is not None and _cue_near(det.cue, view, s, e)
-                if not ok and det.near is not None:
-                    ok = any(ph == det.near and a - 12 <= e and s <= b + 12 for a, b, ph in spans)
+            if gated:
+                ok = cue is not None and _cue_near(cue, view, s, e)
+                if not ok and near is not None:
+                    ok = any(p == near and a - 12 <= e and s <= b + 12 for a, b, p in spans)
                 if not ok:
                     continue
-            if not _overlaps(spans, s, e, det.placeholder):
-                spans.append((s, e, det.placeholder))
+            if not _overlaps(spans, s, e, ph):
+                spans.append((s, e, ph))
 
 
 _DIGIT_TOKEN = re.compile(f"[0-9]+|[{_H}]")
@@ -579,8 +606,16 @@ def _scan_digits(view: str, spans: list) -> None:
 
 
 def _scan(text: str, names_re: re.Pattern | None = None) -> list[tuple[int, int, str]]:
-    view = _view(text)
-    mask = _text_mask(view)
+    # _view and _text_mask, inlined (this runs once per message)
+    if text.isascii() or not _UNCOMMON.search(text) or not _COMPAT_RE.search(text):
+        view = text
+    else:
+        view = text.translate(_COMPAT)
+    mask = _LATIN_BITS if _LATIN_RE.search(view) else 0
+    if _DIGIT_RE.search(view):
+        mask |= _DIGIT_BITS
+    for c in _SPECIAL_RE.findall(view):
+        mask |= _CHAR_BITS[c]
     spans: list[tuple[int, int, str]] = []
     if mask:
         _scan_text(view, spans, mask)
@@ -594,8 +629,10 @@ def _scan(text: str, names_re: re.Pattern | None = None) -> list[tuple[int, int,
                 continue
             if not _overlaps(spans, s, e, "[NAME]"):
                 spans.append((s, e, "[NAME]"))
+    if not spans:
+        return spans
     # placeholders already in the text are not PII
-    if spans and "[" in text:
+    if "[" in text:
         ph = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
         spans = [sp for sp in spans if not any(a <= sp[0] and sp[1] <= b for a, b in ph)]
     spans.sort()
@@ -690,20 +727,27 @@ class Anonymizer:
 
     def anonymize(self, text: str) -> tuple[str, Counter]:
         counts: Counter = _new_counter(Counter)    # Counter() without its Python-level __init__
+        text, spans = self.replace(text)
+        for _, _, ph in spans:
+            counts[ph] += 1
+        return text, counts
+
+    def replace(self, text: str) -> tuple[str, list[tuple[int, int, str]]]:
+        """(anonymized text, the replaced (start, end, placeholder) spans of ``text``): anonymize()
+        without a Counter per call, for callers that count in bulk (the pipeline)."""
         if not text:
-            return text, counts
+            return text, []
         spans = _scan(text, self._names_re)
         if not spans:
-            return text, counts
+            return text, spans
         out: list[str] = []
         last = 0
         for s, e, ph in spans:
             out.append(text[last:s])
             out.append(ph)
-            counts[ph] += 1
             last = e
         out.append(text[last:])
-        return "".join(out), counts
+        return "".join(out), spans
 
 
 def anonymize(text: str, names: Iterable[str] = ()) -> str:

@@ -5,14 +5,16 @@
 
 Per input file (one task; files run in parallel with ``workers``)::
 
-    pass 1  read the file, collect participant names per conversation key
-            (speakers and names in system lines)
-    pass 2  read it again: drop system lines, media placeholders, empty and overlong
-            messages; one line (NFC) -> anonymize (names of that key -> [NAME], PII ->
-            placeholders) -> soynlp-style repeat normalization; split sessions on the time
-            gap; merge consecutive messages of a speaker into turns; pseudonyms S1, S2, ... in
-            order of first appearance in the session; split sentences; drop sessions with
-            fewer than two speakers; stream every kept session to a part file
+    read    read the file once: collect participant names per conversation key (speakers
+            and names in system lines); drop system lines, media placeholders, empty and
+            overlong messages; one line (NFC); split sessions on the time gap; merge
+            consecutive messages of a speaker into turns; pseudonyms S1, S2, ... in order of
+            first appearance in the session; spool every closed session (text not yet
+            anonymized) to an anonymous temporary file
+    write   read the spool back, now that the names of the whole file are known:
+            anonymize (names of that key -> [NAME], PII -> placeholders) -> soynlp-style
+            repeat normalization; split sentences; drop sessions with fewer than two
+            speakers; stream every kept session to a part file
     done    out/.parts/<sha256>-<options>.jsonl is renamed into place, then the
             .done.json marker (the file's counts) is written atomically, last
 
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import multiprocessing as mp
 import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -137,11 +141,22 @@ _PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
 _OTHER_LETTER = re.compile(r"[^\W\d_A-Za-z\uac00-\ud7a3\u3131-\u318e]")
 
 
+_NOT_KO_EN = re.compile(r"[^\x00-\x7f\uac00-\ud7a3\u3131-\u318e]")
+_ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 def detect_lang(texts) -> str:
     """"ko" / "en" / "other" by the share of Hangul vs Latin letters (placeholders ignored)."""
     text = _PLACEHOLDER.sub("", " ".join(texts))
-    hangul, latin = len(_HANGUL.findall(text)), len(_LATIN.findall(text))
-    other = len(_OTHER_LETTER.findall(text))
+    if _NOT_KO_EN.search(text) is None:
+        # Only ASCII and _HANGUL characters (the usual case): count in UTF-8 bytes, the same
+        # numbers as the regexes below. Every _HANGUL character is 3 bytes (2 more than one
+        # character), an ASCII letter is 1 byte, and no other letter can occur.
+        b = text.encode("utf-8")
+        hangul, latin, other = (len(b) - len(text)) // 2, len(b) - len(b.translate(None, _ASCII_LETTERS)), 0
+    else:
+        hangul, latin = len(_HANGUL.findall(text)), len(_LATIN.findall(text))
+        other = len(_OTHER_LETTER.findall(text))
     if hangul + latin == 0 or other > hangul + latin:
         return "other"
     return "ko" if hangul >= latin else "en"
@@ -188,6 +203,21 @@ def _tick(n: int) -> None:
 
 
 class _FileProcessor:
+    """One input file, read once.
+
+    read()   parses the export: names per conversation key (speakers, names in system lines),
+             drops, one-line text, sessions and turns; every kept session goes to a spool file
+             as it closes, in that order, its text not yet anonymized.
+    write()  reads the spool back once the names of the whole file are known (a name first
+             seen late in the file must still be masked in earlier sessions): anonymize,
+             normalize repeats, split sentences, write the part file.
+
+    Same output as reading the export twice (names first, then everything else), which this
+    replaces: what decides a session, a turn or a drop never depends on the anonymized text
+    (a non-empty one-line text stays non-empty and stripped through anonymization and repeat
+    normalization), so only the text is finished late. The spool is an anonymous temporary file
+    (unlinked at once: nothing is left behind if the process dies)."""
+
     def __init__(self, path: str, sha256: str, fmt: str, opts: Options, out_file):
         self.path, self.sha256, self.fmt, self.opts, self.out = path, sha256, fmt, opts, out_file
         self.gap_s = opts.session_gap_minutes * 60.0
@@ -200,120 +230,179 @@ class _FileProcessor:
         self.bad_examples: list[str] = []
         self.last_line = 0
 
-    # pass 1
-    def collect_names(self) -> dict[str, set[str]]:
+    def run(self, spool_dir: str | os.PathLike | None = None) -> None:
+        with tempfile.TemporaryFile(dir=spool_dir) as spool:
+            names = self.read(spool)
+            spool.seek(0)
+            self.write(spool, names)
+
+    def read(self, spool) -> dict[str, set[str]]:
+        # The hot loop: counters are local ints (added to the Counters at the end, and only when
+        # non-zero, as the Counters would hold them), module settings are read once per file,
+        # and the previous message's key is remembered so that a one-room export (every
+        # message of key "") skips the LRU bookkeeping, which is a no-op for the key used last.
         names: dict[str, set[str]] = {}
-        for item in iter_messages(self.path, self.fmt):
-            if isinstance(item, BadLine):
-                continue
-            self.last_line = item.line
-            s = names.get(item.conv)
-            if s is None:
-                s = names[item.conv] = set()
-            if item.system:
-                s.update(system_names(item.text))
-            elif item.speaker:
-                s.add(item.speaker)
+        open_sessions: OrderedDict[str, _Session] = OrderedDict()
+        next_index: dict[str, int] = {}
+        gap = self.gap_s
+        max_messages, max_open, max_chars = MAX_SESSION_MESSAGES, MAX_OPEN_SESSIONS, MAX_MESSAGE_CHARS
+        c, drops, media = self.c, self.drops, self.media
+        media_kind = self.media_kind
+
+        def close(sess: _Session) -> None:
+            self._spool(sess, spool)
+
+        n = ticked = n_system = n_no_speaker = n_media = n_empty = 0
+        cur_key: str | None = None      # key of the last message appended ...
+        cur: _Session | None = None     # ... and its session: open, and last in open_sessions
+        name_key: str | None = None
+        key_names: set[str] = set()
+        line = self.last_line
+        try:
+            for item in iter_messages(self.path, self.fmt):
+                if isinstance(item, BadLine):
+                    c["bad_lines"] += 1
+                    if len(self.bad_examples) < BAD_LINE_EXAMPLES:
+                        self.bad_examples.append(f"{self.path}:{item.line}: {item.reason}"
+                                                 + (f" ({item.preview[:60]!r})" if item.preview else ""))
+                    continue
+                line = item.line
+                n += 1
+                if n - ticked >= PROGRESS_EVERY:
+                    _tick(n - ticked)
+                    ticked = n
+                key = item.conv
+                if key != name_key:
+                    key_names = names.get(key)
+                    if key_names is None:
+                        key_names = names[key] = set()
+                    name_key = key
+                if item.system:
+                    n_system += 1
+                    key_names.update(system_names(item.text))
+                    continue
+                speaker = item.speaker
+                if not speaker:
+                    n_no_speaker += 1
+                    continue
+                key_names.add(speaker)
+                kind = media_kind(item.text)
+                if kind:
+                    media[kind] += 1
+                    n_media += 1
+                    continue
+                text = to_one_line(item.text)
+                if len(text) > max_chars:
+                    drops["overlong_message"] += 1
+                    if len(self.bad_examples) < BAD_LINE_EXAMPLES:
+                        self.bad_examples.append(f"{self.path}:{line}: message of {len(text)} characters "
+                                                 f"dropped (limit {max_chars})")
+                    continue
+                if not text:
+                    n_empty += 1
+                    continue
+                t = item.time
+                if key == cur_key:
+                    sess = cur
+                else:
+                    sess = open_sessions.get(key)
+                    if sess is not None:
+                        open_sessions.move_to_end(key)
+                if sess is not None:
+                    last = sess.last_time
+                    if t is not None and last is not None and t is not last and (t - last).total_seconds() > gap:
+                        close(open_sessions.pop(key))
+                        sess = None
+                    elif len(sess.messages) >= max_messages:
+                        c["sessions_capped"] += 1
+                        close(open_sessions.pop(key))
+                        sess = None
+                if sess is None:
+                    index = next_index.get(key, 0)
+                    next_index[key] = index + 1
+                    sess = open_sessions[key] = _Session(key, index)
+                    if len(open_sessions) > max_open:
+                        close(open_sessions.popitem(last=False)[1])
+                sess.messages.append((speaker, text, t))
+                if t is not None:
+                    sess.last_time = t
+                cur_key, cur = key, sess
+        finally:
+            self.last_line = line
+        _tick(n - ticked)
+        for sess in open_sessions.values():
+            close(sess)
+        for counter, k, v in ((c, "messages", n), (drops, "system", n_system), (drops, "no_speaker", n_no_speaker),
+                              (drops, "media", n_media), (drops, "empty_message", n_empty)):
+            if v:
+                counter[k] += v
         return names
 
-    # pass 2
-    def process(self, names: dict[str, set[str]]) -> None:
-        open_sessions: OrderedDict[str, _Session] = OrderedDict()
-        next_index: Counter = Counter()
-        anonymizers: OrderedDict[str, Anonymizer] = OrderedDict()
-        gap = self.gap_s
-        c, drops = self.c, self.drops
-        pending = 0
-        for item in iter_messages(self.path, self.fmt):
-            if isinstance(item, BadLine):
-                c["bad_lines"] += 1
-                if len(self.bad_examples) < BAD_LINE_EXAMPLES:
-                    self.bad_examples.append(f"{self.path}:{item.line}: {item.reason}"
-                                             + (f" ({item.preview[:60]!r})" if item.preview else ""))
-                continue
-            self.last_line = item.line
-            c["messages"] += 1
-            pending += 1
-            if pending >= PROGRESS_EVERY:
-                _tick(pending)
-                pending = 0
-            if item.system:
-                drops["system"] += 1
-                continue
-            if not item.speaker:
-                drops["no_speaker"] += 1
-                continue
-            kind = self.media_kind(item.text)
-            if kind:
-                self.media[kind] += 1
-                drops["media"] += 1
-                continue
-            text = to_one_line(item.text)
-            if len(text) > MAX_MESSAGE_CHARS:
-                drops["overlong_message"] += 1
-                if len(self.bad_examples) < BAD_LINE_EXAMPLES:
-                    self.bad_examples.append(f"{self.path}:{item.line}: message of {len(text)} characters "
-                                             f"dropped (limit {MAX_MESSAGE_CHARS})")
-                continue
-            key = item.conv
-            anon = anonymizers.get(key)
-            if anon is None:
-                anon = anonymizers[key] = Anonymizer(mask_names(names.get(key, ())))
-                if len(anonymizers) > MAX_OPEN_SESSIONS:
-                    anonymizers.popitem(last=False)
-            else:
-                anonymizers.move_to_end(key)
-            if text:
-                text, found = anon.anonymize(text)
-                if found:
-                    self.pii.update(found)
-                text = normalize_repeats(text).strip()
-            if not text:
-                drops["empty_message"] += 1
-                continue
-            sess = open_sessions.get(key)
-            if sess is not None:
-                t = item.time
-                if t is not None and sess.last_time is not None and (t - sess.last_time).total_seconds() > gap:
-                    self.emit(open_sessions.pop(key))
-                    sess = None
-                elif len(sess.messages) >= MAX_SESSION_MESSAGES:
-                    c["sessions_capped"] += 1
-                    self.emit(open_sessions.pop(key))
-                    sess = None
-                else:
-                    open_sessions.move_to_end(key)
-            if sess is None:
-                sess = open_sessions[key] = _Session(key, next_index[key])
-                next_index[key] += 1
-                if len(open_sessions) > MAX_OPEN_SESSIONS:
-                    self.emit(open_sessions.popitem(last=False)[1])
-            sess.messages.append((item.speaker, text, item.time))
-            if item.time is not None:
-                sess.last_time = item.time
-        _tick(pending)
-        for sess in open_sessions.values():
-            self.emit(sess)
-
-    def emit(self, sess: _Session) -> None:
+    def _spool(self, sess: _Session, spool) -> None:
+        """A closed session -> its turns (pseudonym, messages, first time) on the spool. One with
+        fewer than two speakers is dropped, but spooled too: its messages count in ``pii`` (as
+        they did when every message was anonymized while reading)."""
         self.c["sessions"] += 1
         pseudo: dict[str, str] = {}
-        turns: list[dict] = []
+        turns: list[tuple[str, list[str], str | None]] = []
+        last_p = None
+        msgs: list[str] = []
         for speaker, text, t in sess.messages:
             p = pseudo.get(speaker)
             if p is None:
                 p = pseudo[speaker] = f"S{len(pseudo) + 1}"
-            if turns and turns[-1]["speaker"] == p:
-                turns[-1]["text"] += "\n" + text
+            if p == last_p:
+                msgs.append(text)
             else:
-                turns.append({"speaker": p, "text": text, "sentences": None,
-                              "time": t.isoformat() if t is not None else None})
-        if len(pseudo) < 2:
+                msgs = [text]
+                turns.append((p, msgs, t.isoformat() if t is not None else None))
+                last_p = p
+        keep = len(pseudo) >= 2
+        if not keep:
             self.drops["one_speaker"] += 1
-            return
-        for turn in turns:
-            turn["sentences"] = self.splitter.split_turn(turn["text"])
-        conv = {"id": conversation_id(self.sha256, sess.key, sess.index), "source": self.fmt,
+        blob = marshal.dumps((sess.key, sess.index, turns, keep))
+        spool.write(len(blob).to_bytes(4, "little"))
+        spool.write(blob)
+
+    def write(self, spool, names: dict[str, set[str]]) -> None:
+        anonymizers: OrderedDict[str, Anonymizer] = OrderedDict()   # a cache: eviction never changes output
+        pii, read, max_open = self.pii, spool.read, MAX_OPEN_SESSIONS
+        split = None if self.splitter.backend == "none" else self.splitter.split_turn
+        anon_key: str | None = None
+        replace = None
+        while head := read(4):
+            key, index, turns, keep = marshal.loads(read(int.from_bytes(head, "little")))
+            if key != anon_key:
+                anon = anonymizers.get(key)
+                if anon is None:
+                    anon = anonymizers[key] = Anonymizer(mask_names(names.get(key, ())))
+                    if len(anonymizers) > max_open:
+                        anonymizers.popitem(last=False)
+                else:
+                    anonymizers.move_to_end(key)
+                anon_key, replace = key, anon.replace
+            if not keep:
+                for _, msgs, _ in turns:
+                    for text in msgs:
+                        for span in replace(text)[1]:
+                            pii[span[2]] += 1
+                continue
+            out: list[dict] = []
+            for p, msgs, when in turns:
+                for k, text in enumerate(msgs):
+                    text, spans = replace(text)
+                    for span in spans:
+                        pii[span[2]] += 1
+                    msgs[k] = normalize_repeats(text).strip()
+                text = "\n".join(msgs)
+                out.append({"speaker": p, "text": text,
+                            # backend "none": split_turn's answer, one sentence per message
+                            "sentences": text.split("\n") if split is None else split(text),
+                            "time": when})
+            self._write(key, index, out)
+
+    def _write(self, key: str, index: int, turns: list[dict]) -> None:
+        conv = {"id": conversation_id(self.sha256, key, index), "source": self.fmt,
                 "lang": detect_lang(t["text"] for t in turns), "turns": turns}
         self.c["conversations"] += 1
         self.c["turns"] += len(turns)
@@ -354,8 +443,7 @@ def process_file(job: tuple) -> dict:
         fmt = detect(path)
         with open(tmp, "w", encoding="utf-8") as out:
             proc = _FileProcessor(path, sha, fmt, opts, out)
-            names = proc.collect_names()
-            proc.process(names)
+            proc.run(parts_dir)
             out.flush()
             os.fsync(out.fileno())
         if proc.c["messages"] == 0:

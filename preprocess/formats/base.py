@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One message (or one system line) as the export shows it, before anonymization."""
     conv: str                 # conversation key inside the file ("" for a one-room export)
@@ -16,7 +16,7 @@ class Message:
     system: bool = False      # invites, leaves, deleted messages, notices, date lines...
 
 
-@dataclass
+@dataclass(slots=True)
 class BadLine:
     """A line the reader could not parse; the pipeline reports it (file:line) and goes on."""
     line: int

@@ -2,6 +2,7 @@
 
     open_text(path) -> (text stream, encoding)      gzip by magic bytes; BOM, UTF-8, UTF-16, CP949
     iter_lines(f, encoding) -> (lineno, str | BadLine)   bounded lines, bad bytes reported
+    iter_line_batches(f, encoding) -> [str | BadLine, ...]  the same lines, one list per chunk
 
 Memory stays bounded: the encoding is chosen from the first 256 KB, the file is decoded as a
 stream, and lines are cut from fixed-size chunks, so one 10 MB line costs at most ~1 MB.
@@ -157,6 +158,17 @@ def iter_lines(f: IO[str], encoding: str = "") -> Iterator[tuple[int, str | BadL
     long or held undecodable bytes (that line is skipped). A corrupt gzip stream ends the
     iteration with a BadLine instead of an exception. Reads fixed-size chunks and splits them
     (much faster than readline), so at most CHUNK + MAX_LINE characters are held."""
+    lineno = 0
+    for batch in iter_line_batches(f, encoding):
+        for line in batch:
+            lineno += 1
+            yield lineno, line
+
+
+def iter_line_batches(f: IO[str], encoding: str = "") -> Iterator[list[str | BadLine]]:
+    """iter_lines in lists, one per chunk read: the k-th item over all lists is line k (every
+    line is one item, a BadLine included). Readers on the hot path count the lines themselves
+    and save a generator step and a tuple per line."""
     read = f.read
     lineno = 0
     carry = ""
@@ -167,11 +179,12 @@ def iter_lines(f: IO[str], encoding: str = "") -> Iterator[tuple[int, str | BadL
             if not chunk:
                 break
             parts = chunk.split("\n")
+            out: list = []
             if long_line is not None:
                 if len(parts) == 1:
                     continue                             # still inside the long line
                 lineno += 1
-                yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1])
+                out.append(BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1]))
                 long_line = None
                 del parts[0]
             elif carry:
@@ -181,32 +194,36 @@ def iter_lines(f: IO[str], encoding: str = "") -> Iterator[tuple[int, str | BadL
                 long_line, carry = (lineno + len(parts) + 1, carry[:80]), ""
             if parts and len(parts[0]) > MAX_LINE:
                 lineno += 1
-                yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", parts[0][:80])
+                out.append(BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", parts[0][:80]))
                 del parts[0]
             if _MARK in chunk:
                 for line in parts:
                     lineno += 1
                     if _MARK in line:
-                        yield lineno, BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
-                                              line.replace(_MARK, "\ufffd")[:80])
+                        out.append(BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
+                                           line.replace(_MARK, "\ufffd")[:80]))
                     else:
-                        yield lineno, line
+                        out.append(line)
             else:
-                for line in parts:
-                    lineno += 1
-                    yield lineno, line
+                lineno += len(parts)
+                if out:
+                    out.extend(parts)
+                else:
+                    out = parts
+            if out:
+                yield out
         err = getattr(getattr(f, "buffer", None), "error", None)
         if err is not None:
             raise err
         if long_line is not None:
             lineno += 1
-            yield lineno, BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1])
+            yield [BadLine(lineno, f"line longer than {MAX_LINE:,} characters; skipped", long_line[1])]
         elif carry:
             lineno += 1
             if _MARK in carry:
-                yield lineno, BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
-                                      carry.replace(_MARK, "\ufffd")[:80])
+                yield [BadLine(lineno, f"bytes that are not valid {encoding or 'text'}; line skipped",
+                               carry.replace(_MARK, "\ufffd")[:80])]
             else:
-                yield lineno, carry
+                yield [carry]
     except _READ_ERRORS as e:
-        yield lineno + 1, BadLine(lineno + 1, f"the file ends early or is corrupt ({e})", "")
+        yield [BadLine(lineno + 1, f"the file ends early or is corrupt ({e})", "")]

@@ -23,8 +23,8 @@ from typing import IO, Iterator
 
 from .base import BadLine, Message
 from .clock import clock, combine, make_date, month
-from .encoding import iter_lines
-from .media import KAKAO_SYSTEM_LINE, is_system_text
+from .encoding import iter_line_batches, iter_lines
+from .media import _DELETED, _NOTICE_PREFIXES, KAKAO_SYSTEM_LINE, is_system_text
 
 HEADER_PREFIXES = ("저장한 날짜", "Date Saved", "Saved on")
 _HEADER_LINES = 4            # lines before the first message that may be a title/file name/date
@@ -98,68 +98,87 @@ def parse_day(text: str) -> date | None:
 
 def read_pc(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
     """`[name] [오전 1:01] text` under `--- 2020년 6월 28일 일요일 ---` dividers (ko and en UI)."""
+    # The hot loop of the bench: lines come in lists (iter_line_batches) and the pending message
+    # lives in locals (speaker, text, more lines, time, line, system), not in a list per message.
     day: date | None = None
     hms: dict[str, tuple[int, int] | None] = {}     # clock string -> (hour, minute) or None
     times: dict[str, datetime | None] = {}          # clock string -> datetime, current day
-    p: list | None = None
-    for ln, line in iter_lines(f, encoding):
-        if line.__class__ is not str:
-            yield line
-            continue
-        c = line[:1]
-        if c == "[":
-            # "[name] [오전 1:01] text", cut with str.find (a regex with a lazy name is 5x slower)
-            i = line.find("] [", 1)
-            if i > 0:
-                j = line.find("]", i + 3)
-                ts = line[i + 3:j] if j > 0 else ""
-                t = times.get(ts, 0)
-                if t == 0:
-                    hm = hms.get(ts, 0)
-                    if hm == 0:
-                        hm = hms[ts] = clock(ts) if 0 < len(ts) <= 12 else None
-                    if hm is not None:
-                        t = times[ts] = combine(day, hm)
-                if t != 0:
-                    if p is not None:
-                        yield _finish("", p)
-                    text = line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
-                    p = ([None, text, None, t, ln, True] if is_system_text(text)
-                         else [line[1:i], text, None, t, ln, False])
-                    continue
-            if PC_GARBLED.match(line):
-                if p is not None:
-                    yield _finish("", p)
-                    p = None
-                yield BadLine(ln, "looks like a message line but does not parse (truncated?)", line[:80])
+    pending = False
+    ps: str | None = None
+    ptext = ""
+    pmore: list[str] | None = None
+    pt: datetime | None = None
+    pln = 0
+    psys = False
+    ln = 0
+    for batch in iter_line_batches(f, encoding):
+        for line in batch:
+            ln += 1
+            if line.__class__ is not str:
+                yield line
                 continue
-        elif c == "-":
-            m = PC_DIVIDER.match(line)
-            if m is not None:
-                d = parse_day(m.group(1))
-                if d is not None:
-                    if p is not None:
-                        yield _finish("", p)
-                        p = None
-                    day = d
-                    times.clear()
+            c = line[:1]
+            if c == "[":
+                # "[name] [오전 1:01] text", cut with str.find (a regex with a lazy name is 5x slower)
+                i = line.find("] [", 1)
+                if i > 0:
+                    j = line.find("]", i + 3)
+                    ts = line[i + 3:j] if j > 0 else ""
+                    t = times.get(ts, 0)
+                    if t == 0:
+                        hm = hms.get(ts, 0)
+                        if hm == 0:
+                            hm = hms[ts] = clock(ts) if 0 < len(ts) <= 12 else None
+                        if hm is not None:
+                            t = times[ts] = combine(day, hm)
+                    if t != 0:
+                        if pending:
+                            yield (Message("", ps, ptext, pt, pln, psys) if pmore is None
+                                   else _finish("", [ps, ptext, pmore, pt, pln, psys]))
+                        text = line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
+                        if text in _DELETED or text.startswith(_NOTICE_PREFIXES):    # is_system_text
+                            ps, psys = None, True
+                        else:
+                            ps, psys = line[1:i], False
+                        ptext, pmore, pt, pln, pending = text, None, t, ln, True
+                        continue
+                if PC_GARBLED.match(line):
+                    if pending:
+                        yield (Message("", ps, ptext, pt, pln, psys) if pmore is None
+                               else _finish("", [ps, ptext, pmore, pt, pln, psys]))
+                        pending = False
+                    yield BadLine(ln, "looks like a message line but does not parse (truncated?)", line[:80])
                     continue
-        if line[-1:] in (".", "다") and KAKAO_SYSTEM_LINE.fullmatch(line):
-            if p is not None:
-                yield _finish("", p)
-                p = None
-            yield Message("", None, line, None, ln, True)
-        elif p is not None:
-            if p[2] is None:
-                p[2] = [line]
+            elif c == "-":
+                m = PC_DIVIDER.match(line)
+                if m is not None:
+                    d = parse_day(m.group(1))
+                    if d is not None:
+                        if pending:
+                            yield (Message("", ps, ptext, pt, pln, psys) if pmore is None
+                                   else _finish("", [ps, ptext, pmore, pt, pln, psys]))
+                            pending = False
+                        day = d
+                        times.clear()
+                        continue
+            if line[-1:] in (".", "다") and KAKAO_SYSTEM_LINE.fullmatch(line):
+                if pending:
+                    yield (Message("", ps, ptext, pt, pln, psys) if pmore is None
+                           else _finish("", [ps, ptext, pmore, pt, pln, psys]))
+                    pending = False
+                yield Message("", None, line, None, ln, True)
+            elif pending:
+                if pmore is None:
+                    pmore = [line]
+                else:
+                    pmore.append(line)
             else:
-                p[2].append(line)
-        else:
-            bad = _outside(ln, line)
-            if bad is not None:
-                yield bad
-    if p is not None:
-        yield _finish("", p)
+                bad = _outside(ln, line)
+                if bad is not None:
+                    yield bad
+    if pending:
+        yield (Message("", ps, ptext, pt, pln, psys) if pmore is None
+               else _finish("", [ps, ptext, pmore, pt, pln, psys]))
 
 
 def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:

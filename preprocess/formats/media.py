@@ -49,7 +49,7 @@ _BRACKETS = {"<": ">", "[": "]", "(": ")", "（": "）", "【": "】", "「": "�
 def media_kind(text: str) -> str | None:
     """The kind of media when ``text`` is only a placeholder, else None."""
     t = text.strip()
-    if not t or len(t) > 200:
+    if not t or len(t) > 200 or t[0].lower()[0] not in _FIRST:    # the usual case: a chat line
         return None
     if t in _DELETED:
         return "deleted"
@@ -67,6 +67,13 @@ def media_kind(text: str) -> str | None:
     if m:
         return _EXACT.get(m.group(1).rstrip("s") if m.group(1).isascii() else m.group(1), "photo")
     return None
+
+
+# Every test in media_kind is anchored at the start of the stripped text: the lower-cased first
+# character of anything it recognises is one of these (placeholders, deleted-message texts,
+# notice prefixes, the first letters of _FILE and _COUNTED, opening brackets).
+_FIRST = frozenset({w[0] for w in _EXACT} | {w[0].lower() for w in (*_DELETED, *_NOTICE_PREFIXES)}
+                   | set("파fフ檔文사동pv写動照圖") | set(_BRACKETS))
 
 
 def is_system_text(text: str) -> bool:
