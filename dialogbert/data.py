@@ -18,8 +18,10 @@ batch from a generator seeded by (seed, epoch, rank, batch index)): 15%, 80/10/1
 ``transformers.DataCollatorForLanguageModeling``; never on [CLS]/[SEP]/[PAD]/[UNK]/[MASK] or the
 anonymizer placeholders, and a random replacement is never one of those either.
 
-Streaming and resuming. Conversations stream from the shard files (file order shuffled per
-epoch); nothing holds the corpus. Ranks take every ``world_size``-th conversation (disjoint).
+Streaming and resuming. Conversations stream from the shard files, all of the corpus interleaved
+(up to ``MAX_READERS`` line-aligned chunks read at once, the next one drawn at random by what it
+has left, so every stretch of the stream mixes all sources); nothing holds the corpus. Ranks take
+every ``world_size``-th conversation (disjoint).
 Everything is a pure function of (seed, epoch, rank), so ``state_dict()`` is just the position
 (epoch, batches yielded in the epoch): a resumed stream regenerates the epoch and skips that
 many batches without masking or padding them, then yields exactly what the uninterrupted stream
@@ -39,7 +41,7 @@ import torch
 
 from dialogbert.features import encode_dialog, pad_batch, turn_text
 from dialogbert.tokenizer import never_mask_ids
-from preprocess.schema import read_shards, shard_files
+from preprocess.schema import parse_line, shard_files, split_of
 
 PAD_MULTIPLE = 8  # pad_batch rounds the sequence length up to this
 
@@ -87,6 +89,72 @@ def _seed(*parts) -> int:
 
 def _padded_len(n: int) -> int:
     return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+MAX_READERS = 64                # chunks of the corpus read in parallel by PretrainStream.conversations
+MIN_CHUNK_BYTES = 1024          # ... each at least this big (small corpora get fewer chunks)
+READ_AHEAD_BYTES = 32 * 1024    # bytes of lines a chunk reader holds at a time
+
+
+class _ChunkReader:
+    """The lines that START in bytes [start, end) of a file, read a block at a time (the file is
+    opened per block, so any number of readers hold no file handles)."""
+
+    def __init__(self, path, start: int, end: int):
+        self.path, self.start, self.pos, self.end = path, start, start, end
+        self.lines: list[bytes] = []
+        self.lineno = 0  # line numbers are chunk-relative (only for error messages)
+        if start > 0:  # the line that straddles `start` belongs to the previous chunk
+            with open(path, "rb") as f:
+                f.seek(start - 1)
+                f.readline()
+                self.pos = f.tell()
+
+        self.bytes_read = self.lines_read = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        if self.pos >= self.end:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            read = 0
+            while self.pos < self.end and read < READ_AHEAD_BYTES:
+                line = f.readline()
+                if not line:
+                    self.pos = self.end
+                    break
+                self.lines.append(line)
+                self.pos += len(line)
+                read += len(line)
+                self.bytes_read += len(line)
+                self.lines_read += 1
+        self.lines.reverse()
+
+    @property
+    def left(self) -> float:
+        """Lines left (estimated from the mean line length so far): drawing readers by this
+        makes every chunk run out at the same pace, whatever its line lengths."""
+        mean = self.bytes_read / max(1, self.lines_read)
+        return len(self.lines) + max(0, self.end - self.pos) / max(1.0, mean) + 1e-3
+
+    def next_line(self):
+        if not self.lines:
+            self._fill()
+            if not self.lines:
+                return None
+        self.lineno += 1
+        return f"{self.path} (chunk at byte {self.start})", self.lineno, self.lines.pop()
+
+
+def _chunk_readers(files) -> list[_ChunkReader]:
+    sizes = [os.path.getsize(p) for p in files]
+    chunk = max(MIN_CHUNK_BYTES, -(-sum(sizes) // MAX_READERS))
+    readers = []
+    for path, size in zip(files, sizes):
+        for start in range(0, size, chunk):
+            readers.append(_ChunkReader(path, start, min(size, start + chunk)))
+    return readers
 
 
 # One example: (encode_dialog features, next_turn_label or None).
@@ -158,15 +226,34 @@ class PretrainStream:
 
     # ---- the deterministic pipeline: conversations -> examples -> unmasked batches ----------
     def conversations(self, epoch: int):
-        """This rank's conversations of the split, file order shuffled per epoch."""
-        files = list(self.files)
-        random.Random(_seed(self.seed, "files", epoch)).shuffle(files)  # same on every rank
+        """This rank's conversations of the split, the whole corpus interleaved.
+
+        Shards are written in input order (one corpus after another, also inside a file), so
+        reading them front to back trains on one source at a time, and a short run never sees
+        the later sources. Instead the shard bytes are cut into up to ``MAX_READERS`` line-aligned
+        chunks, all read at once: the next conversation comes from a chunk drawn with probability
+        proportional to its estimated lines left (seeded per epoch, the same on every rank), so any
+        stretch of the stream is a sample of the whole corpus and the chunks run out together.
+        Only a small read-ahead per chunk is held in memory. Deterministic in (seed, epoch)."""
+        rng = random.Random(_seed(self.seed, "files", epoch))  # same on every rank
+        readers = _chunk_readers(self.files)
         i = 0
-        for path in files:
-            for conv in read_shards(path, split=self.split):
-                if i % self.world_size == self.rank:
-                    yield conv
-                i += 1
+        while readers:
+            k = rng.choices(range(len(readers)), weights=[r.left for r in readers])[0] if len(readers) > 1 else 0
+            got = readers[k].next_line()
+            if got is None:
+                readers.pop(k)
+                continue
+            path, lineno, line = got
+            text = line.decode("utf-8")
+            if not text.strip():
+                continue
+            conv = parse_line(text, path, lineno)
+            if self.split is not None and split_of(conv) != self.split:
+                continue
+            if i % self.world_size == self.rank:
+                yield conv
+            i += 1
 
     def _encode(self, token_ids: list[list[int]], speakers: list[str]) -> dict:
         c = self.cfg
@@ -310,10 +397,20 @@ class PretrainStream:
 
 def eval_batches(shards, tokenizer, cfg: DataConfig, split: str = "test", max_examples: int = 512,
                  seed: int = 1234) -> list[dict[str, torch.Tensor]]:
-    """Deterministic held-out batches (same keys as the stream): the first ``max_examples``
-    examples of ``split``, length-sorted, with fixed negatives and fixed masking."""
+    """Deterministic held-out batches (same keys as the stream): ``max_examples`` examples drawn
+    uniformly from the whole ``split`` (a seeded reservoir sample over its examples, so every
+    source is represented, not just the first file's), length-sorted, with fixed negatives and
+    fixed masking."""
     stream = PretrainStream(shards, tokenizer, cfg, split=split, seed=seed)
-    items = list(islice(stream.examples(0), max_examples))
+    rng = random.Random(_seed(seed, "eval-sample"))
+    items: list[Example] = []
+    for n, ex in enumerate(stream.examples(0)):  # reservoir sampling (Algorithm R)
+        if n < max_examples:
+            items.append(ex)
+        else:
+            j = rng.randrange(n + 1)
+            if j < max_examples:
+                items[j] = ex
     if not items:
         raise ValueError(f"{shards}: split {split!r} has no conversation with > {cfg.min_context_turns} turns")
     items.sort(key=lambda e: len(e[0]["input_ids"]))

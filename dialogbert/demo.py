@@ -45,7 +45,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     if (tok_dir / "tokenizer.json").exists():
         print("    already trained")
     else:
-        train_tokenizer(shards, tok_dir, vocab_size=8000,
+        train_tokenizer(shards, tok_dir, vocab_size=4000,
                         extra_text=[SAMPLE / "nsmc-reviews-ko" / "nsmc_reviews_sample20k.txt"])
     _done(t0, f"{tok_dir}/tokenizer.json")
 

@@ -163,6 +163,35 @@ def pick_tokenizer(cfg: Config):
     return load_tokenizer(cfg.data.tokenizer), cfg.data.tokenizer
 
 
+def unigram_log_probs(shards, tokenizer, data_cfg, seed: int = 0, max_batches: int = 200) -> torch.Tensor:
+    """log p(token) over the tokens the MLM predicts (masked positions) in the first
+    ``max_batches`` training batches, add-one smoothed; special tokens get -inf-ish (never labels)."""
+    counts = torch.ones(len(tokenizer), dtype=torch.float64)
+    stream = PretrainStream(shards, tokenizer, data_cfg, split="train", seed=seed)
+    for i, items in enumerate(stream.raw_batches(0)):
+        if i >= max_batches:
+            break
+        for f, _ in items:
+            counts += torch.bincount(torch.tensor(f["input_ids"]), minlength=len(tokenizer)).double()
+    if stream.collator is not None:
+        counts[stream.collator.never] = 1e-4  # [CLS]/[SEP]/[PAD]/... are never MLM labels
+    return (counts / counts.sum()).log().float()
+
+
+def init_output_bias(model: DialogBertForPreTraining, log_probs: torch.Tensor) -> None:
+    """Start the MLM decoder bias at the (centred) log unigram distribution.
+
+    With the bias at 0, every step of the first few hundred pushes the tied word embeddings toward
+    one shared "frequent token" direction (Adam moves each row by ~lr whatever its gradient), which
+    washes out token identity in the input and keeps a small model on the unigram plateau; the
+    bias itself can only move ~lr per step, far too slowly to absorb the ~10-nat range of
+    log-frequencies. Initialising it at the prior takes that load off the embeddings."""
+    with torch.no_grad():
+        bias = model.cls.predictions.bias
+        bias.copy_((log_probs - log_probs.mean()).to(bias.dtype))
+    model.tie_weights()
+
+
 # ------------------------------------------------------------------------ checkpoints & state
 def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints (step-N with a trainer state), oldest first."""
@@ -289,6 +318,8 @@ def pretrain(config_path: str | os.PathLike | None, overrides=(), deepspeed_conf
     main = engine.is_main
     seed_everything(cfg.run.seed + 1000 * rank)  # dropout differs across ranks
     data_cfg = cfg.data_config()
+    if init_report is None and data_cfg.mlm:  # a fresh model: start the MLM head at the unigram prior
+        init_output_bias(model, unigram_log_probs(d.shards, tokenizer, data_cfg, seed=cfg.run.seed))
     stream = PretrainStream(d.shards, tokenizer, data_cfg, split="train", seed=cfg.run.seed, rank=rank,
                             world_size=world_size)
     held_out = eval_batches(d.shards, tokenizer, data_cfg, split="test", max_examples=t.eval_examples)

@@ -261,3 +261,54 @@ def test_max_batch_tokens_caps_padded_tokens(tiny_shards, tok):
     batches = list(itertools.islice(PretrainStream(tiny_shards, tok, cfg), 60))
     assert all(b["input_ids"].numel() <= 2048 or len(b["input_ids"]) == 1 for b in batches)
     assert max(len(b["input_ids"]) for b in batches) > 32  # short sequences fill bigger batches
+
+
+# ---- mixing: shards are written one corpus after another; batches and the eval set must mix them
+SOURCES = ("가나", "다라", "마바")
+
+
+@pytest.fixture(scope="module")
+def in_source_order(tmp_path_factory):
+    """One shard holding three 'corpora' back to back (as the preprocessor writes them), each
+    turn saying its corpus and conversation: "<corpus> 대화 C 차례 T"."""
+    d = tmp_path_factory.mktemp("ordered")
+    convs = []
+    for c in range(240):
+        src = SOURCES[c // 80]
+        turns = [Turn(["S1", "S2"][t % 2], f"{src} 대화 {c} 차례 {t}") for t in range(2 + c % 4)]
+        convs.append(Conversation(f"ordered-{c}", "xpersona", "ko", turns))
+    write_shard(d / "shard-00000.jsonl", convs)
+    return d, train_tokenizer(d, d / "tok", vocab_size=400, min_frequency=1)
+
+
+def _sources_of(tok, batch) -> list[str]:
+    """The corpus of each row of a batch (read back from the text)."""
+    out = []
+    for ids in batch["input_ids"]:
+        text = tok.decode(ids, skip_special_tokens=True)
+        out.append(next(s for s in SOURCES if s in text.replace(" ", "")))
+    return out
+
+
+def test_batches_mix_sources_from_the_start(in_source_order):
+    d, tok = in_source_order
+    cfg = DataConfig(batch_size=16, shuffle_buffer=64, mlm=False)
+    stream = PretrainStream(d, tok, cfg, split=None, seed=0)
+    convs = [c.turns[0].text.split()[0] for c in stream.conversations(0)]
+    assert sorted(convs) == sorted(s for s in SOURCES for _ in range(80))  # each conversation once
+    for part in (convs[:40], convs[100:140], convs[-40:]):  # every stretch samples every corpus
+        assert set(part) == set(SOURCES), part
+    first = list(itertools.islice(stream, 4))
+    assert all(len(set(_sources_of(tok, b))) >= 2 for b in first)
+    assert set().union(*map(set, map(lambda b: _sources_of(tok, b), first))) == set(SOURCES)
+
+
+def test_eval_set_spans_the_whole_split(in_source_order):
+    d, tok = in_source_order
+    cfg = DataConfig(batch_size=16)
+    ev = eval_batches(d, tok, cfg, split=None, max_examples=48)
+    assert sum(len(b["input_ids"]) for b in ev) == 48
+    seen = [s for b in ev for s in _sources_of(tok, b)]
+    assert all(seen.count(s) >= 8 for s in SOURCES), seen  # not just the first corpus
+    again = eval_batches(d, tok, cfg, split=None, max_examples=48)
+    assert all(_equal(a, b) for a, b in zip(ev, again))
