@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
+PORT   ?= 8000
 
 .PHONY: install demo test bench clean
 
@@ -23,7 +24,7 @@ $(STAMP): $(PY) requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dialogbert demo --out $(RUN)
+	$(VENV)/bin/dialogbert demo --out $(RUN) --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests

@@ -86,16 +86,7 @@ def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tupl
 
 
 def _retriever() -> Retriever:
-    app = current_app
-    r = app.config.get("RETRIEVER")
-    if r is None:
-        with app.config["_LOCK"]:
-            r = app.config.get("RETRIEVER")
-            if r is None:
-                from retrieval.index import ResponseIndex
-                r = ResponseIndex.load(app.config["INDEX_DIR"], app.config.get("MODEL_DIR"))
-                app.config["RETRIEVER"] = r
-    return r
+    return current_app.config["RETRIEVER"]
 
 
 bp = Blueprint("chat", __name__)
@@ -156,8 +147,16 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
         raise ValueError("create_app needs INDEX_DIR (a folder written by `dialogbert index`) or RETRIEVER")
+    if app.config["RETRIEVER"] is None:
+        # loaded now, so a wrong folder or a model/index mismatch stops the service at start-up
+        # with the loader's message, not at the first chat request
+        from retrieval.index import ResponseIndex
+        index = ResponseIndex.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"])
+        if index.encoder is None:
+            raise ValueError(f"{app.config['INDEX_DIR']}: no encoder found for this index; pass MODEL_DIR "
+                             f"(`dialogbert serve --model ENCODER_DIR`)")
+        app.config["RETRIEVER"] = index
     app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10))
-    app.config["_LOCK"] = threading.Lock()
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

@@ -63,7 +63,7 @@ def cmd_index(a) -> int:
 def cmd_eval(a) -> int:
     from retrieval.evaluate import evaluate
     evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
-             baselines_only=a.model is None)
+             baselines_only=a.model is None, sources=a.source or None)
     return 0
 
 
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", required=True)
     s.add_argument("--report", required=True)
     s.add_argument("--max-examples", type=int, default=None)
+    s.add_argument("--source", action="append", default=None,
+                   help="evaluate only conversations of this source (e.g. chatbotdata, chitchat); repeatable. "
+                        "The protocol reports each corpus on its own")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("ablate", help="turn/speaker embeddings, next-turn objective, fine-tuning: one table")

@@ -314,12 +314,14 @@ def pretrain(config_path: str | os.PathLike | None, overrides=(), deepspeed_conf
     seed_everything(cfg.run.seed)  # same initial weights on every rank
     model, init_report = build_model(cfg, len(tokenizer), tokenizer.pad_token_id)
     resume_from = find_resume(out, resume)
+    data_cfg = cfg.data_config()
+    if init_report is None and data_cfg.mlm and resume_from is None:
+        # a fresh model: start the MLM head at the unigram prior (before the engine takes the
+        # parameters: DeepSpeed keeps its own master copy of them)
+        init_output_bias(model, unigram_log_probs(d.shards, tokenizer, data_cfg, seed=cfg.run.seed))
     engine = make_engine(model, t, deepspeed_config, micro_batch=d.batch_size)
     main = engine.is_main
     seed_everything(cfg.run.seed + 1000 * rank)  # dropout differs across ranks
-    data_cfg = cfg.data_config()
-    if init_report is None and data_cfg.mlm:  # a fresh model: start the MLM head at the unigram prior
-        init_output_bias(model, unigram_log_probs(d.shards, tokenizer, data_cfg, seed=cfg.run.seed))
     stream = PretrainStream(d.shards, tokenizer, data_cfg, split="train", seed=cfg.run.seed, rank=rank,
                             world_size=world_size)
     held_out = eval_batches(d.shards, tokenizer, data_cfg, split="test", max_examples=t.eval_examples)

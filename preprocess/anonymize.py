@@ -386,12 +386,13 @@ _PLACEHOLDER_RE = re.compile(r"\[(?:" + "|".join(p.strip("[]") for p in (
 # ---------------------------------------------------------------------------------------------
 # scanning
 
-def _overlaps(spans: list, s: int, e: int, ph: str = "") -> bool:
-    """True if [s, e) overlaps a span already taken; a span of the same placeholder grows to the
-    union instead (participant "박영우 소마" over the surname rule's "소마")."""
+def _overlaps(spans: list, s: int, e: int, ph: str = "", grow_any: bool = False) -> bool:
+    """True if [s, e) overlaps a span already taken; a span of the same placeholder (or any span,
+    with ``grow_any``) grows to the union instead (participant "박영우 소마" over the surname rule's
+    "소마"; "@Jane Doe" where the mention rule took only "@Jane")."""
     for k, (a, b, p) in enumerate(spans):
         if s < b and a < e:
-            if p == ph:
+            if p == ph or grow_any:
                 spans[k] = (min(a, s), max(b, e), p)
             return True
     return False
@@ -627,7 +628,7 @@ def _scan(text: str, names_re: re.Pattern | None = None) -> list[tuple[int, int,
             if (m.group(0)[0].isascii() and s > 0 and view[s - 1].isalnum()) or \
                     (m.group(0)[-1].isascii() and e < len(view) and view[e].isascii() and view[e].isalnum()):
                 continue
-            if not _overlaps(spans, s, e, "[NAME]"):
+            if not _overlaps(spans, s, e, "[NAME]", grow_any=True):
                 spans.append((s, e, "[NAME]"))
     if not spans:
         return spans
@@ -701,8 +702,8 @@ def _names_regex(names: Iterable[str]) -> re.Pattern | None:
     for n in names:
         for v in name_variants(n):
             variants.add(v)
-            if v.isascii() and v.islower():
-                variants.update({v.capitalize(), v.upper()})
+            if v.isascii():  # "Jane" is also written "jane" and "JANE": privacy before precision
+                variants.update({v.lower(), v.capitalize(), v.upper()})
     if not variants:
         return None
     alts = sorted(variants, key=lambda v: (-len(v), v))

@@ -27,6 +27,7 @@ has the rules and the reasons.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import marshal
@@ -123,8 +124,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def conversation_id(sha256: str, key: str, index: int) -> str:
-    return hashlib.sha1(f"{sha256}\x1f{key}\x1f{index}".encode("utf-8")).hexdigest()[:16]
+def conversation_id(fmt: str, key: str, turns_hash: str) -> str:
+    """A conversation's id, and so its train/test side (preprocess.schema.split_of): a function of
+    the session's own content, not of the file it came in, so a re-export of the same chat (a file
+    that grew by new messages) keeps the ids, and the split, of every session it already had."""
+    return hashlib.sha1(f"{fmt}\x1f{key}\x1f{turns_hash}".encode("utf-8")).hexdigest()[:16]
 
 
 def content_hash(turns: list[dict]) -> str:
@@ -170,8 +174,20 @@ class Options:
 
     def parts_tag(self) -> str:
         """What a part file depends on; shard_size only matters at assembly."""
-        s = f"v{PARTS_VERSION}|{self.session_gap_minutes!r}|{self.sentence_backend}|{MAX_SESSION_MESSAGES}|{MAX_MESSAGE_CHARS}"
+        s = (f"v{PARTS_VERSION}|{self.session_gap_minutes!r}|{self.sentence_backend}|{MAX_SESSION_MESSAGES}"
+             f"|{MAX_MESSAGE_CHARS}|{code_hash()}")
         return hashlib.sha1(s.encode()).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """A hash of the preprocessor's own source: after a code change (a new detector, say) a resumed
+    run redoes every file instead of reusing parts written by the old code, which might leak."""
+    h = hashlib.sha1()
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- one file
@@ -263,8 +279,9 @@ class _FileProcessor:
                 if isinstance(item, BadLine):
                     c["bad_lines"] += 1
                     if len(self.bad_examples) < BAD_LINE_EXAMPLES:
-                        self.bad_examples.append(f"{self.path}:{item.line}: {item.reason}"
-                                                 + (f" ({item.preview[:60]!r})" if item.preview else ""))
+                        # file:line and the reason only: a raw line may hold personal data, and
+                        # the manifest, the part markers and stderr are never anonymized
+                        self.bad_examples.append(f"{self.path}:{item.line}: {item.reason}")
                     continue
                 line = item.line
                 n += 1
@@ -402,11 +419,12 @@ class _FileProcessor:
             self._write(key, index, out)
 
     def _write(self, key: str, index: int, turns: list[dict]) -> None:
-        conv = {"id": conversation_id(self.sha256, key, index), "source": self.fmt,
+        turns_hash = content_hash(turns)
+        conv = {"id": conversation_id(self.fmt, key, turns_hash), "source": self.fmt,
                 "lang": detect_lang(t["text"] for t in turns), "turns": turns}
         self.c["conversations"] += 1
         self.c["turns"] += len(turns)
-        self.out.write(content_hash(turns) + "\t"
+        self.out.write(turns_hash + "\t"
                        + json.dumps(conv, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def stats(self) -> dict:

@@ -263,7 +263,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     import dialogbert
     if info is None:
-        info = {"model": str(model) if model is not None else None,
+        info = {"model": str(Path(model).resolve()) if model is not None else None,
                 "model_sha256": model_hash(encoder.path) if encoder.path else None,
                 "dimension": int(encoder.dim), "factory": factory, "metric": "inner_product",
                 "normalized": True, "count": 0, "nprobe": 16, "ef_search": 64, "shards": [],

@@ -17,7 +17,6 @@ import pytest
 
 from dialogbert.cli import main as cli_main
 from preprocess import formats, pipeline
-from preprocess.anonymize import Anonymizer
 from preprocess.formats import Message
 from preprocess.pipeline import run, system_names
 from preprocess.schema import parse_line, read_shards
@@ -272,9 +271,6 @@ def test_wrong_encoding_and_a_huge_line(tmp_path):
 
 
 def test_no_planted_pii_reaches_the_shards(tmp_path):
-    probe, _ = Anonymizer([]).anonymize("010-1234-5678 minjun@example.com")
-    if "010-1234-5678" in probe:
-        pytest.skip("the anonymizer is still the stub (names only)")
     src = write_jsonl(tmp_path / "pii.jsonl", [("p", [
         ("김민준", "내 번호 010-1234-5678 이야"), ("이지수", "메일은 jisu.lee@example.com 로 보내줘"),
         ("김민준", "민준이 폰은 010 9876 5432"), ("이지수", "ok")])])
@@ -322,3 +318,33 @@ def test_fixture_exports(tmp_path):
                 for name in raw_names:
                     if len(name) >= 3 and name.casefold() not in pipeline.GENERIC_SELF:
                         assert name not in t.text, (shard.name, n, name)
+
+
+def test_bad_lines_are_reported_without_their_content(tmp_path, capsys):
+    """A broken line may hold personal data: the manifest, the part markers and stderr name the
+    file, the line and the reason, never the line's text."""
+    with open(tmp_path / "broken.jsonl", "w", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "t", "turns": [{"speaker": "A", "text": "hi"}, {"speaker": "B", "text": "yo"}]}) + "\n")
+        f.write('{"id": "u", "turns": [{"speaker": "김민준", "text": "내 번호 010-2345-6789 이야\n')
+    out = tmp_path / "out"
+    cli_main(["preprocess", str(tmp_path / "broken.jsonl"), "--out", str(out), "--sentence-backend", "none", "--quiet"])
+    err = capsys.readouterr().err
+    written = err + "".join(p.read_text("utf-8", errors="replace") for p in out.rglob("*") if p.is_file())
+    manifest = (out / "manifest.json").read_text("utf-8")
+    assert "broken.jsonl:2:" in manifest
+    for secret in ("010-2345-6789", "2345", "김민준"):
+        assert secret not in written, secret
+
+
+def test_ids_and_split_survive_a_re_export(tmp_path):
+    """The same chat exported again with new messages appended: the sessions it already had keep
+    their ids, so the train/test split (a hash of the id) does not move under a trained model."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_jsonl(tmp_path / "a" / "chat.jsonl", chat(6))
+    later = write_jsonl(tmp_path / "b" / "chat.jsonl", chat(6) + chat(3, tag="new"))
+    run([str(first)], str(tmp_path / "out-a"), sentence_backend="none", progress=False)
+    run([str(later)], str(tmp_path / "out-b"), sentence_backend="none", progress=False)
+    ids_a = {c.id for c in conversations(tmp_path / "out-a")}
+    ids_b = {c.id for c in conversations(tmp_path / "out-b")}
+    assert len(ids_a) == 6 and len(ids_b) == 9 and ids_a <= ids_b
