@@ -287,7 +287,7 @@ class PretrainStream:
             if not conv.turns:
                 continue
             ids = [x[: c.max_turn_tokens] for x in self.tokenizer(
-                [turn_text(t.text) for t in conv.turns], add_special_tokens=False)["input_ids"]]
+                [turn_text(t.text) for t in conv.turns], add_special_tokens=False, verbose=False)["input_ids"]]
             speakers = [t.speaker for t in conv.turns]
             for t in range(c.min_context_turns, len(ids)):
                 if c.next_turn:

@@ -47,7 +47,7 @@ def encode_dialog(tokenizer, turns: Sequence[DialogTurn], max_length: int = 256,
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if token_ids is None:
         texts = [turn_text(t) for _, t in turns]
-        token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        token_ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     speakers = relative_speakers([s for s, _ in turns], num_speakers)
     budget = max_length - 1  # room after [CLS]
     kept: list[tuple[list[int], int, int]] = []  # (ids, turn id, speaker id), newest first

@@ -117,7 +117,7 @@ class Encoder:
         s = self.settings
         items = [list(t)[-s.context_turns:] if s.context_turns else list(t) for t in items]
         texts = sorted({turn_text(text) for turns in items for _, text in turns})
-        ids = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        ids = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])) if texts else {}
         feats = []
         for turns in items:
             f = encode_dialog(self.tokenizer, turns, max_length=s.max_length, max_turns=self.max_turns,
