@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,7 @@ def check_model(info: dict, encoder, folder: Path) -> None:
 
 
 def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
+    """Write the response store at ``path`` (appending to what is there with ``append``)."""
     with open(path, "a" if append else "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -257,8 +259,13 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if len(vecs):
         index.add(np.ascontiguousarray(vecs, dtype=np.float32))
     out.mkdir(parents=True, exist_ok=True)
+    # Everything is written under temporary names first, then renamed (index_info.json last): a
+    # killed build leaves the previous folder as it was, or one that load() rejects by its counts.
     faiss.write_index(to_cpu(index), str(out / (INDEX_FILE + ".tmp")))
-    _write_rows(out / RESPONSES_FILE, rows, append=add)
+    if add:
+        shutil.copyfile(out / RESPONSES_FILE, out / (RESPONSES_FILE + ".tmp"))
+    _write_rows(out / (RESPONSES_FILE + ".tmp"), rows, append=add)
+    (out / (RESPONSES_FILE + ".tmp")).replace(out / RESPONSES_FILE)
     (out / (INDEX_FILE + ".tmp")).replace(out / INDEX_FILE)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     import dialogbert
