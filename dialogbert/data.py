@@ -35,7 +35,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 

@@ -193,10 +193,10 @@ def code_hash() -> str:
 # --------------------------------------------------------------------------- one file
 
 class _Session:
-    __slots__ = ("key", "index", "messages", "last_time")
+    __slots__ = ("key", "messages", "last_time")
 
-    def __init__(self, key: str, index: int):
-        self.key, self.index = key, index
+    def __init__(self, key: str):
+        self.key = key
         self.messages: list[tuple[str, str, object]] = []   # (raw speaker, text, time)
         self.last_time = None
 
@@ -259,7 +259,6 @@ class _FileProcessor:
         # message of key "") skips the LRU bookkeeping, which is a no-op for the key used last.
         names: dict[str, set[str]] = {}
         open_sessions: OrderedDict[str, _Session] = OrderedDict()
-        next_index: dict[str, int] = {}
         gap = self.gap_s
         max_messages, max_open, max_chars = MAX_SESSION_MESSAGES, MAX_OPEN_SESSIONS, MAX_MESSAGE_CHARS
         c, drops, media = self.c, self.drops, self.media
@@ -335,9 +334,7 @@ class _FileProcessor:
                         close(open_sessions.pop(key))
                         sess = None
                 if sess is None:
-                    index = next_index.get(key, 0)
-                    next_index[key] = index + 1
-                    sess = open_sessions[key] = _Session(key, index)
+                    sess = open_sessions[key] = _Session(key)
                     if len(open_sessions) > max_open:
                         close(open_sessions.popitem(last=False)[1])
                 sess.messages.append((speaker, text, t))
@@ -377,7 +374,7 @@ class _FileProcessor:
         keep = len(pseudo) >= 2
         if not keep:
             self.drops["one_speaker"] += 1
-        blob = marshal.dumps((sess.key, sess.index, turns, keep))
+        blob = marshal.dumps((sess.key, turns, keep))
         spool.write(len(blob).to_bytes(4, "little"))
         spool.write(blob)
 
@@ -388,7 +385,7 @@ class _FileProcessor:
         anon_key: str | None = None
         replace = None
         while head := read(4):
-            key, index, turns, keep = marshal.loads(read(int.from_bytes(head, "little")))
+            key, turns, keep = marshal.loads(read(int.from_bytes(head, "little")))
             if key != anon_key:
                 anon = anonymizers.get(key)
                 if anon is None:
@@ -416,9 +413,9 @@ class _FileProcessor:
                             # backend "none": split_turn's answer, one sentence per message
                             "sentences": text.split("\n") if split is None else split(text),
                             "time": when})
-            self._write(key, index, out)
+            self._write(key, out)
 
-    def _write(self, key: str, index: int, turns: list[dict]) -> None:
+    def _write(self, key: str, turns: list[dict]) -> None:
         turns_hash = content_hash(turns)
         conv = {"id": conversation_id(self.fmt, key, turns_hash), "source": self.fmt,
                 "lang": detect_lang(t["text"] for t in turns), "turns": turns}

@@ -53,7 +53,7 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
                  config_path: str | Path | None = "configs/tiny.toml", overrides: Sequence[str] = ()) -> dict:
     from dialogbert.train import pretrain
     from retrieval.encoder import Encoder
-    from retrieval.evaluate import evaluate, write_report
+    from retrieval.evaluate import evaluate
     from retrieval.finetune import finetune
 
     out = Path(out)

@@ -25,6 +25,7 @@ from .base import BadLine, Message
 from .clock import clock, combine, make_date, month
 from .encoding import iter_line_batches, iter_lines
 from .media import _DELETED, _NOTICE_PREFIXES, KAKAO_SYSTEM_LINE, is_system_text
+from .pending import add_line, finish, outside
 
 HEADER_PREFIXES = ("저장한 날짜", "Date Saved", "Saved on")
 _HEADER_LINES = 4            # lines before the first message that may be a title/file name/date
@@ -69,21 +70,11 @@ def split_csv(s: str) -> list[str] | None:
 
 
 def _finish(conv: str, p: list) -> Message:
-    """Build the pending message [speaker, text, more_lines, time, line, system]."""
-    speaker, text, more, t, line, system = p
-    if more:
-        while more and not more[-1].strip():    # blank lines before a divider belong to no one
-            more.pop()
-        if more:
-            text = text + "\n" + "\n".join(more)
-    return Message(conv, speaker, text, t, line, system)
+    return finish(conv, p)
 
 
 def _outside(ln: int, line: str) -> BadLine | None:
-    """A line before the first message: a header line is fine, other text is reported."""
-    if ln <= _HEADER_LINES or not line.strip() or line.startswith(HEADER_PREFIXES):
-        return None
-    return BadLine(ln, "text outside any message (a fragment, or an unknown system line)", line[:80])
+    return outside(ln, line, HEADER_PREFIXES, _HEADER_LINES)
 
 
 def parse_day(text: str) -> date | None:
@@ -262,17 +253,11 @@ def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
             else:
                 yield BadLine(ln, "timestamp not followed by ', ' or ': '", line[:80])
             continue
-        if p is not None:
-            if line.startswith(HEADER_PREFIXES):
-                continue
-            if p[2] is None:
-                p[2] = [line]
-            else:
-                p[2].append(line)
-        else:
-            bad = _outside(ln, line)
-            if bad is not None:
-                yield bad
+        if p is not None and line.startswith(HEADER_PREFIXES):
+            continue
+        bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
+        if bad is not None:
+            yield bad
     if p is not None:
         yield _finish("", p)
 

@@ -23,6 +23,7 @@ from .base import BadLine, Message
 from .clock import clock, combine, make_date
 from .encoding import iter_lines
 from .media import is_system_text
+from .pending import add_line, finish
 
 HEADER_PREFIXES = ("[LINE]", "Saved on", "保存日時", "저장한 날짜", "저장 날짜", "儲存日期", "保存日期")
 _HEADER_LINES = 4
@@ -65,21 +66,7 @@ def parse_day(line: str) -> date | None:
 
 
 def _finish(conv: str, p: list) -> Message:
-    speaker, text, more, t, line, system = p
-    if more:
-        while more and not more[-1].strip():
-            more.pop()
-        if more:
-            text = text + "\n" + "\n".join(more)
-            if len(text) > 1 and text[0] == '"' and text[-1] == '"':
-                text = text[1:-1].replace('""', '"')
-    return Message(conv, speaker, text, t, line, system)
-
-
-def _outside(ln: int, line: str) -> BadLine | None:
-    if ln <= _HEADER_LINES or not line.strip() or line.startswith(HEADER_PREFIXES):
-        return None
-    return BadLine(ln, "text outside any message (a fragment, or an unknown system line)", line[:80])
+    return finish(conv, p, unquote=True)
 
 
 def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
@@ -132,15 +119,9 @@ def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
                 continue
             if line.startswith(HEADER_PREFIXES):
                 continue
-        if p is not None:
-            if p[2] is None:
-                p[2] = [line]
-            else:
-                p[2].append(line)
-        else:
-            bad = _outside(ln, line)
-            if bad is not None:
-                yield bad
+        bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
+        if bad is not None:
+            yield bad
     if p is not None:
         yield _finish("", p)
 
@@ -253,14 +234,8 @@ def read_desktop(f: IO[str], encoding: str = "", sample_lines: int = 50_000) -> 
                     day = d
                     times.clear()
                 continue
-        if p is not None:
-            if p[2] is None:
-                p[2] = [line]
-            else:
-                p[2].append(line)
-        else:
-            bad = _outside(ln, line)
-            if bad is not None:
-                yield bad
+        bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
+        if bad is not None:
+            yield bad
     if p is not None:
         yield _finish("", p)
