@@ -2,7 +2,8 @@
 
     create_app(config=None) -> Flask app
 
-Config keys: ``INDEX_DIR`` and ``MODEL_DIR`` (what `dialogbert index` / `finetune` wrote), or
+Config keys: ``INDEX_DIR`` and ``MODEL_DIR`` (what `dialogbert index` / `finetune` wrote; the index's
+fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or ``RERANKER_DIR``), or
 ``RETRIEVER`` (any object with ``search(contexts, k)``, see :class:`Retriever`; tests inject one);
 ``CONTEXT_TURNS`` (turns of history fed to the encoder, default 5), ``TOP_K`` (candidates ranked,
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
@@ -143,19 +144,16 @@ def reset():
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, MAX_MESSAGE_CHARS=1000,
-                      INDEX_DIR=None, MODEL_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
+                      INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
     app.config.update(config or {})
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
         raise ValueError("create_app needs INDEX_DIR (a folder written by `dialogbert index`) or RETRIEVER")
     if app.config["RETRIEVER"] is None:
         # loaded now, so a wrong folder or a model/index mismatch stops the service at start-up
         # with the loader's message, not at the first chat request
-        from retrieval.index import ResponseIndex
-        index = ResponseIndex.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"])
-        if index.encoder is None:
-            raise ValueError(f"{app.config['INDEX_DIR']}: no encoder found for this index; pass MODEL_DIR "
-                             f"(`dialogbert serve --model ENCODER_DIR`)")
-        app.config["RETRIEVER"] = index
+        from retrieval.ranker import HybridRetriever
+        app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
+                                                       app.config["RERANKER_DIR"])
     app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10))
     app.json.ensure_ascii = False
     app.register_blueprint(bp)

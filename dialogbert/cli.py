@@ -4,8 +4,8 @@ happen inside the call, so `dialogbert --help` is instant.
     dialogbert preprocess INPUT... --out DIR          exports -> anonymized shards
     dialogbert tokenizer --shards DIR --out DIR       shards -> tokenizer/
     dialogbert pretrain --config configs/tiny.toml    shards -> checkpoints (MLM + next turn)
-    dialogbert finetune --init CKPT --shards DIR      checkpoint -> dual encoder
-    dialogbert index --model DIR --shards DIR         encoder -> FAISS index of responses
+    dialogbert finetune --init CKPT --shards DIR      checkpoint -> dual encoder (or re-ranker)
+    dialogbert index --model DIR --shards DIR         encoder -> FAISS index of responses + ranker
     dialogbert eval --model DIR --shards DIR          encoder -> Rn@k, MRR vs BM25 / TF-IDF
     dialogbert ablate --shards DIR                    the ablation table
     dialogbert serve --index DIR                      the chat service (JSON API + web page)
@@ -57,13 +57,16 @@ def cmd_finetune(a) -> int:
 def cmd_index(a) -> int:
     from retrieval.index import build_index
     build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
+    if not a.add and not a.no_ranker:
+        from retrieval.ranker import fit_for_index
+        fit_for_index(a.out, a.shards, reranker_dir=a.reranker)
     return 0
 
 
 def cmd_eval(a) -> int:
     from retrieval.evaluate import evaluate
     evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
-             baselines_only=a.model is None, sources=a.source or None)
+             baselines_only=a.model is None, sources=a.source or None, reranker=a.reranker)
     return 0
 
 
@@ -75,7 +78,7 @@ def cmd_ablate(a) -> int:
 
 def cmd_serve(a) -> int:
     from bot.app import create_app
-    app = create_app({"INDEX_DIR": a.index, "MODEL_DIR": a.model})
+    app = create_app({"INDEX_DIR": a.index, "MODEL_DIR": a.model, "RERANKER_DIR": a.reranker})
     print(f"chat page on http://{a.host}:{a.port}/  (JSON API: POST /api/chat)", flush=True)
     app.run(host=a.host, port=a.port, threaded=True)
     return 0
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     s.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("finetune", help="fine-tune a dual encoder with in-batch negatives")
+    s = sub.add_parser("finetune", help="fine-tune a dual encoder (in-batch negatives) or, with model.kind=cross, "
+                                        "the cross-encoder re-ranker")
     s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder")
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
@@ -138,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "IVF4096,PQ32", "HNSW32"')
     s.add_argument("--gpu", action="store_true", help="build and search on GPU (faiss-gpu)")
     s.add_argument("--add", action="store_true", help="append new responses to an existing index")
+    s.add_argument("--reranker", default=None,
+                   help="a cross-encoder folder (`dialogbert finetune ... model.kind=cross`) to fit into the ranker")
+    s.add_argument("--no-ranker", action="store_true",
+                   help="do not fit ranker.json (rank by the dual encoder alone)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF")
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", required=True)
     s.add_argument("--report", required=True)
     s.add_argument("--max-examples", type=int, default=None)
+    s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
     s.add_argument("--source", action="append", default=None,
                    help="evaluate only conversations of this source (e.g. chatbotdata, chitchat); repeatable. "
                         "The protocol reports each corpus on its own")
@@ -162,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the chat service: JSON API and web chat page")
     s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
     s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
+    s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_serve)

@@ -96,8 +96,16 @@ class ObjectivesSection:
     next_turn: bool = True
 
 
+class Sections:
+    """A config made of sections (dataclasses of typed keys): `to_dict` and the checked loaders
+    below work for any such class (pretraining's :class:`Config`, fine-tuning's config)."""
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in fields(self)}
+
+
 @dataclass
-class Config:
+class Config(Sections):
     run: RunSection = field(default_factory=RunSection)
     data: Any = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -109,9 +117,6 @@ class Config:
         kw = {f.name: getattr(self.data, f.name) for f in fields(DataConfig) if f.name not in OBJECTIVE_KEYS}
         return DataConfig(**kw, mlm=self.objectives.mlm, next_turn=self.objectives.next_turn)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in fields(self)}
-
 
 PATH_KEYS = {("run", "out"), ("data", "shards"), ("data", "tokenizer"), ("model", "init_from")}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -122,7 +127,9 @@ def _valid_keys(section: Any) -> list[str]:
 
 
 def parse_value(text: str, default: Any, key: str) -> Any:
-    """Parse an override string by the type of the key's default."""
+    """Parse an override string by the type of the key's default (a list: comma-separated)."""
+    if isinstance(default, list):
+        return [x.strip() for x in text.split(",") if x.strip()]
     if isinstance(default, bool):
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
@@ -164,6 +171,10 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
     return value
 
 
@@ -178,7 +189,10 @@ def _set(cfg: Config, section: str, key: str, value: Any, *, from_text: bool, wh
                          f"{', '.join(valid)}")
     default = getattr(sec, key)
     name = f"{section}.{key}"
-    setattr(sec, key, parse_value(value, default, name) if from_text else _coerce(value, default, name))
+    try:
+        setattr(sec, key, parse_value(value, default, name) if from_text else _coerce(value, default, name))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
@@ -193,8 +207,8 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return cfg
 
 
-def config_from_dict(d: dict[str, Any], where: str = "<dict>") -> Config:
-    cfg = Config()
+def config_from_dict(d: dict[str, Any], where: str = "<dict>", cls: type = Config):
+    cfg = cls()
     for section, values in d.items():
         if not isinstance(values, dict):
             raise ValueError(f"{where}: [{section}] must be a table of keys")
@@ -238,10 +252,10 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> Config:
-    """Read a TOML (or JSON) config, apply dotted overrides, resolve paths, validate."""
+def read_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), cls: type = Config):
+    """Defaults of ``cls``, then a TOML (or JSON) file, then dotted overrides; every key checked."""
     if path is None:
-        cfg = Config()
+        cfg = cls()
     else:
         path = Path(path)
         if not path.is_file():
@@ -251,9 +265,13 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
             d = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
-        cfg = config_from_dict(d, where=str(path))
-    apply_overrides(cfg, overrides)
-    return validate(resolve_paths(cfg))
+        cfg = config_from_dict(d, where=str(path), cls=cls)
+    return apply_overrides(cfg, overrides)
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> Config:
+    """The pretraining config: read (file + dotted overrides), resolve paths, validate."""
+    return validate(resolve_paths(read_config(path, overrides)))
 
 
 def _toml_value(v: Any) -> str:
@@ -267,6 +285,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -279,10 +299,10 @@ def dumps_toml(d: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+def save_config(cfg: Sections, path: str | os.PathLike, what: str = "pretraining") -> Path:
     from preprocess.schema import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "# resolved dialogbert pretraining config\n" + dumps_toml(cfg.to_dict()))
+    atomic_write_text(path, f"# resolved dialogbert {what} config\n" + dumps_toml(cfg.to_dict()))
     return path

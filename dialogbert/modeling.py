@@ -121,6 +121,14 @@ class DialogBertForPreTraining(DialogBertModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
+    def next_turn_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         token_type_ids: torch.Tensor | None = None,
+                         turn_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The next-turn head alone, (B, 2), without the vocabulary projection (a re-ranker's call)."""
+        pooled = DialogBertModel.forward(self, input_ids, attention_mask=attention_mask,
+                                         token_type_ids=token_type_ids, turn_ids=turn_ids).pooler_output
+        return self.cls.seq_relationship(pooled)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, turn_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, next_turn_label: torch.Tensor | None = None,

@@ -38,6 +38,7 @@ class EncoderSettings:
     max_length: int = 128           # tokens per input ([CLS] + turns + [SEP]s)
     max_turn_tokens: int = 64       # each turn cut to this many tokens (its start kept)
     zero_dialog_ids: bool = False   # ablation: speaker and turn ids all 0 (train and eval alike)
+    kind: str = "dual"              # "dual" (this module) or "cross" (retrieval.rerank.CrossEncoder)
 
     @classmethod
     def read(cls, folder: str | Path) -> "EncoderSettings":
@@ -64,6 +65,10 @@ def model_hash(folder: str | Path) -> str:
 
 
 class Encoder:
+    """A dual encoder: a context and a response each become one normalised vector."""
+    kind = "dual"
+    auto_class = "AutoModel"  # the transformers class that loads the weights
+
     def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, path: str | Path | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings or EncoderSettings()
@@ -80,8 +85,8 @@ class Encoder:
 
     # ---- loading and saving -------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, **overrides) -> "Encoder":
-        from transformers import AutoModel, AutoTokenizer
+    def load(cls, path: str | Path, strict_kind: bool = True, **overrides) -> "Encoder":
+        from transformers import AutoTokenizer
 
         import dialogbert.modeling  # noqa: F401  (registers model_type "dialogbert")
 
@@ -90,10 +95,16 @@ class Encoder:
             raise FileNotFoundError(f"{path}: no config.json; pass a dialogbert checkpoint or a BERT folder "
                                     f"(e.g. the output of `dialogbert finetune`)")
         settings = EncoderSettings.read(path)
+        if strict_kind and (path / SETTINGS_FILE).exists() and settings.kind != cls.kind:
+            raise ValueError(f"{path} holds a {settings.kind!r} model (retrieval.json), not a {cls.kind!r} one: "
+                             + ("pass it as the re-ranker (--reranker)" if settings.kind == "cross"
+                                else "pass it as the encoder (--model)"))
         for k, v in overrides.items():
             if v is not None:
                 setattr(settings, k, v)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        settings.kind = cls.kind
+        import transformers
+        model = getattr(transformers, cls.auto_class).from_pretrained(path, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model.eval()
         return cls(model, tok, settings, path)
@@ -112,10 +123,12 @@ class Encoder:
         return model_hash(self.path)
 
     # ---- features -----------------------------------------------------------------------
-    def featurize(self, items: Sequence[Turns]) -> list[dict[str, list[int]]]:
-        """encode_dialog over many turn lists, tokenizing each distinct turn text once."""
+    def featurize(self, items: Sequence[Turns], keep: int | None = None) -> list[dict[str, list[int]]]:
+        """encode_dialog over many turn lists (the newest ``keep`` turns of each, by default
+        ``context_turns``), tokenizing each distinct turn text once."""
         s = self.settings
-        items = [list(t)[-s.context_turns:] if s.context_turns else list(t) for t in items]
+        keep = s.context_turns if keep is None else keep
+        items = [list(t)[-keep:] if keep else list(t) for t in items]
         texts = sorted({turn_text(text) for turns in items for _, text in turns})
         ids = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])) if texts else {}
         feats = []
@@ -129,13 +142,16 @@ class Encoder:
             feats.append(f)
         return feats
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled, L2-normalised embeddings of a padded batch (keeps the autograd graph)."""
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   token_type_ids=batch["token_type_ids"])
         if self.is_dialog:
             kw["turn_ids"] = batch["turn_ids"]
-        hidden = self.model(**kw).last_hidden_state
+        return kw
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings of a padded batch (keeps the autograd graph)."""
+        hidden = self.model(**self.model_inputs(batch)).last_hidden_state
         if self.settings.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -151,11 +167,16 @@ class Encoder:
     # ---- encode -------------------------------------------------------------------------
     def encode(self, items: Sequence[Turns], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Turn lists (oldest first) -> float32 (n, d), L2-normalised, in input order."""
-        if len(items) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        feats = self.featurize(items)
+        return self.run(self.featurize(items), (self.dim,), batch_size, show_progress, "encode")
+
+    def run(self, feats: list[dict], shape: tuple[int, ...], batch_size: int = 64,
+            show_progress: bool | None = None, desc: str = "encode") -> np.ndarray:
+        """``forward`` over features in length-sorted batches under inference mode; float32
+        ``(n, *shape)`` in input order."""
+        out = np.zeros((len(feats), *shape), dtype=np.float32)
+        if not feats:
+            return out
         order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")
-        out = np.zeros((len(feats), self.dim), dtype=np.float32)
         if show_progress is None:
             show_progress = len(feats) >= 5000
         was_training = self.model.training
@@ -163,7 +184,7 @@ class Encoder:
         starts = range(0, len(order), batch_size)
         if show_progress:
             from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="encode", unit="batch")
+            starts = tqdm(starts, desc=desc, unit="batch")
         with torch.inference_mode():
             for i in starts:
                 idx = order[i:i + batch_size]

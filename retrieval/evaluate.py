@@ -134,9 +134,11 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
              index_dir: str | Path | None = None, max_examples: int | None = None,
              baselines_only: bool = False, *, sources: Sequence[str] | None = None,
              encoder=None, n: int = 100, batch_size: int = 64, name: str | None = None,
-             baselines: bool = True) -> dict:
+             baselines: bool = True, reranker: str | Path | None = None) -> dict:
     """Score the encoder (a folder, or an ``encoder`` object) and the baselines on the test split
-    of ``shards``; write the report folder unless ``report`` is None; return the report dict."""
+    of ``shards``; with ``index_dir``, also full-index recall and, when the index has a fitted
+    ranker (ranker.json), the ranker on the same candidates (``reranker`` overrides the re-ranker
+    folder it names). Write the report folder unless ``report`` is None; return the report dict."""
     examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
     if not examples:
         raise ValueError(f"{shards}: no test examples (is the split empty? are there multi-turn conversations?)")
@@ -146,7 +148,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     if baselines:
         for sc in (BM25Scorer().fit(train), BM25Scorer(bigrams=False).fit(train), TfidfScorer().fit(train)):
             systems[sc.name] = ev(sc)
-    model_name = None
+    model_name, ranker = None, None
     if encoder is None and model is not None and not baselines_only:
         from retrieval.encoder import Encoder
         encoder = Encoder.load(model)
@@ -156,9 +158,19 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
         m = ev(EncoderScorer(encoder, label, batch_size))
         if index_dir is not None:
             from retrieval.index import ResponseIndex
-            idx = ResponseIndex.load(index_dir, model if model is not None else None)
+            from retrieval.ranker import Ranker
+            idx = ResponseIndex.load(index_dir, encoder=encoder)
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
+            ranker = Ranker.load(index_dir)
         systems[label] = m
+        if ranker is not None and ranker.active != ["dual"]:
+            from retrieval.ranker import FeatureScorer, RankerScorer
+            rr = None
+            if "rerank" in ranker.active:
+                from retrieval.rerank import CrossEncoder
+                rr = CrossEncoder.load(reranker or ranker.reranker)
+            fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active)
+            systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ev(RankerScorer(fs, ranker))
     rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name,
            "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,
            "sizes": {"test_examples": len(examples), "train_responses": len(train),
@@ -166,6 +178,9 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
                      "max_examples": max_examples},
            "seeds": {"negatives": NEGATIVE_SEED, "random_scorer": 0},
            "systems": systems}
+    if ranker is not None and ranker.active != ["dual"]:
+        from dataclasses import asdict
+        rep["ranker"] = asdict(ranker)
     if report is not None:
         write_report(rep, report)
     return rep

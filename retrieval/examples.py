@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from preprocess.schema import Conversation, read_shards
+from preprocess.schema import Conversation, read_shards, split_of
 
 CONTEXT_TURNS = 5
 NEGATIVE_SEED = 1
@@ -49,6 +49,27 @@ def load_examples(shards: str | Path, split: str | None = "test", max_examples: 
     out: list[Example] = []
     for conv in read_shards(shards, split=split):
         if keep is not None and conv.source not in keep:
+            continue
+        out.extend(conversation_examples(conv, context_turns))
+        if max_examples is not None and len(out) >= max_examples:
+            return out[:max_examples]
+    return out
+
+
+def is_valid_conv(conv_id: str, fraction: float) -> bool:
+    """The validation carve-out of the TRAIN split (a second hash, never the test split):
+    fine-tuning leaves these conversations out when ``data.valid_fraction`` > 0, and the
+    ranker's weights are fitted on them."""
+    return fraction > 0 and split_of(conv_id + "#valid", fraction=fraction) == "test"
+
+
+def validation_examples(shards: str | Path, fraction: float, max_examples: int | None = None,
+                        context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
+    """Protocol examples of the validation carve-out (train-split conversations), in shard order."""
+    keep = set(sources) if sources else None
+    out: list[Example] = []
+    for conv in read_shards(shards, split="train"):
+        if (keep is not None and conv.source not in keep) or not is_valid_conv(conv.id, fraction):
             continue
         out.extend(conversation_examples(conv, context_turns))
         if max_examples is not None and len(out) >= max_examples:

@@ -1,17 +1,25 @@
-"""Dual-encoder fine-tuning with in-batch negatives (Henderson et al. 2017, "Efficient Natural
-Language Response Suggestion for Smart Reply"; sentence-transformers'
-MultipleNegativesRankingLoss).
+"""Fine-tuning for response selection: the dual encoder, and the cross-encoder re-ranker.
 
-One encoder (shared weights) embeds contexts and responses; scores = scale * cosine matrix,
-labels = the diagonal, cross-entropy (both directions when ``symmetric``). In-batch entries
-whose response text equals the positive's are masked out (they are not negatives). Optional
-hard negatives: another turn of the same conversation as an extra response column.
+``model.kind = "dual"`` (default): in-batch negatives (Henderson et al. 2017, "Efficient Natural
+Language Response Suggestion for Smart Reply"; sentence-transformers'
+MultipleNegativesRankingLoss). One encoder (shared weights) embeds contexts and responses;
+scores = scale * cosine matrix, labels = the diagonal, cross-entropy (both directions when
+``symmetric``). In-batch entries whose response text equals the positive's are masked out (they
+are not negatives). Optional hard negatives: another turn of the same conversation as an extra
+response column.
+
+``model.kind = "cross"``: the re-ranker (retrieval.rerank): the pretrained next-turn head scores
+each context with its true response and ``group_size - 1`` negatives drawn from the training
+responses (one from the same conversation with ``hard_negatives``); listwise cross-entropy.
+Start it from a pretraining checkpoint, whose next-turn head already knows the task.
 
 Pairs come from the TRAIN split only (each turn t >= 1 with up to 5 turns of context, as the
 protocol's examples). ``init`` may be a dialogbert checkpoint or a plain BERT folder (e.g.
-all-MiniLM-L6-v2). Output: ``out/`` in HF format (AutoModel loads it) with the tokenizer and
-``retrieval.json``; checkpoints in ``out/checkpoints/step-N`` (weights, optimizer, trainer
-state) let the same command resume after an interruption.
+all-MiniLM-L6-v2). The config is typed like pretraining's (``dialogbert.config``: a TOML file,
+then ``section.key=value`` overrides, unknown keys rejected); the learning rate follows
+``dialogbert.train.lr_at`` (warm-up, cosine decay). Output: ``out/`` in HF format with the
+tokenizer and ``retrieval.json``; checkpoints in ``out/checkpoints/step-N`` (weights, optimizer,
+trainer state) let the same command resume after an interruption.
 """
 from __future__ import annotations
 
@@ -21,85 +29,90 @@ import random
 import re
 import shutil
 import time
-import tomllib
-from copy import deepcopy
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from preprocess.schema import read_shards, split_of
+from dialogbert.config import Sections, read_config
+from dialogbert.engine import param_groups
+from dialogbert.train import lr_at
+from preprocess.schema import read_shards
 from retrieval.encoder import Encoder, EncoderSettings
-from retrieval.examples import conversation_examples
+from retrieval.examples import conversation_examples, is_valid_conv
+from retrieval.rerank import CrossEncoder, listwise_loss
 
-DEFAULTS: dict = {
-    "run": {"seed": 0},
-    "data": {"context_turns": 5, "max_length": 128, "max_turn_tokens": 64, "sources": [],
-             "valid_fraction": 0.0},
-    "model": {"pooling": "mean", "zero_dialog_ids": False},
-    "train": {"batch_size": 64, "lr": 5e-5, "weight_decay": 0.01, "warmup_steps": 50,
-              "max_steps": 500, "max_minutes": 0.0, "scale": 20.0, "learn_scale": False,
-              "symmetric": True, "hard_negatives": False, "grad_clip": 1.0,
-              "save_every": 200, "keep_checkpoints": 2, "log_every": 25, "threads": 0},
-}
+# ---- config: typed sections, checked like pretraining's (dialogbert.config) ------------------
+@dataclass
+class FtRun:
+    seed: int = 0
 
 
-# ---- config ---------------------------------------------------------------------------------
-def _parse_value(raw: str, like):
-    if isinstance(like, bool):
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true/false, got {raw!r}")
-    if isinstance(like, int):
-        return int(raw)
-    if isinstance(like, float):
-        return float(raw)
-    if isinstance(like, list):
-        return [x for x in raw.split(",") if x]
-    return raw
+@dataclass
+class FtData:
+    context_turns: int = 5         # the protocol's context: up to 5 turns before the response
+    max_length: int = 128
+    max_turn_tokens: int = 64
+    sources: list[str] = field(default_factory=list)  # e.g. ["chatbotdata"]: one corpus of a mixed folder
+    valid_fraction: float = 0.0    # > 0: hold out this share of TRAIN conversations, report R10@1 on it
 
 
-def load_config(config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Defaults, then the TOML file, then dotted ``section.key=value`` overrides; unknown
-    sections or keys are rejected with the list of known ones."""
-    cfg = deepcopy(DEFAULTS)
+@dataclass
+class FtModel:
+    kind: str = "dual"             # "dual" encoder, or "cross" (the re-ranker, retrieval.rerank)
+    pooling: str = "mean"          # dual: "mean" over non-pad tokens or "cls"
+    zero_dialog_ids: bool = False  # ablation: speaker/turn ids all 0 in fine-tuning and evaluation
 
-    def put(section: str, key: str, value, where: str):
-        if section not in cfg:
-            raise ValueError(f"{where}: unknown section [{section}]; known: {sorted(cfg)}")
-        if key not in cfg[section]:
-            raise ValueError(f"{where}: unknown key {section}.{key}; known: {sorted(cfg[section])}")
-        cfg[section][key] = value
 
-    if config_path:
-        with open(config_path, "rb") as f:
-            data = tomllib.load(f)
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ValueError(f"{config_path}: top-level key {section!r} must be a [section]")
-            for k, v in values.items():
-                put(section, k, v, str(config_path))
-    for ov in overrides:
-        key, _, raw = ov.partition("=")
-        if "." not in key:
-            raise ValueError(f"override {ov!r}: use section.key=value, e.g. train.max_steps=200")
-        section, k = key.split(".", 1)
-        if section in cfg and k in cfg[section]:
-            put(section, k, _parse_value(raw, cfg[section][k]), f"override {ov!r}")
-        else:
-            put(section, k, raw, f"override {ov!r}")
+@dataclass
+class FtTrain:
+    batch_size: int = 64           # dual: in-batch negatives; cross: contexts per step
+    group_size: int = 8            # cross: candidates per context (the true one + sampled negatives)
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0      # cosine decay to lr * min_lr_ratio (dialogbert.train.lr_at)
+    max_steps: int = 500
+    max_minutes: float = 0.0       # > 0: stop (and save) after this many minutes
+    scale: float = 20.0            # dual: MultipleNegativesRankingLoss scale (1 / temperature)
+    learn_scale: bool = False
+    symmetric: bool = True         # dual: context->response and response->context losses
+    hard_negatives: bool = False   # another turn of the same conversation as a negative
+    grad_clip: float = 1.0
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    threads: int = 0               # torch CPU threads; 0 keeps torch's default
+
+
+@dataclass
+class FinetuneConfig(Sections):
+    run: FtRun = field(default_factory=FtRun)
+    data: FtData = field(default_factory=FtData)
+    model: FtModel = field(default_factory=FtModel)
+    train: FtTrain = field(default_factory=FtTrain)
+
+
+def load_config(config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """Defaults, then the TOML file, then dotted ``section.key=value`` overrides, all checked
+    (unknown keys and wrong types are errors that list the valid keys), then validated."""
+    cfg = read_config(config_path, overrides, cls=FinetuneConfig)
+    m, t = cfg.model, cfg.train
+    if m.kind not in ("dual", "cross"):
+        raise ValueError(f"model.kind={m.kind!r}: use 'dual' (the encoder) or 'cross' (the re-ranker)")
+    if m.pooling not in ("mean", "cls"):
+        raise ValueError(f"model.pooling={m.pooling!r}: use 'mean' or 'cls'")
+    if t.group_size < 2:
+        raise ValueError(f"train.group_size={t.group_size}: a group needs the true candidate and >= 1 negative")
+    for key in ("batch_size", "max_steps", "log_every"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
     return cfg
 
 
 # ---- data -----------------------------------------------------------------------------------
-def is_valid_conv(conv_id: str, fraction: float) -> bool:
-    """A validation carve-out of the training split (a second hash, never the test split)."""
-    return fraction > 0 and split_of(conv_id + "#valid", fraction=fraction) == "test"
-
-
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (), valid_fraction: float = 0.0,
                    part: str = "train") -> list[dict]:
     """(context, response) pairs of the TRAIN split; ``part="valid"`` gives the carve-out."""
@@ -121,12 +134,6 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int
     perm = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(perm)
     return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
-
-
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / max(1, warmup)
-    return base * max(0.0, (total - step) / max(1, total - warmup))
 
 
 # ---- loss -----------------------------------------------------------------------------------
@@ -173,16 +180,28 @@ def _save_checkpoint(enc: Encoder, opt, state: dict, scale_param, out: Path, kee
 
 
 # ---- the loop -------------------------------------------------------------------------------
+def _sample_negatives(rng: random.Random, pool: list[str], true: str, k: int, same_conv: list[str]) -> list[str]:
+    """k texts from ``pool`` other than ``true`` (the first from ``same_conv`` when given)."""
+    out = [rng.choice(same_conv)] if same_conv and k else []
+    while len(out) < k:
+        t = pool[rng.randrange(len(pool))]
+        if t != true:
+            out.append(t)
+    return out
+
+
 def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path: str | Path | None = None,
              overrides: Sequence[str] = (), resume: str | None = "auto", progress: bool = True) -> Path:
-    """Fine-tune ``init`` as a dual encoder on the training split of ``shards``; return ``out``."""
+    """Fine-tune ``init`` on the training split of ``shards``, as a dual encoder
+    (``model.kind = "dual"``) or as the cross-encoder re-ranker (``"cross"``); return ``out``."""
     cfg = load_config(config_path, overrides)
-    D, M, T = cfg["data"], cfg["model"], cfg["train"]
+    D, M, T = cfg.data, cfg.model, cfg.train
+    cross = M.kind == "cross"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if T["threads"]:
-        torch.set_num_threads(int(T["threads"]))
-    seed = int(cfg["run"]["seed"])
+    if T.threads:
+        torch.set_num_threads(int(T.threads))
+    seed = int(cfg.run.seed)
     torch.manual_seed(seed)
 
     start_from, state = Path(init), {"step": 0, "epoch": 0, "batch": 0, "losses": []}
@@ -198,30 +217,32 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             start_from = ck
             state = json.loads((ck / "trainer_state.json").read_text("utf-8"))
             print(f"finetune: resuming from {ck} (step {state['step']})")
-    settings = EncoderSettings(pooling=M["pooling"], context_turns=int(D["context_turns"]),
-                               max_length=int(D["max_length"]), max_turn_tokens=int(D["max_turn_tokens"]),
-                               zero_dialog_ids=bool(M["zero_dialog_ids"]))
-    enc = Encoder.load(start_from, **{k: getattr(settings, k) for k in vars(settings)})
+    settings = EncoderSettings(pooling=M.pooling, context_turns=D.context_turns, max_length=D.max_length,
+                               max_turn_tokens=D.max_turn_tokens, zero_dialog_ids=M.zero_dialog_ids)
+    enc = (CrossEncoder if cross else Encoder).load(start_from, strict_kind=False, **asdict(settings))
     enc.path = None
     model = enc.model
     model.train()
 
-    pairs = training_pairs(shards, int(D["context_turns"]), D["sources"], float(D["valid_fraction"]))
-    bs = int(T["batch_size"])
+    pairs = training_pairs(shards, D.context_turns, D.sources, D.valid_fraction)
+    bs = T.batch_size
     if len(pairs) < 2:
         raise ValueError(f"{shards}: {len(pairs)} training pairs; fine-tuning needs at least 2 "
                          f"(multi-turn conversations in the train split)")
     bs = min(bs, len(pairs))
-    print(f"finetune: {len(pairs)} training pairs from {shards}, batch {bs}, init {init}")
+    pool = sorted({p["response"] for p in pairs})
+    if cross and len(pool) < 2:
+        raise ValueError(f"{shards}: the re-ranker needs at least 2 distinct training responses")
+    print(f"finetune: {M.kind} model, {len(pairs)} training pairs from {shards}, batch {bs}"
+          + (f" x {T.group_size} candidates" if cross else "") + f", init {init}")
 
     scale_param = None
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(T["weight_decay"])},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    if T["learn_scale"]:
-        scale_param = torch.nn.Parameter(torch.tensor(math.log(float(T["scale"]))))
+    groups = param_groups(model, T.weight_decay)
+    if T.learn_scale and not cross:
+        scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})
-    opt = torch.optim.AdamW(groups, lr=float(T["lr"]))
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=T.lr)
     if state["step"] > 0:
         saved = torch.load(start_from / "optimizer.pt", weights_only=False)
         opt.load_state_dict(saved["optimizer"])
@@ -229,8 +250,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             scale_param.data.copy_(saved["scale"])
         torch.set_rng_state(saved["torch_rng"])
 
-    max_steps, t0 = int(T["max_steps"]), time.time()
-    budget = float(T["max_minutes"]) * 60
+    max_steps, t0 = T.max_steps, time.time()
+    budget = T.max_minutes * 60
     rng = random.Random(seed + state["step"])
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     order = batch_order(len(pairs), bs, seed, epoch)
@@ -241,63 +262,88 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             order = batch_order(len(pairs), bs, seed, epoch)
         batch = [pairs[i] for i in order[bi]]
         bi += 1
-        ctx_items = [p["context"] for p in batch]
-        resp_texts = [p["response"] for p in batch]
-        if T["hard_negatives"]:
-            for p in batch:
-                alts = [t for j, t in enumerate(p["conv_turns"]) if j != p["turn"] and t != p["response"]]
-                if alts:
-                    resp_texts.append(rng.choice(alts))
-        same = torch.tensor([[j != i and resp_texts[j] == resp_texts[i] for j in range(len(resp_texts))]
-                             for i in range(len(batch))])
-        lr = lr_at(step, float(T["lr"]), int(T["warmup_steps"]), max_steps)
+        lr = lr_at(step, T)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        c = enc.forward(enc.pad(enc.featurize(ctx_items)))
-        r = enc.forward(enc.pad(enc.featurize([[("R", t)] for t in resp_texts])))
-        scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else float(T["scale"])
-        loss = mnr_loss(c, r, scale, same, bool(T["symmetric"]))
+        if cross:
+            loss = _cross_loss(enc, batch, pool, T, rng)
+            scale = 1.0
+        else:
+            loss, scale = _dual_loss(enc, batch, scale_param, T, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if T["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(params, float(T["grad_clip"]))
+        if T.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, T.grad_clip)
         opt.step()
         step += 1
         recent.append(loss.item())
         stop = budget > 0 and time.time() - t0 > budget
-        if progress and (step % int(T["log_every"]) == 0 or step == max_steps or stop):
-            print(f"finetune: step {step}/{max_steps} loss {np.mean(recent):.4f} lr {lr:.2e} "
-                  f"scale {float(scale):.1f} {time.time() - t0:.0f}s", flush=True)
+        if step % T.log_every == 0 or step == max_steps or stop:
+            if progress:
+                print(f"finetune: step {step}/{max_steps} loss {np.mean(recent):.4f} lr {lr:.2e} "
+                      + ("" if cross else f"scale {float(scale):.1f} ") + f"{time.time() - t0:.0f}s", flush=True)
             state["losses"].append([step, round(float(np.mean(recent)), 5)])
             recent = []
         state.update(step=step, epoch=epoch, batch=bi)
-        if stop or step == max_steps or (int(T["save_every"]) and step % int(T["save_every"]) == 0):
-            _save_checkpoint(enc, opt, dict(state), scale_param, out, int(T["keep_checkpoints"]))
+        if stop or step == max_steps or (T.save_every and step % T.save_every == 0):
+            _save_checkpoint(enc, opt, dict(state), scale_param, out, T.keep_checkpoints)
         if stop:
-            print(f"finetune: stopping at step {step}: train.max_minutes={T['max_minutes']} reached")
+            print(f"finetune: stopping at step {step}: train.max_minutes={T.max_minutes} reached")
             break
 
     model.eval()
     enc.save(out)
-    info = {"init": str(init), "shards": str(shards), "steps": step, "pairs": len(pairs),
-            "config": cfg, "seconds": round(time.time() - t0, 1),
+    info = {"init": str(init), "shards": str(shards), "kind": M.kind, "steps": step, "pairs": len(pairs),
+            "config": cfg.to_dict(), "seconds": round(time.time() - t0, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "losses": state["losses"]}
-    if float(D["valid_fraction"]) > 0:
+    if D.valid_fraction > 0:
         info["valid"] = validate(enc, shards, cfg)
         print(f"finetune: validation {info['valid']}")
     (out / "finetune.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
     return out
 
 
-def validate(enc: Encoder, shards, cfg: dict, max_examples: int = 1000) -> dict:
-    """R10@1 / MRR on the validation carve-out of the training split (for tuning; never test)."""
+def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):
+    ctx_items = [p["context"] for p in batch]
+    resp_texts = [p["response"] for p in batch]
+    if T.hard_negatives:
+        for p in batch:
+            alts = [t for j, t in enumerate(p["conv_turns"]) if j != p["turn"] and t != p["response"]]
+            if alts:
+                resp_texts.append(rng.choice(alts))
+    same = torch.tensor([[j != i and resp_texts[j] == resp_texts[i] for j in range(len(resp_texts))]
+                         for i in range(len(batch))])
+    c = enc.forward(enc.pad(enc.featurize(ctx_items)))
+    r = enc.forward(enc.pad(enc.featurize([[("R", t)] for t in resp_texts])))
+    scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
+    return mnr_loss(c, r, scale, same, T.symmetric), scale
+
+
+def _cross_loss(enc: CrossEncoder, batch: list[dict], pool: list[str], T: FtTrain, rng: random.Random):
+    """Listwise: each context against its true response and group_size - 1 sampled negatives."""
+    g = T.group_size
+    contexts, cands = [], []
+    for p in batch:
+        same_conv = [t for j, t in enumerate(p["conv_turns"]) if j != p["turn"] and t != p["response"]] \
+            if T.hard_negatives else []
+        contexts += [p["context"]] * g
+        cands += [p["response"]] + _sample_negatives(rng, pool, p["response"], g - 1, same_conv)
+    scores = enc.forward(enc.pad(enc.pair_features(contexts, cands)))
+    return listwise_loss(scores.view(len(batch), g))
+
+
+def validate(enc: Encoder, shards, cfg: FinetuneConfig, max_examples: int = 1000) -> dict:
+    """R10@1 / MRR on the validation carve-out of the training split (for tuning; never test).
+    The re-ranker is scored on 10 candidates per example (R100 would cost 100 passes each)."""
     from retrieval.evaluate import EncoderScorer, RetrievalEvaluator
     from retrieval.examples import Example
-    D = cfg["data"]
-    pairs = training_pairs(shards, int(D["context_turns"]), D["sources"], float(D["valid_fraction"]), part="valid")
-    exs = [Example(p["context"], p["response"]) for p in pairs[:max_examples]]
-    if len({e.response for e in exs}) < 100:
-        return {"examples": len(exs), "note": "too few distinct validation responses for R100"}
-    m = RetrievalEvaluator(exs)(EncoderScorer(enc))
+    D = cfg.data
+    cross = isinstance(enc, CrossEncoder)
+    pairs = training_pairs(shards, D.context_turns, D.sources, D.valid_fraction, part="valid")
+    exs = [Example(p["context"], p["response"]) for p in pairs[:max_examples // 2 if cross else max_examples]]
+    n = 10 if cross else 100
+    if len({e.response for e in exs}) < n:
+        return {"examples": len(exs), "note": f"too few distinct validation responses for R{n}"}
+    m = RetrievalEvaluator(exs, n=n)(enc if cross else EncoderScorer(enc))
     m["examples"] = len(exs)
     return m

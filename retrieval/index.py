@@ -1,6 +1,7 @@
 """The response index: FAISS over the encoder's response vectors (the only module importing faiss).
 
-    build_index(model, shards, out, factory="Flat")   -> out/ (faiss.index, responses.jsonl, index_info.json)
+    build_index(model, shards, out, factory="Flat")   -> out/ (faiss.index, responses.jsonl,
+                                                          memory.index, memory.jsonl, index_info.json)
     ResponseIndex.load(out, model_dir).search(contexts, k) -> [[(score, response dict), ...], ...]
 
 Candidates are the deduplicated turns (t >= 1) of the TRAIN split that pass the filters: length
@@ -9,6 +10,13 @@ repeats stored text verbatim, see shared/PII.md); turns holding placeholders suc
 left out by default. FAISS id i is row i of ``responses.jsonl``. Inner product on normalised
 vectors (cosine). ``index_info.json`` records the model hash, dimension and factory and is
 checked on load; a mismatch raises an error that says how to fix it.
+
+The **context memory** (``memory.index`` + ``memory.jsonl``) holds one vector per training
+(context, response) pair whose response is in the store: the context's vector, and the row of its
+response. ``ResponseIndex.neighbours`` finds the training contexts closest to a new one, which
+lets the ranker (retrieval.ranker) ask "what was answered to conversations like this one?" as well
+as "which reply fits this context?". Several contexts may point at one stored reply (duplicates
+are stored once), which is exactly the evidence a paraphrased question gives.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ import numpy as np
 from preprocess.schema import PLACEHOLDERS, atomic_write_text, read_shards
 
 INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
+MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
+MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
 
 
@@ -68,8 +78,11 @@ class ResponseFilter:
         return None
 
 
-def collect_responses(shards, filt: ResponseFilter | None = None, seen: Iterable[str] = ()) -> tuple[list[dict], dict]:
-    """Deduplicated, filtered response rows of the train split, and counts of what was dropped."""
+def collect_responses(shards, filt: ResponseFilter | None = None, seen: Iterable[str] = (),
+                      pairs: list | None = None) -> tuple[list[dict], dict]:
+    """Deduplicated, filtered response rows of the train split, and counts of what was dropped.
+    With ``pairs`` (a list), also append ``(context turns, response text, conv id)`` for every
+    training turn whose response is stored (new or already ``seen``): the context memory."""
     filt = filt or ResponseFilter()
     check = filt.checker()
     seen_set = set(seen)
@@ -81,13 +94,16 @@ def collect_responses(shards, filt: ResponseFilter | None = None, seen: Iterable
             text = turn.text.strip()
             if text in seen_set:
                 dropped["duplicate"] += 1
-                continue
-            why = filt.reason(text, check)
-            if why:
-                dropped[why] = dropped.get(why, 0) + 1
-                continue
-            seen_set.add(text)
-            rows.append({"text": text, "conv": conv.id, "source": conv.source, "turn": t})
+            else:
+                why = filt.reason(text, check)
+                if why:
+                    dropped[why] = dropped.get(why, 0) + 1
+                    continue
+                seen_set.add(text)
+                rows.append({"text": text, "conv": conv.id, "source": conv.source, "turn": t})
+            if pairs is not None:
+                ctx = [(x.speaker, x.text) for x in conv.turns[max(0, t - MEMORY_CONTEXT_TURNS):t]]
+                pairs.append((ctx, text, conv.id))
     return rows, dropped
 
 
@@ -161,9 +177,15 @@ class IndexMismatchError(ValueError):
 
 
 class ResponseIndex:
-    def __init__(self, index, rows: list[dict], info: dict, encoder=None, folder: Path | None = None):
+    def __init__(self, index, rows: list[dict], info: dict, encoder=None, folder: Path | None = None,
+                 memory=None, memory_rows: np.ndarray | None = None, memory_convs: Sequence[str] = (),
+                 cpu_index=None):
         self.index, self.rows, self.info, self.encoder, self.folder = index, rows, info, encoder, folder
         self.texts = [r["text"] for r in rows]
+        self.memory = memory  # FAISS index of training contexts, or None (an index built before it)
+        self.memory_rows = np.asarray(memory_rows if memory_rows is not None else [], dtype=np.int64)
+        self.memory_convs = list(memory_convs)
+        self._cpu = cpu_index if cpu_index is not None else index  # reconstruct() runs on the CPU copy
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -180,14 +202,23 @@ class ResponseIndex:
                 raise FileNotFoundError(f"{folder / name} is missing: build the index with "
                                         f"`dialogbert index --model MODEL --shards SHARDS --out {folder}`")
         info = json.loads((folder / INFO_FILE).read_text("utf-8"))
-        rows = [json.loads(line) for line in (folder / RESPONSES_FILE).read_text("utf-8").splitlines() if line.strip()]
+        rows = _read_jsonl(folder / RESPONSES_FILE)
         index = faiss.read_index(str(folder / INDEX_FILE))
+        memory, mem = None, []
+        if "memory" in info:
+            memory = faiss.read_index(str(folder / MEMORY_INDEX))
+            mem = _read_jsonl(folder / MEMORY_FILE)
         if check:
             if index.d != info["dimension"] or index.ntotal != info["count"] or len(rows) != info["count"]:
                 raise IndexMismatchError(
                     f"{folder}: index_info.json says {info['count']} vectors of dimension {info['dimension']}, "
                     f"but faiss.index holds {index.ntotal} of dimension {index.d} and responses.jsonl "
                     f"{len(rows)} rows: the folder is inconsistent; rebuild it with `dialogbert index ... --out {folder}`")
+            if memory is not None and not (memory.ntotal == len(mem) == info["memory"] and memory.d == index.d):
+                raise IndexMismatchError(
+                    f"{folder}: index_info.json says {info['memory']} memory entries, but memory.index holds "
+                    f"{memory.ntotal} (dimension {memory.d}) and memory.jsonl {len(mem)}: the folder is "
+                    f"inconsistent; rebuild it with `dialogbert index ... --out {folder}`")
         if encoder is None and model_dir is None and info.get("model") and Path(info["model"]).is_dir():
             model_dir = info["model"]  # the encoder the index was built with
         if encoder is None and model_dir is not None:
@@ -195,12 +226,36 @@ class ResponseIndex:
             encoder = Encoder.load(model_dir)
         if encoder is not None and check:
             check_model(info, encoder, folder)
-        set_search_params(index, info.get("nprobe", 16), info.get("ef_search", 64))
-        return cls(to_gpu(index, gpu), rows, info, encoder, folder)
+        for ix in (index, memory):
+            if ix is not None:
+                set_search_params(ix, info.get("nprobe", 16), info.get("ef_search", 64))
+        ivf = _ivf(faiss, index)
+        if ivf is not None:
+            ivf.make_direct_map()  # reconstruct() of stored vectors (the ranker's neighbour feature)
+        return cls(to_gpu(index, gpu), rows, info, encoder, folder, memory=to_gpu(memory, gpu) if memory else None,
+                   memory_rows=[m["response"] for m in mem], memory_convs=[m["conv"] for m in mem],
+                   cpu_index=index)
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         return self.index.search(q, min(k, max(1, len(self.rows))))
+
+    def response_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored vectors of response rows ``ids`` (PQ indexes give their approximation)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if len(ids) == 0:
+            return np.zeros((0, int(self.info["dimension"])), np.float32)
+        return np.asarray(self._cpu.reconstruct_batch(ids), dtype=np.float32)
+
+    def neighbours(self, contexts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each context vector, the k most similar training contexts of the memory:
+        (similarities, memory entry ids), -1 where fewer exist. Entry j answers with response
+        row ``memory_rows[j]`` and comes from conversation ``memory_convs[j]``."""
+        if self.memory is None or self.memory.ntotal == 0:
+            raise ValueError(f"{self.folder}: this index has no context memory; rebuild it with "
+                             f"`dialogbert index --model MODEL --shards SHARDS --out {self.folder}`")
+        q = np.ascontiguousarray(contexts, dtype=np.float32)
+        return self.memory.search(q, min(k, self.memory.ntotal))
 
     def search(self, contexts: Sequence[Sequence[tuple[str, str]]], k: int = 5) -> list[list[tuple[float, dict]]]:
         """For each context (turns, oldest first) the k best stored responses: (score, row)."""
@@ -223,6 +278,11 @@ def check_model(info: dict, encoder, folder: Path) -> None:
                                      f"{encoder.path} has sha256 {h[:12]}... (a different or retrained model): {fix}")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
     """Write the response store at ``path`` (appending to what is there with ``append``)."""
     with open(path, "a" if append else "w", encoding="utf-8") as f:
@@ -231,25 +291,32 @@ def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
 
 
 def build_index(model: str | Path, shards: str | Path, out: str | Path, factory: str = "Flat", gpu: bool = False,
-                add: bool = False, *, encoder=None, filt: ResponseFilter | None = None, batch_size: int = 64) -> Path:
-    """Encode the filtered training responses of ``shards`` and write the index folder. With
-    ``add=True`` append the new responses to an existing index (same model) without rebuilding."""
+                add: bool = False, *, encoder=None, filt: ResponseFilter | None = None, batch_size: int = 64,
+                memory: bool = True) -> Path:
+    """Encode the filtered training responses of ``shards`` (and, with ``memory``, their
+    contexts) and write the index folder. With ``add=True`` append the new responses and
+    contexts to an existing index (same model) without rebuilding."""
     faiss = _faiss()
     out = Path(out)
     from retrieval.encoder import Encoder, model_hash
     if encoder is None:
         encoder = Encoder.load(model)
     t0 = time.time()
+    pairs: list | None = [] if memory else None
     if add:
         existing = ResponseIndex.load(out, encoder=encoder)
-        rows, dropped = collect_responses(shards, filt, seen=existing.texts)
+        memory = existing.memory is not None
+        pairs = [] if memory else None
+        rows, dropped = collect_responses(shards, filt, seen=existing.texts, pairs=pairs)
         index, info = to_gpu(existing.index, gpu), existing.info
         start = len(existing.rows)
+        text_id = {t: i for i, t in enumerate(existing.texts)}
     else:
-        rows, dropped = collect_responses(shards, filt)
-        start, info = 0, None
+        rows, dropped = collect_responses(shards, filt, pairs=pairs)
+        start, info, text_id = 0, None, {}
     for i, r in enumerate(rows):
         r["id"] = start + i
+        text_id[r["text"]] = r["id"]
     vecs = encoder.encode_responses([r["text"] for r in rows], batch_size=batch_size) if rows else \
         np.zeros((0, encoder.dim), np.float32)
     if not add:
@@ -258,15 +325,28 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         index = to_gpu(make_index(factory, encoder.dim, vecs), gpu)
     if len(vecs):
         index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    mem_rows: list[dict] = []
+    if memory:
+        ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
+            np.zeros((0, encoder.dim), np.float32)
+        mem_rows = [{"response": text_id[text], "conv": conv} for _, text, conv in pairs]
+        mem_index = to_gpu(existing.memory, gpu) if add else to_gpu(make_index(factory, encoder.dim, ctx_vecs), gpu)
+        if len(ctx_vecs):
+            mem_index.add(np.ascontiguousarray(ctx_vecs, dtype=np.float32))
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written under temporary names first, then renamed (index_info.json last): a
     # killed build leaves the previous folder as it was, or one that load() rejects by its counts.
-    faiss.write_index(to_cpu(index), str(out / (INDEX_FILE + ".tmp")))
-    if add:
-        shutil.copyfile(out / RESPONSES_FILE, out / (RESPONSES_FILE + ".tmp"))
-    _write_rows(out / (RESPONSES_FILE + ".tmp"), rows, append=add)
-    (out / (RESPONSES_FILE + ".tmp")).replace(out / RESPONSES_FILE)
-    (out / (INDEX_FILE + ".tmp")).replace(out / INDEX_FILE)
+    staged = [(INDEX_FILE, index, RESPONSES_FILE, rows)]
+    if memory:
+        staged.append((MEMORY_INDEX, mem_index, MEMORY_FILE, mem_rows))
+    for index_name, ix, rows_name, new_rows in staged:
+        faiss.write_index(to_cpu(ix), str(out / (index_name + ".tmp")))
+        if add:
+            shutil.copyfile(out / rows_name, out / (rows_name + ".tmp"))
+        _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
+    for index_name, _, rows_name, _ in staged:
+        (out / (rows_name + ".tmp")).replace(out / rows_name)
+        (out / (index_name + ".tmp")).replace(out / index_name)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     import dialogbert
     if info is None:
@@ -278,10 +358,13 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
                 "created_with": {"dialogbert": dialogbert.__version__, "faiss": faiss.__version__,
                                  "python": platform.python_version()}}
     info["count"] = int(start + len(rows))
+    if memory:
+        info["memory"] = int(info.get("memory", 0) + len(mem_rows))
     info["shards"] = list(info.get("shards", [])) + [str(shards)]
     info["dropped"] = {k: info.get("dropped", {}).get(k, 0) + v for k, v in dropped.items()}
     info["updated"] = now
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
-          f"{factory}) in {time.time() - t0:.1f}s; left out: {dropped}")
+          f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
+          + f" in {time.time() - t0:.1f}s; left out: {dropped}")
     return out

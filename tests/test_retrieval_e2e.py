@@ -100,9 +100,67 @@ def test_encoder_contract(finetuned):
     assert max(f["turn_ids"]) == 0 and max(f["token_type_ids"]) == 0
 
 
-def test_config_rejects_unknown_keys():
+def test_config_is_typed_and_checked(tmp_path):
     from retrieval.finetune import load_config
 
-    with pytest.raises(ValueError, match="unknown key train.max_stepz"):
+    with pytest.raises(ValueError, match="unknown config key 'train.max_stepz'"):
         load_config(None, ["train.max_stepz=3"])
-    assert load_config(None, ["train.symmetric=false"])["train"]["symmetric"] is False
+    cfg = load_config(None, ["train.symmetric=false", "data.sources=chatbotdata,xpersona"])
+    assert cfg.train.symmetric is False and cfg.data.sources == ["chatbotdata", "xpersona"]
+    with pytest.raises(ValueError, match="model.kind='triple'"):
+        load_config(None, ["model.kind=triple"])
+    with pytest.raises(ValueError, match="train.lr: expected a number"):
+        load_config(None, ["train.lr=fast"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nsources = "chatbotdata"\n')
+    with pytest.raises(ValueError, match="bad.toml.*data.sources: expected a list of strings"):
+        load_config(bad)
+
+
+@pytest.fixture(scope="module")
+def qa_shards(tmp_path_factory):
+    """24 question/answer conversations of the train split: small enough to learn by heart."""
+    from preprocess.schema import Conversation, Turn, split_of, write_shard
+
+    out = tmp_path_factory.mktemp("qa")
+    words = ["사과", "바다", "기차", "음악", "겨울", "고양이", "커피", "축구", "영화", "우산", "편지", "시계"]
+    convs, i = [], 0
+    while len(convs) < 24:
+        cid = f"qa{i}"
+        i += 1
+        if split_of(cid, fraction=0.2, source="chatbotdata") != "train":
+            continue
+        w, v = words[len(convs) % 12], words[(len(convs) * 5 + 1) % 12]
+        convs.append(Conversation(cid, "chatbotdata", "ko", [Turn("S1", f"{w} 좋아해?"), Turn("S2", f"{v} 이야기 해줘")]))
+    write_shard(out / "shard-00000.jsonl", convs)
+    return out
+
+
+def test_reranker_learns_its_pairs_saves_loads_and_resumes(tiny_model, qa_shards, tmp_path):
+    import numpy as np
+    import torch
+
+    from retrieval.encoder import Encoder
+    from retrieval.finetune import finetune, training_pairs
+    from retrieval.rerank import CrossEncoder
+
+    threads = torch.get_num_threads()
+    ov = ["model.kind=cross", "train.batch_size=8", "train.group_size=4", "train.lr=1e-3", "train.warmup_steps=5",
+          "train.save_every=100", "train.log_every=20", "train.threads=1", "data.max_length=32"]
+    out = finetune(tiny_model, qa_shards, tmp_path / "rr", overrides=ov + ["train.max_steps=400"], progress=False)
+    torch.set_num_threads(threads)
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["kind"] == "cross" and info["steps"] == 400
+    first, last = info["losses"][0][1], info["losses"][-1][1]
+    assert first > 1.0 and last < 0.5 * first, info["losses"]  # ln 4 = 1.39 at chance
+    rr = CrossEncoder.load(out)
+    pairs = training_pairs(qa_shards, 1)
+    answers = sorted({p["response"] for p in pairs})
+    s = rr.score([p["context"] for p in pairs], [[p["response"]] + [a for a in answers if a != p["response"]][:5]
+                                                 for p in pairs])
+    assert s.shape == (24, 6) and np.mean(np.argmax(s, axis=1) == 0) >= 0.5  # chance: 1/6
+    with pytest.raises(ValueError, match="re-ranker"):
+        Encoder.load(out)  # a cross-encoder folder is no dual encoder
+    finetune(tiny_model, qa_shards, out, overrides=ov + ["train.max_steps=402"], progress=False)
+    torch.set_num_threads(threads)
+    assert json.loads((out / "finetune.json").read_text())["steps"] == 402

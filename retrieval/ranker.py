@@ -1,0 +1,350 @@
+"""The ranker: one score from several views of (context, candidate), weights fitted on held-out data.
+
+A dual encoder alone answers one question: which reply vector lies nearest the context vector?
+A retrieval bot over real logs can ask more, and each feature here is one question:
+
+* ``dual``      cosine of the context and candidate vectors (the fine-tuned dual encoder);
+* ``lexical``   TF-IDF character 1-3-gram cosine of the context text and the candidate (the
+                protocol's strongest lexical baseline, fitted on the stored responses);
+* ``neighbour`` what was answered to conversations like this one: the k training contexts of the
+                index's context memory nearest to this context, softmax-weighted by similarity
+                (temperature ``temperature``), vote for the candidate by the cosine between it and
+                their stored replies. A reply database built from many people's chats answers
+                the same situation many times; this counts those answers as evidence (the
+                neighbour idea of kNN-LM, Khandelwal et al. 2020, applied to response selection);
+* ``rerank``    the cross-encoder re-ranker's next-turn log-odds (retrieval.rerank), computed for
+                the ``rerank_top`` best candidates of the other features only.
+
+score = sum of weight x feature / scale, where scale is the feature's spread on the fitting set,
+so the weights are comparable. :func:`fit_ranker` chooses the weights (and the temperature) by
+grid search for R10@1 + MRR on examples the encoder did not train on (the fine-tuning
+validation carve-out, ``data.valid_fraction``), with their own conversations left out of the
+memory; never on the test split. The result is ``ranker.json`` in the index folder, which
+``dialogbert eval`` reports and ``dialogbert serve`` uses.
+
+    scorer = FeatureScorer(encoder, index, lexical=..., reranker=...)
+    ranker = fit_ranker(scorer, examples)               # -> Ranker, saved with ranker.save(index_dir)
+    HybridRetriever(scorer, ranker).search(contexts, k) # the chat service's retriever
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from preprocess.schema import atomic_write_text
+
+FEATURES = ("dual", "lexical", "neighbour", "rerank")
+RANKER_FILE = "ranker.json"
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+TEMPERATURES = (0.03, 0.1, 0.3)
+LEXICAL_FIT_MAX = 200_000  # stored responses the TF-IDF vocabulary is fitted on (a sample beyond)
+
+
+@dataclass
+class Ranker:
+    weights: dict[str, float] = field(default_factory=lambda: {"dual": 1.0})
+    scales: dict[str, float] = field(default_factory=dict)
+    neighbours: int = 20
+    temperature: float = 0.1
+    rerank_top: int = 20
+    reranker: str | None = None     # the re-ranker folder the weights were fitted with
+    fitted_on: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> list[str]:
+        return [f for f in FEATURES if self.weights.get(f, 0.0)]
+
+    def combine(self, feats: dict[str, np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
+        names = self.active if names is None else names
+        out = None
+        for f in names:
+            if f not in feats:
+                continue
+            part = self.weights[f] * feats[f] / self.scales.get(f, 1.0)
+            out = part if out is None else out + part
+        if out is None:
+            raise ValueError(f"none of the ranker's features {names} was computed")
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        p = Path(folder) / RANKER_FILE
+        atomic_write_text(p, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Ranker | None":
+        p = Path(folder) / RANKER_FILE
+        if not p.exists():
+            return None
+        d = json.loads(p.read_text("utf-8"))
+        unknown = set(d.get("weights", {})) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"{p}: unknown features {sorted(unknown)}; known: {list(FEATURES)}")
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class FeatureScorer:
+    """Computes the features for contexts against candidate texts. ``index`` (a ResponseIndex
+    with a context memory) enables ``neighbour``; ``lexical`` (a fitted baselines.TfidfScorer)
+    ``lexical``; ``reranker`` (a rerank.CrossEncoder) ``rerank``."""
+
+    def __init__(self, encoder, index=None, lexical=None, reranker=None, batch_size: int = 64):
+        self.encoder, self.index, self.lexical, self.reranker = encoder, index, lexical, reranker
+        self.batch_size = batch_size
+
+    @property
+    def available(self) -> list[str]:
+        have = {"dual": True, "lexical": self.lexical is not None,
+                "neighbour": self.index is not None and getattr(self.index, "memory", None) is not None,
+                "rerank": self.reranker is not None}
+        return [f for f in FEATURES if have[f]]
+
+    @classmethod
+    def for_index(cls, index, reranker=None, lexical: bool = True) -> "FeatureScorer":
+        """The features an index folder supports: its encoder, its memory, and (``lexical``)
+        TF-IDF fitted on its stored responses (a fixed sample of at most LEXICAL_FIT_MAX)."""
+        scorer = None
+        if lexical:
+            from retrieval.baselines import TfidfScorer
+            texts = index.texts
+            if len(texts) > LEXICAL_FIT_MAX:
+                pick = np.random.default_rng(0).choice(len(texts), LEXICAL_FIT_MAX, replace=False)
+                texts = [texts[i] for i in sorted(pick)]
+            scorer = TfidfScorer().fit(texts)
+        return cls(index.encoder, index, scorer, reranker)
+
+    def neighbour_votes(self, C: np.ndarray, cand_vecs: np.ndarray, k: int, temperatures: Sequence[float],
+                        exclude_convs: Sequence[str] | None = None) -> dict[float, np.ndarray]:
+        """(m, n) neighbour feature for each temperature. ``cand_vecs`` (m, n, d). With
+        ``exclude_convs``, memory entries of example i's own conversation are skipped (fitting)."""
+        extra = 32 if exclude_convs is not None else 0
+        D, J = self.index.neighbours(C, k + extra)
+        m = len(C)
+        sims = np.full((m, k), -np.inf, np.float32)
+        rows = np.zeros((m, k), np.int64)
+        for i in range(m):
+            keep = [(d, j) for d, j in zip(D[i], J[i]) if j >= 0 and
+                    (exclude_convs is None or self.index.memory_convs[j] != exclude_convs[i])][:k]
+            for c, (d, j) in enumerate(keep):
+                sims[i, c], rows[i, c] = d, self.index.memory_rows[j]
+        R = self.index.response_vectors(rows.ravel()).reshape(m, k, -1)
+        votes = np.einsum("mnd,mkd->mnk", cand_vecs, R)  # candidate x neighbour reply cosine
+        out = {}
+        for t in temperatures:
+            z = sims / t
+            z -= np.max(np.where(np.isfinite(z), z, -1e30), axis=1, keepdims=True)
+            w = np.where(np.isfinite(sims), np.exp(z), 0.0)
+            w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
+            out[t] = np.einsum("mnk,mk->mn", votes, w)
+        return out
+
+    def features(self, contexts, candidates: Sequence[Sequence[str]], names: Sequence[str] | None = None,
+                 neighbours: int = 20, temperatures: Sequence[float] = (0.1,),
+                 exclude_convs: Sequence[str] | None = None, cand_vecs: np.ndarray | None = None,
+                 C: np.ndarray | None = None) -> dict:
+        """name -> (m, n) float array ("neighbour" -> {temperature: array} when several)."""
+        names = [f for f in (names or self.available) if f != "rerank"]
+        enc, bs = self.encoder, self.batch_size
+        if C is None:
+            C = enc.encode_contexts(contexts, batch_size=bs)
+        if cand_vecs is None:
+            uniq = sorted({c for cands in candidates for c in cands})
+            pos = {t: i for i, t in enumerate(uniq)}
+            U = enc.encode_responses(uniq, batch_size=bs)
+            cand_vecs = U[np.array([[pos[c] for c in cands] for cands in candidates])]
+        out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
+        if "lexical" in names:
+            out["lexical"] = self.lexical.score(contexts, candidates)
+        if "neighbour" in names:
+            votes = self.neighbour_votes(C, cand_vecs, neighbours, temperatures, exclude_convs)
+            out["neighbour"] = votes if len(temperatures) > 1 else votes[temperatures[0]]
+        return out
+
+    def rerank_top(self, contexts, candidates: Sequence[Sequence[str]], first: np.ndarray, top: int) -> np.ndarray:
+        """The re-ranker's scores for each row's ``top`` best candidates by ``first``; NaN elsewhere."""
+        m, n = first.shape
+        top = min(top, n)
+        best = np.argsort(-first, axis=1, kind="stable")[:, :top]
+        flat_ctx = [contexts[i] for i in range(m) for _ in range(top)]
+        flat = [candidates[i][j] for i in range(m) for j in best[i]]
+        s = self.reranker.score_pairs(flat_ctx, flat, show_progress=len(flat) >= 20000).reshape(m, top)
+        out = np.full((m, n), np.nan, np.float32)
+        np.put_along_axis(out, best, s, axis=1)
+        return out
+
+    def score(self, ranker: Ranker, contexts, candidates: Sequence[Sequence[str]], **kw) -> np.ndarray:
+        """The ranker's final (m, n) scores. Candidates outside each row's ``rerank_top`` (when the
+        re-ranker is used) rank below those inside, in first-stage order."""
+        feats = self.features(contexts, candidates, names=ranker.active, neighbours=ranker.neighbours,
+                              temperatures=(ranker.temperature,), **kw)
+        first = ranker.combine(feats, [f for f in ranker.active if f != "rerank"])
+        if "rerank" not in ranker.active:
+            return first
+        if self.reranker is None:
+            raise ValueError(f"the ranker gives the re-ranker weight {ranker.weights['rerank']} but none is "
+                             f"loaded; pass --reranker {ranker.reranker or 'DIR'}")
+        feats["rerank"] = self.rerank_top(contexts, candidates, first, ranker.rerank_top)
+        full = ranker.combine(feats)
+        inside = ~np.isnan(full)
+        # outside the re-ranked top: below every re-ranked candidate, in first-stage order
+        low = np.nanmin(np.where(inside, full, np.nan), axis=1, keepdims=True) - 1.0
+        return np.where(inside, full, low - (first.max(1, keepdims=True) - first) - 1e-3)
+
+
+class RankerScorer:
+    """The protocol's scorer interface (``score(contexts, candidates)``) over a fitted ranker."""
+
+    def __init__(self, features: FeatureScorer, ranker: Ranker, name: str = "ranker"):
+        self.features, self.ranker, self.name = features, ranker, name
+
+    def score(self, contexts, candidates) -> np.ndarray:
+        return self.features.score(self.ranker, contexts, candidates)
+
+
+def _objective(scores: np.ndarray) -> float:
+    from retrieval.metrics import ranks
+    r = ranks(scores)
+    return float(np.mean(r <= 1) + np.mean(1.0 / r))
+
+
+def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
+               rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "") -> Ranker:
+    """Weights (and the neighbour temperature) by grid search for R10@1 + MRR on ``examples``
+    (never the test split), each example's own conversation left out of the memory."""
+    from retrieval.examples import draw_candidates
+    names = scorer.available
+    cands = draw_candidates([e.response for e in examples], n=n, seed=seed).texts
+    contexts = [e.context for e in examples]
+    feats = scorer.features(contexts, cands, names=names, neighbours=neighbours, temperatures=TEMPERATURES,
+                            exclude_convs=[e.conv_id for e in examples] if exclude_own else None)
+    if "rerank" in names:
+        feats["rerank"] = scorer.reranker.score(contexts, cands, show_progress=len(examples) * n >= 20000)
+
+    def spread(x):
+        s = float(np.std(x))
+        return s if s > 1e-9 else 1.0
+
+    best = None
+    temps = TEMPERATURES if "neighbour" in names else (0.1,)
+    others = [f for f in names if f != "dual"]
+    for t in temps:
+        fx = {f: (feats[f][t] if f == "neighbour" else feats[f]) for f in names}
+        scales = {f: spread(v) for f, v in fx.items()}
+        z = {f: fx[f] / scales[f] for f in names}
+        for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
+            total = z["dual"].copy()
+            for f, w in zip(others, ws):
+                if w:
+                    total += w * z[f]
+            obj = _objective(total)
+            if best is None or obj > best[0] + 1e-9:
+                best = (obj, t, dict(zip(others, ws)), scales)
+    obj, t, ws, scales = best
+    weights = {"dual": 1.0, **{f: w for f, w in ws.items() if w}}
+    dual_only = _objective(feats["dual"])
+    info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR",
+            "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note}
+    return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
+                  temperature=t, rerank_top=rerank_top,
+                  reranker=str(getattr(scorer.reranker, "path", "") or "") or None, fitted_on=info)
+
+
+def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
+                  fraction: float | None = None, max_examples: int = 1000, index=None) -> Ranker:
+    """Fit the ranker of an index folder and write its ranker.json.
+
+    The fitting examples are the validation carve-out the encoder was fine-tuned without (its
+    finetune.json ``data.valid_fraction``, restricted to its ``data.sources``). An encoder
+    fine-tuned on everything has seen them: the weights are then fitted on a 10% sample of the
+    training conversations anyway, and ranker.json says so (its dual score is optimistic there,
+    so the other features get too little weight); fine-tune with ``data.valid_fraction=0.1``."""
+    from retrieval.examples import validation_examples
+    from retrieval.index import ResponseIndex
+    if index is None:
+        index = ResponseIndex.load(index_dir)
+    if index.encoder is None:
+        raise ValueError(f"{index_dir}: no encoder found for this index; pass the model folder")
+    sources, note = None, ""
+    ft = Path(index.encoder.path or "") / "finetune.json"
+    if fraction is None and ft.exists():
+        cfg = json.loads(ft.read_text("utf-8")).get("config", {}).get("data", {})
+        fraction, sources = float(cfg.get("valid_fraction") or 0.0), cfg.get("sources") or None
+    if not fraction:
+        fraction = 0.1
+        note = ("the encoder was fine-tuned on these conversations (no data.valid_fraction): its dual "
+                "score is optimistic here and the other features are under-weighted")
+        print(f"ranker: {note}")
+    examples = validation_examples(shards, fraction, max_examples, sources=sources)
+    if len({e.response for e in examples}) < 10 or len(examples) < 50:
+        print(f"ranker: only {len(examples)} validation examples: ranking by the dual encoder alone")
+        ranker = Ranker(fitted_on={"examples": len(examples), "note": "too few validation examples"})
+    else:
+        reranker = None
+        if reranker_dir:
+            from retrieval.rerank import CrossEncoder
+            reranker = CrossEncoder.load(reranker_dir)
+        scorer = FeatureScorer.for_index(index, reranker)
+        ranker = fit_ranker(scorer, examples, note=note or f"validation carve-out {fraction} of {shards}")
+        print(f"ranker: weights {ranker.weights}, temperature {ranker.temperature} "
+              f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "
+              f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f})")
+    ranker.save(index_dir)
+    return ranker
+
+
+class HybridRetriever:
+    """The chat service's retriever: candidates from the response index (nearest reply vectors)
+    and from the context memory (replies of the nearest training contexts), ranked by the ranker.
+    ``search(contexts, k)`` answers like ResponseIndex.search: [[(score, row), ...], ...]."""
+
+    def __init__(self, scorer: FeatureScorer, ranker: Ranker, pool: int = 50):
+        self.scorer, self.ranker, self.pool = scorer, ranker, pool
+        self.index = scorer.index
+
+    @classmethod
+    def load(cls, index_dir: str | Path, model_dir: str | Path | None = None,
+             reranker_dir: str | Path | None = None) -> "HybridRetriever":
+        from retrieval.index import ResponseIndex
+        index = ResponseIndex.load(index_dir, model_dir)
+        if index.encoder is None:
+            raise ValueError(f"{index_dir}: no encoder found for this index; pass MODEL_DIR "
+                             f"(`dialogbert serve --model ENCODER_DIR`)")
+        ranker = Ranker.load(index_dir) or Ranker()
+        reranker = None
+        if ranker.weights.get("rerank"):
+            from retrieval.rerank import CrossEncoder
+            rr = reranker_dir or ranker.reranker
+            if not rr or not Path(rr).is_dir():
+                raise FileNotFoundError(f"{index_dir}/{RANKER_FILE} weighs the re-ranker {rr!r}, which is not "
+                                        f"there; pass --reranker DIR, or refit with `dialogbert index`")
+            reranker = CrossEncoder.load(rr)
+        if "neighbour" in ranker.active and index.memory is None:
+            raise ValueError(f"{index_dir}: ranker.json uses the context memory, which this index lacks; "
+                             f"rebuild it with `dialogbert index`")
+        return cls(FeatureScorer.for_index(index, reranker, lexical="lexical" in ranker.active), ranker)
+
+    def search(self, contexts, k: int = 5) -> list[list[tuple[float, dict]]]:
+        idx, enc = self.index, self.scorer.encoder
+        C = enc.encode_contexts(contexts)
+        _, I = idx.search_vectors(C, self.pool)
+        nb = None
+        if "neighbour" in self.ranker.active:
+            _, J = idx.neighbours(C, self.ranker.neighbours)
+            nb = [[int(idx.memory_rows[j]) for j in row if j >= 0] for row in J]
+        out = []
+        for i, ctx in enumerate(contexts):
+            ids = list(dict.fromkeys([int(j) for j in I[i] if j >= 0] + (nb[i] if nb else [])))
+            if not ids:
+                out.append([])
+                continue
+            texts = [[idx.texts[j] for j in ids]]
+            vecs = idx.response_vectors(ids)[None]
+            s = self.scorer.score(self.ranker, [ctx], texts, C=C[i:i + 1], cand_vecs=vecs)[0]
+            order = np.argsort(-s, kind="stable")[:k]
+            out.append([(float(s[j]), idx.rows[ids[j]]) for j in order])
+        return out
