@@ -60,6 +60,7 @@ class DataConfig:
     same_conv_negative_share: float = 0.25  # of the negatives: share from a later non-adjacent turn
     shuffle_buffer: int = 2048      # examples buffered for shuffling + length bucketing
     min_context_turns: int = 1
+    dialog_ids: bool = True         # False: speaker and turn ids all 0 (the ablation without them)
 
     def __post_init__(self):
         if self.max_turns < 2 and self.next_turn:
@@ -257,9 +258,12 @@ class PretrainStream:
 
     def _encode(self, token_ids: list[list[int]], speakers: list[str]) -> dict:
         c = self.cfg
-        return encode_dialog(self.tokenizer, [(s, "") for s in speakers], max_length=c.max_length,
-                             max_turns=c.max_turns, num_speakers=c.num_speakers,
-                             max_turn_tokens=c.max_turn_tokens, token_ids=token_ids)
+        f = encode_dialog(self.tokenizer, [(s, "") for s in speakers], max_length=c.max_length,
+                          max_turns=c.max_turns, num_speakers=c.num_speakers,
+                          max_turn_tokens=c.max_turn_tokens, token_ids=token_ids)
+        if not c.dialog_ids:
+            f["token_type_ids"] = f["turn_ids"] = [0] * len(f["input_ids"])
+        return f
 
     def _negative(self, rng: random.Random, ids: list[list[int]], t: int, recent: list) -> list[int] | None:
         true = ids[t]

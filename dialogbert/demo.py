@@ -1,7 +1,7 @@
 """`dialogbert demo`: the whole way on the bundled sample corpus, one stage after another,
 each writing a folder the next one reads (all under --out, default runs/demo):
 
-    data/sample  -> shards/ -> tokenizer/ -> pretrain/ -> encoder/ -> index/ -> report/ -> chat page
+    data/sample  -> shards/ -> tokenizer/ -> pretrain/ -> encoder/ -> index/ (+ ranker) -> report/ -> chat page
 
 Preprocessing, the tokenizer, pretraining and fine-tuning resume (or are skipped) when their output
 is already complete, so a second run is fast; the index and the reports are rebuilt each time.
@@ -63,11 +63,13 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     finetune(ckpt, shards, encoder, config_path=ROOT / "configs" / "finetune_tiny.toml")
     _done(t0, str(encoder))
 
-    t0 = _stage(5, "index the training responses (FAISS Flat)")
+    t0 = _stage(5, "index the training responses and their contexts (FAISS Flat), fit the ranker")
     from retrieval.index import build_index
+    from retrieval.ranker import fit_for_index
     index = out / "index"
     build_index(encoder, shards, index, factory="Flat")
-    _done(t0, str(index))
+    fit_for_index(index, shards)
+    _done(t0, f"{index}  (ranker.json: weights fitted on the fine-tuning validation carve-out)")
 
     t0 = _stage(6, "evaluate on held-out conversations against BM25 and TF-IDF, one corpus at a time")
     from retrieval.evaluate import evaluate

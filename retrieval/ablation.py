@@ -7,16 +7,22 @@ Variants (each pretrained with ``dialogbert.train.pretrain`` and the same config
 * ``full``            MLM + next-turn prediction, speaker and turn ids on;
 * ``mlm_only``        ``objectives.next_turn=false``   (is next-turn prediction needed?);
 * ``next_turn_only``  ``objectives.mlm=false``;
-* ``no_dialog_ids``   the ``full`` checkpoint with speaker (token type) and turn ids zeroed at
-  fine-tuning and evaluation (the encoder flag ``zero_dialog_ids``; pretraining has no such
-  switch yet, so this isolates what the ids add downstream, not in pretraining).
+* ``no_dialog_ids``   MLM + next-turn prediction with speaker (token type) and turn ids all 0,
+  in pretraining (``data.dialog_ids=false``), fine-tuning and evaluation (the encoder flag
+  ``zero_dialog_ids``): BERT reading a flat ``[SEP]``-joined history.
 
 Each is evaluated as pretrained (mean pooling, no fine-tuning) and fine-tuned as a dual
-encoder (retrieval.finetune), on the same test examples and candidate sets as the baselines.
+encoder (retrieval.finetune), on the same test examples and candidate sets as the baselines;
+with ``ablation.reranker=true`` also as the cross-encoder re-ranker fine-tuned from the same
+checkpoint (where the next-turn head is the re-ranker's head: the other place next-turn
+pretraining could matter). With ``ablation.seeds=0,1,2`` every variant is pretrained and
+fine-tuned once per seed and the table gives mean ± sd over seeds, so a difference can be told
+from seed noise.
 
-Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value`` to
-fine-tuning; ``ablation.variants=full,mlm_only``, ``ablation.max_examples=N`` and
-``ablation.vocab_size=N`` steer this command.
+Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value`` to the dual
+encoder's fine-tuning, ``rerank.section.key=value`` to the re-ranker's; ``ablation.variants=
+full,mlm_only``, ``ablation.seeds=0,1,2``, ``ablation.reranker=true``, ``ablation.max_examples=N``
+and ``ablation.vocab_size=N`` steer this command.
 """
 from __future__ import annotations
 
@@ -25,44 +31,57 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from retrieval.evaluate import EncoderScorer
+
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "mlm_only": ["objectives.next_turn=false"],
     "next_turn_only": ["objectives.mlm=false"],
-    "no_dialog_ids": [],  # reuses the full checkpoint; ids zeroed downstream
+    "no_dialog_ids": ["data.dialog_ids=false"],
 }
 KEYS = ("R10@1", "R10@5", "R100@1", "MRR")
 
 
-def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], dict[str, str]]:
-    pre, ft, own = [], [], {}
+def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], list[str], dict[str, str]]:
+    pre, ft, rr, own = [], [], [], {}
     for ov in overrides:
         if ov.startswith("finetune."):
             ft.append(ov[len("finetune."):])
+        elif ov.startswith("rerank."):
+            rr.append(ov[len("rerank."):])
         elif ov.startswith("ablation."):
             k, _, v = ov[len("ablation."):].partition("=")
-            if k not in ("variants", "max_examples", "vocab_size"):
-                raise ValueError(f"override {ov!r}: known ablation keys are variants, max_examples, vocab_size")
+            if k not in OWN_KEYS:
+                raise ValueError(f"override {ov!r}: known ablation keys are {', '.join(OWN_KEYS)}")
             own[k] = v
         else:
             pre.append(ov)
-    return pre, ft, own
+    return pre, ft, rr, own
+
+
+OWN_KEYS = ("variants", "max_examples", "vocab_size", "seeds", "reranker")
 
 
 def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
                  config_path: str | Path | None = "configs/tiny.toml", overrides: Sequence[str] = ()) -> dict:
     from dialogbert.train import pretrain
     from retrieval.encoder import Encoder
-    from retrieval.evaluate import evaluate
+    from retrieval.evaluate import RetrievalEvaluator, evaluate
+    from retrieval.examples import load_examples
     from retrieval.finetune import finetune
+    from retrieval.rerank import CrossEncoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pre_ov, ft_ov, own = _split_overrides(overrides)
+    pre_ov, ft_ov, rr_ov, own = _split_overrides(overrides)
     names = [v for v in own.get("variants", ",".join(VARIANTS)).split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variants {unknown}; known: {list(VARIANTS)}")
+    seeds = [int(x) for x in own.get("seeds", "0").split(",") if x.strip()]
+    with_reranker = own.get("reranker", "false").lower() in ("1", "true", "yes")
     max_examples = int(own["max_examples"]) if own.get("max_examples") else None
     if tokenizer_dir is None:
         tokenizer_dir = out / "tokenizer"
@@ -70,36 +89,54 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
             from dialogbert.tokenizer import train_tokenizer
             train_tokenizer(shards, tokenizer_dir, vocab_size=int(own.get("vocab_size", 8000)))
     t0 = time.time()
-    rows: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {}  # row name -> one metrics dict per seed
     base = evaluate(None, shards, None, max_examples=max_examples, baselines_only=True)
-    rows.update({name: {k: m[k] for k in KEYS} for name, m in base["systems"].items()})
-    ckpts: dict[str, Path] = {}
-    for name in names:
-        src = "full" if name == "no_dialog_ids" else name
-        if src not in ckpts:
-            ckpts[src] = Path(pretrain(config_path, [*pre_ov, f"run.out={out / src / 'pretrain'}",
-                                                     f"data.shards={shards}", f"data.tokenizer={tokenizer_dir}",
-                                                     *VARIANTS[src]]))
-        zero = name == "no_dialog_ids"
-        enc = Encoder.load(ckpts[src], zero_dialog_ids=zero)
-        m = evaluate(None, shards, None, max_examples=max_examples, encoder=enc, name=name,
-                     baselines=False)["systems"][name]
-        rows[f"{name} (pretrained only)"] = {k: m[k] for k in KEYS}
-        ft_dir = finetune(ckpts[src], shards, out / name / "encoder",
-                          overrides=[*ft_ov, f"model.zero_dialog_ids={str(zero).lower()}"])
-        m = evaluate(ft_dir, shards, None, max_examples=max_examples, baselines=False, name=name)["systems"][name]
-        rows[f"{name} + fine-tuned"] = {k: m[k] for k in KEYS}
-        _write(out, rows, base, t0)
-    return _write(out, rows, base, t0)
+    for name, m in base["systems"].items():
+        runs[name] = [{k: m[k] for k in KEYS}]
+    ev = RetrievalEvaluator(load_examples(shards, "test", max_examples=max_examples))
+
+    def add(row: str, m: dict) -> None:
+        runs.setdefault(row, []).append({k: m[k] for k in KEYS})
+
+    for seed in seeds:
+        for name in names:
+            run = out / name / f"seed-{seed}"
+            ckpt = Path(pretrain(config_path, [*pre_ov, f"run.out={run / 'pretrain'}", f"run.seed={seed}",
+                                               f"data.shards={shards}", f"data.tokenizer={tokenizer_dir}",
+                                               *VARIANTS[name]]))
+            zero = name == "no_dialog_ids"
+            add(f"{name} (pretrained only)", ev(EncoderScorer(Encoder.load(ckpt, zero_dialog_ids=zero))))
+            ft_dir = finetune(ckpt, shards, run / "encoder",
+                              overrides=[*ft_ov, f"run.seed={seed}", f"model.zero_dialog_ids={str(zero).lower()}"])
+            add(f"{name} + fine-tuned", ev(EncoderScorer(Encoder.load(ft_dir))))
+            if with_reranker:
+                rr_dir = finetune(ckpt, shards, run / "reranker",
+                                  overrides=["model.kind=cross", *rr_ov, f"run.seed={seed}",
+                                             f"model.zero_dialog_ids={str(zero).lower()}"])
+                add(f"{name}: re-ranker alone", ev(CrossEncoder.load(rr_dir)))
+            _write(out, runs, base, t0, seeds)
+    return _write(out, runs, base, t0, seeds)
 
 
-def _write(out: Path, rows: dict, base: dict, t0: float) -> dict:
-    rep = {"corpus": base["corpus"], "sizes": base["sizes"], "seeds": base["seeds"],
-           "seconds": round(time.time() - t0), "rows": rows}
+def _write(out: Path, runs: dict[str, list[dict]], base: dict, t0: float, seeds: list[int]) -> dict:
+    """Per row: the mean over seeds and, with several seeds, their standard deviation."""
+    rows = {}
+    for name, ms in runs.items():
+        rows[name] = {k: round(float(np.mean([m[k] for m in ms])), 4) for k in KEYS}
+        rows[name]["seeds"] = len(ms)
+        if len(ms) > 1:
+            rows[name].update({f"{k}_sd": round(float(np.std([m[k] for m in ms], ddof=1)), 4) for k in KEYS})
+    rep = {"corpus": base["corpus"], "sizes": base["sizes"], "seeds": base["seeds"], "model_seeds": seeds,
+           "seconds": round(time.time() - t0), "rows": rows, "runs": runs}
     (out / "ablation.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    lines = [f"# Ablation: {rep['corpus']}, {rep['sizes']['test_examples']} test examples", "",
+
+    def cell(m: dict, k: str) -> str:
+        return f"{m[k]:.3f} ± {m[k + '_sd']:.3f}" if k + "_sd" in m else f"{m[k]:.3f}"
+
+    lines = [f"# Ablation: {rep['corpus']}, {rep['sizes']['test_examples']} test examples, "
+             f"model seeds {', '.join(map(str, seeds))} (mean ± sd over seeds)", "",
              "| system | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
-    lines += [f"| {n} | " + " | ".join(f"{m[k]:.3f}" for k in KEYS) + " |" for n, m in rows.items()]
+    lines += [f"| {n} | " + " | ".join(cell(m, k) for k in KEYS) + " |" for n, m in rows.items()]
     (out / "ablation.md").write_text("\n".join(lines) + "\n", "utf-8")
     print("\n".join(lines))
     return rep

@@ -274,11 +274,11 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     if fraction is None and ft.exists():
         cfg = json.loads(ft.read_text("utf-8")).get("config", {}).get("data", {})
         fraction, sources = float(cfg.get("valid_fraction") or 0.0), cfg.get("sources") or None
-    if not fraction:
-        fraction = 0.1
-        note = ("the encoder was fine-tuned on these conversations (no data.valid_fraction): its dual "
-                "score is optimistic here and the other features are under-weighted")
-        print(f"ranker: {note}")
+        if not fraction:
+            note = ("the encoder was fine-tuned on these conversations (no data.valid_fraction): its dual "
+                    "score is optimistic here and the other features are under-weighted")
+            print(f"ranker: {note}")
+    fraction = fraction or 0.1  # an encoder that was not fine-tuned here has seen none of them
     examples = validation_examples(shards, fraction, max_examples, sources=sources)
     if len({e.response for e in examples}) < 10 or len(examples) < 50:
         print(f"ranker: only {len(examples)} validation examples: ranking by the dual encoder alone")

@@ -205,6 +205,17 @@ def test_deterministic_given_seed(synth):
     assert not all(_equal(x, y) for x, y in zip(a, c))
 
 
+def test_dialog_ids_off_zeroes_speakers_and_turns_only(synth):
+    d, tok, _ = synth
+    on = list(itertools.islice(PretrainStream(d, tok, DataConfig(batch_size=8, shuffle_buffer=32), split=None), 5))
+    off = list(itertools.islice(PretrainStream(d, tok, DataConfig(batch_size=8, shuffle_buffer=32, dialog_ids=False),
+                                               split=None), 5))
+    assert all(int(b["turn_ids"].max()) >= 2 and int(b["token_type_ids"].max()) >= 2 for b in on)
+    for a, b in zip(on, off):  # the same examples, masks and labels; only the ids are gone
+        assert int(b["turn_ids"].abs().sum()) == 0 and int(b["token_type_ids"].abs().sum()) == 0
+        assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels", "next_turn_label", "attention_mask"))
+
+
 @pytest.mark.parametrize("k", [7, 45])  # within the first epoch, and past an epoch boundary
 def test_resume_yields_the_same_next_batches(synth, k):
     d, tok, _ = synth
