@@ -124,6 +124,27 @@ def test_add_appends_without_rebuilding(setup, tmp_path):
     assert len(idx.info["shards"]) == 2
     (hits,) = idx.search([[("S1", "새로 들어온 답장")]], k=1)
     assert hits[0][1]["text"] == "새로 들어온 답장"
+    # the context memory grew with it: 5 contexts of stored replies before (4 replies, one twice),
+    # 2 more now (the PII reply stays out); the repeated reply points at its first row
+    assert idx.memory.ntotal == idx.info["memory"] == 7 == len(idx.memory_rows)
+    assert list(idx.memory_rows[-2:]) == [4, idx.texts.index("점심 뭐 먹었어?")]
+    D, J = idx.neighbours(enc.encode_contexts([[("S1", "질문 새로 들어온 답장")]]), 1)
+    assert idx.texts[idx.memory_rows[J[0, 0]]] == "새로 들어온 답장"
+
+
+def test_memory_inconsistency_is_refused(setup, tmp_path):
+    shards, model, enc = setup
+    out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=fake_pii))
+    lines = (out / "memory.jsonl").read_text().splitlines()
+    (out / "memory.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(IndexMismatchError, match="memory entries.*rebuild it"):
+        ResponseIndex.load(out, encoder=enc)
+    out2 = build_index(model, shards, tmp_path / "idx2", encoder=enc, filt=ResponseFilter(pii_check=fake_pii),
+                       memory=False)
+    idx = ResponseIndex.load(out2, encoder=enc)
+    assert idx.memory is None and not (out2 / "memory.index").exists()
+    with pytest.raises(ValueError, match="no context memory"):
+        idx.neighbours(np.zeros((1, 32), np.float32), 1)
 
 
 def test_ivf_with_too_few_vectors_says_what_to_use(setup, tmp_path):
