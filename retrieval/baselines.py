@@ -91,12 +91,20 @@ class BM25Scorer:
 class TfidfScorer:
     name = "TF-IDF char 1-3"
 
-    def __init__(self, analyzer: str = "char_wb", ngram_range: tuple[int, int] = (1, 3)):
+    def __init__(self, analyzer: str = "char_wb", ngram_range: tuple[int, int] = (1, 3), drop_space: bool = False):
         from sklearn.feature_extraction.text import TfidfVectorizer
         self.vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True)
+        self.drop_space = drop_space
 
     def fit(self, responses: Sequence[str]) -> "TfidfScorer":
-        self.vec.fit(list(responses))
+        """Fit the vocabulary and idf. ``drop_space`` leaves out the n-gram made of the word
+        padding alone (" "): every text has it, so two texts sharing nothing else would match."""
+        texts = list(responses)
+        self.vec.fit(texts)
+        if self.drop_space:
+            kept = sorted(t for t in self.vec.vocabulary_ if t.strip())
+            self.vec.set_params(vocabulary={t: i for i, t in enumerate(kept)})
+            self.vec.fit(texts)
         return self
 
     def score(self, contexts, candidates) -> np.ndarray:

@@ -169,7 +169,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             if "rerank" in ranker.active:
                 from retrieval.rerank import CrossEncoder
                 rr = CrossEncoder.load(reranker or ranker.reranker)
-            fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active)
+            fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active,
+                                         lexical_memory="lexical_neighbour" in ranker.active)
             systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ev(RankerScorer(fs, ranker))
     rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name,
            "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,

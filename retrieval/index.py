@@ -12,8 +12,9 @@ vectors (cosine). ``index_info.json`` records the model hash, dimension and fact
 checked on load; a mismatch raises an error that says how to fix it.
 
 The **context memory** (``memory.index`` + ``memory.jsonl``) holds one vector per training
-(context, response) pair whose response is in the store: the context's vector, and the row of its
-response. ``ResponseIndex.neighbours`` finds the training contexts closest to a new one, which
+(context, response) pair whose response is in the store: the context's vector, the row of its
+response, and the context's text (for the ranker's lexical neighbours; contexts are matched
+against, never served). ``ResponseIndex.neighbours`` finds the training contexts closest to a new one, which
 lets the ranker (retrieval.ranker) ask "what was answered to conversations like this one?" as well
 as "which reply fits this context?". Several contexts may point at one stored reply (duplicates
 are stored once), which is exactly the evidence a paraphrased question gives.
@@ -31,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from preprocess.schema import PLACEHOLDERS, atomic_write_text, read_shards
+from retrieval.baselines import context_text
 
 INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
@@ -179,12 +181,13 @@ class IndexMismatchError(ValueError):
 class ResponseIndex:
     def __init__(self, index, rows: list[dict], info: dict, encoder=None, folder: Path | None = None,
                  memory=None, memory_rows: np.ndarray | None = None, memory_convs: Sequence[str] = (),
-                 cpu_index=None):
+                 memory_texts: Sequence[str] = (), cpu_index=None):
         self.index, self.rows, self.info, self.encoder, self.folder = index, rows, info, encoder, folder
         self.texts = [r["text"] for r in rows]
         self.memory = memory  # FAISS index of training contexts, or None (an index built before it)
         self.memory_rows = np.asarray(memory_rows if memory_rows is not None else [], dtype=np.int64)
         self.memory_convs = list(memory_convs)
+        self.memory_texts = list(memory_texts)  # the contexts as text (lexical neighbours)
         self._cpu = cpu_index if cpu_index is not None else index  # reconstruct() runs on the CPU copy
 
     def __len__(self) -> int:
@@ -234,7 +237,7 @@ class ResponseIndex:
             ivf.make_direct_map()  # reconstruct() of stored vectors (the ranker's neighbour feature)
         return cls(to_gpu(index, gpu), rows, info, encoder, folder, memory=to_gpu(memory, gpu) if memory else None,
                    memory_rows=[m["response"] for m in mem], memory_convs=[m["conv"] for m in mem],
-                   cpu_index=index)
+                   memory_texts=[m.get("context", "") for m in mem], cpu_index=index)
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -329,7 +332,8 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if memory:
         ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
             np.zeros((0, encoder.dim), np.float32)
-        mem_rows = [{"response": text_id[text], "conv": conv} for _, text, conv in pairs]
+        mem_rows = [{"response": text_id[text], "conv": conv, "context": context_text(ctx)}
+                    for ctx, text, conv in pairs]
         mem_index = to_gpu(existing.memory, gpu) if add else to_gpu(make_index(factory, encoder.dim, ctx_vecs), gpu)
         if len(ctx_vecs):
             mem_index.add(np.ascontiguousarray(ctx_vecs, dtype=np.float32))

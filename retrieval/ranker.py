@@ -5,13 +5,16 @@ A retrieval bot over real logs can ask more, and each feature here is one questi
 
 * ``dual``      cosine of the context and candidate vectors (the fine-tuned dual encoder);
 * ``lexical``   TF-IDF character 1-3-gram cosine of the context text and the candidate (the
-                protocol's strongest lexical baseline, fitted on the stored responses);
+                protocol's strongest lexical baseline, fitted on the stored replies and contexts);
 * ``neighbour`` what was answered to conversations like this one: the k training contexts of the
                 index's context memory nearest to this context, softmax-weighted by similarity
                 (temperature ``temperature``), vote for the candidate by the cosine between it and
                 their stored replies. A reply database built from many people's chats answers
                 the same situation many times; this counts those answers as evidence (the
                 neighbour idea of kNN-LM, Khandelwal et al. 2020, applied to response selection);
+* ``lexical_neighbour`` the same vote with TF-IDF in place of the encoder: neighbours by the
+                words of the context, votes by the words of their replies (``lexical_temperature``;
+                the memory's TF-IDF matrix lives in RAM, so up to LEXICAL_MEMORY_MAX entries);
 * ``rerank``    the cross-encoder re-ranker's next-turn log-odds (retrieval.rerank), computed for
                 the ``rerank_top`` best candidates of the other features only.
 
@@ -38,11 +41,13 @@ import numpy as np
 
 from preprocess.schema import atomic_write_text
 
-FEATURES = ("dual", "lexical", "neighbour", "rerank")
+FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "rerank")
+NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
 RANKER_FILE = "ranker.json"
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-TEMPERATURES = (0.03, 0.1, 0.3)
-LEXICAL_FIT_MAX = 200_000  # stored responses the TF-IDF vocabulary is fitted on (a sample beyond)
+TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
+LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
+LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Ranker:
     scales: dict[str, float] = field(default_factory=dict)
     neighbours: int = 20
     temperature: float = 0.1
+    lexical_temperature: float = 0.1
     rerank_top: int = 20
     reranker: str | None = None     # the re-ranker folder the weights were fitted with
     fitted_on: dict = field(default_factory=dict)
@@ -58,6 +64,10 @@ class Ranker:
     @property
     def active(self) -> list[str]:
         return [f for f in FEATURES if self.weights.get(f, 0.0)]
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        return {"neighbour": self.temperature, "lexical_neighbour": self.lexical_temperature}
 
     def combine(self, feats: dict[str, np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
         names = self.active if names is None else names
@@ -88,35 +98,109 @@ class Ranker:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def _softmax_votes(sims: np.ndarray, votes: np.ndarray, temperatures: Sequence[float]) -> dict[float, np.ndarray]:
+    """sims (m, k) similarities of each row's neighbours (-inf where none), votes (m, n, k)
+    candidate x neighbour-reply similarity -> {temperature: (m, n) softmax-weighted vote}."""
+    out = {}
+    finite = np.isfinite(sims)
+    for t in temperatures:
+        z = np.where(finite, sims / t, -np.inf)
+        z = z - np.max(np.where(finite, z, -1e30), axis=1, keepdims=True)
+        w = np.where(finite, np.exp(z), 0.0)
+        w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
+        out[t] = np.einsum("mnk,mk->mn", votes, w)
+    return out
+
+
+def _keep_top(D: np.ndarray, J: np.ndarray, k: int, memory_rows: np.ndarray, memory_convs: Sequence[str],
+              exclude_convs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first k hits of each row (skipping row i's own conversation when excluding):
+    (similarities with -inf padding, response rows)."""
+    m = len(D)
+    sims = np.full((m, k), -np.inf, np.float32)
+    rows = np.zeros((m, k), np.int64)
+    for i in range(m):
+        keep = [(d, j) for d, j in zip(D[i], J[i]) if j >= 0 and
+                (exclude_convs is None or memory_convs[j] != exclude_convs[i])][:k]
+        for c, (d, j) in enumerate(keep):
+            sims[i, c], rows[i, c] = d, memory_rows[j]
+    return sims, rows
+
+
+class LexicalMemory:
+    """TF-IDF rows of the memory's contexts and of the stored replies, with the vectorizer of the
+    ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries."""
+
+    def __init__(self, vectorizer, index):
+        self.vec, self.index = vectorizer, index
+        self.contexts = vectorizer.transform(index.memory_texts).T.tocsr()  # (V, N): Q @ contexts
+        self.replies = vectorizer.transform(index.texts).tocsr()
+
+    def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int = 256):
+        """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows)."""
+        extra = 32 if exclude_convs is not None else 0
+        kk = min(k + extra, self.contexts.shape[1])
+        Q = self.vec.transform(list(context_texts))
+        D = np.zeros((len(context_texts), kk), np.float32)
+        J = np.zeros((len(context_texts), kk), np.int64)
+        for i in range(0, Q.shape[0], chunk):
+            S = (Q[i:i + chunk] @ self.contexts).toarray()
+            top = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+            srt = np.take_along_axis(S, top, 1).argsort(1)[:, ::-1]
+            J[i:i + chunk] = np.take_along_axis(top, srt, 1)
+            D[i:i + chunk] = np.take_along_axis(S, J[i:i + chunk], 1)
+        J[D <= 0] = -1  # nothing in common is no neighbour
+        return _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
+
+    def votes(self, context_texts, candidates: Sequence[Sequence[str]], k: int, temperatures: Sequence[float],
+              exclude_convs=None) -> dict[float, np.ndarray]:
+        sims, rows = self.search(context_texts, k, exclude_convs)
+        m, n = len(candidates), len(candidates[0])
+        flat = self.vec.transform([c for cands in candidates for c in cands])
+        votes = np.zeros((m, n, k), np.float32)
+        for i in range(m):
+            votes[i] = (flat[i * n:(i + 1) * n] @ self.replies[rows[i]].T).toarray()
+        return _softmax_votes(sims, votes, temperatures)
+
+
 class FeatureScorer:
     """Computes the features for contexts against candidate texts. ``index`` (a ResponseIndex
     with a context memory) enables ``neighbour``; ``lexical`` (a fitted baselines.TfidfScorer)
-    ``lexical``; ``reranker`` (a rerank.CrossEncoder) ``rerank``."""
+    ``lexical``; ``lexical_memory`` (a LexicalMemory) ``lexical_neighbour``; ``reranker`` (a
+    rerank.CrossEncoder) ``rerank``."""
 
-    def __init__(self, encoder, index=None, lexical=None, reranker=None, batch_size: int = 64):
+    def __init__(self, encoder, index=None, lexical=None, reranker=None, lexical_memory=None, batch_size: int = 64):
         self.encoder, self.index, self.lexical, self.reranker = encoder, index, lexical, reranker
-        self.batch_size = batch_size
+        self.lexical_memory, self.batch_size = lexical_memory, batch_size
 
     @property
     def available(self) -> list[str]:
         have = {"dual": True, "lexical": self.lexical is not None,
                 "neighbour": self.index is not None and getattr(self.index, "memory", None) is not None,
-                "rerank": self.reranker is not None}
+                "lexical_neighbour": self.lexical_memory is not None, "rerank": self.reranker is not None}
         return [f for f in FEATURES if have[f]]
 
     @classmethod
-    def for_index(cls, index, reranker=None, lexical: bool = True) -> "FeatureScorer":
+    def for_index(cls, index, reranker=None, lexical: bool = True, lexical_memory: bool = True) -> "FeatureScorer":
         """The features an index folder supports: its encoder, its memory, and (``lexical``)
-        TF-IDF fitted on its stored responses (a fixed sample of at most LEXICAL_FIT_MAX)."""
-        scorer = None
-        if lexical:
+        TF-IDF fitted on its stored responses and memory contexts (a fixed sample of at most
+        LEXICAL_FIT_MAX texts), with the memory's lexical view when the memory has its texts and
+        is not too big."""
+        scorer = mem = None
+        if lexical or lexical_memory:
             from retrieval.baselines import TfidfScorer
-            texts = index.texts
+            texts = index.texts + index.memory_texts  # the words of replies and of contexts
             if len(texts) > LEXICAL_FIT_MAX:
                 pick = np.random.default_rng(0).choice(len(texts), LEXICAL_FIT_MAX, replace=False)
                 texts = [texts[i] for i in sorted(pick)]
-            scorer = TfidfScorer().fit(texts)
-        return cls(index.encoder, index, scorer, reranker)
+            scorer = TfidfScorer(drop_space=True).fit(texts)
+            n = len(index.memory_texts)
+            if lexical_memory and index.memory is not None and n and all(index.memory_texts[:1]):
+                if n <= LEXICAL_MEMORY_MAX:
+                    mem = LexicalMemory(scorer.vec, index)
+                else:
+                    print(f"ranker: {n} memory entries > {LEXICAL_MEMORY_MAX}: no lexical neighbours")
+        return cls(index.encoder, index, scorer if lexical else None, reranker, mem)
 
     def neighbour_votes(self, C: np.ndarray, cand_vecs: np.ndarray, k: int, temperatures: Sequence[float],
                         exclude_convs: Sequence[str] | None = None) -> dict[float, np.ndarray]:
@@ -124,32 +208,19 @@ class FeatureScorer:
         ``exclude_convs``, memory entries of example i's own conversation are skipped (fitting)."""
         extra = 32 if exclude_convs is not None else 0
         D, J = self.index.neighbours(C, k + extra)
-        m = len(C)
-        sims = np.full((m, k), -np.inf, np.float32)
-        rows = np.zeros((m, k), np.int64)
-        for i in range(m):
-            keep = [(d, j) for d, j in zip(D[i], J[i]) if j >= 0 and
-                    (exclude_convs is None or self.index.memory_convs[j] != exclude_convs[i])][:k]
-            for c, (d, j) in enumerate(keep):
-                sims[i, c], rows[i, c] = d, self.index.memory_rows[j]
-        R = self.index.response_vectors(rows.ravel()).reshape(m, k, -1)
-        votes = np.einsum("mnd,mkd->mnk", cand_vecs, R)  # candidate x neighbour reply cosine
-        out = {}
-        for t in temperatures:
-            z = sims / t
-            z -= np.max(np.where(np.isfinite(z), z, -1e30), axis=1, keepdims=True)
-            w = np.where(np.isfinite(sims), np.exp(z), 0.0)
-            w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
-            out[t] = np.einsum("mnk,mk->mn", votes, w)
-        return out
+        sims, rows = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
+        R = self.index.response_vectors(rows.ravel()).reshape(len(C), k, -1)
+        return _softmax_votes(sims, np.einsum("mnd,mkd->mnk", cand_vecs, R), temperatures)
 
     def features(self, contexts, candidates: Sequence[Sequence[str]], names: Sequence[str] | None = None,
-                 neighbours: int = 20, temperatures: Sequence[float] = (0.1,),
+                 neighbours: int = 20, temperatures: Sequence[float] | dict = (0.1,),
                  exclude_convs: Sequence[str] | None = None, cand_vecs: np.ndarray | None = None,
                  C: np.ndarray | None = None) -> dict:
-        """name -> (m, n) float array ("neighbour" -> {temperature: array} when several)."""
+        """name -> (m, n) float array; a neighbour feature -> {temperature: array} when given
+        several temperatures (``temperatures``: one tuple for both kinds, or a dict by feature)."""
         names = [f for f in (names or self.available) if f != "rerank"]
         enc, bs = self.encoder, self.batch_size
+        temps = temperatures if isinstance(temperatures, dict) else {f: tuple(temperatures) for f in NEIGHBOURS}
         if C is None:
             C = enc.encode_contexts(contexts, batch_size=bs)
         if cand_vecs is None:
@@ -160,9 +231,16 @@ class FeatureScorer:
         out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
         if "lexical" in names:
             out["lexical"] = self.lexical.score(contexts, candidates)
-        if "neighbour" in names:
-            votes = self.neighbour_votes(C, cand_vecs, neighbours, temperatures, exclude_convs)
-            out["neighbour"] = votes if len(temperatures) > 1 else votes[temperatures[0]]
+        for f in NEIGHBOURS:
+            if f not in names:
+                continue
+            if f == "neighbour":
+                votes = self.neighbour_votes(C, cand_vecs, neighbours, temps[f], exclude_convs)
+            else:
+                from retrieval.baselines import context_text
+                votes = self.lexical_memory.votes([context_text(c) for c in contexts], candidates, neighbours,
+                                                  temps[f], exclude_convs)
+            out[f] = votes if len(temps[f]) > 1 else votes[temps[f][0]]
         return out
 
     def rerank_top(self, contexts, candidates: Sequence[Sequence[str]], first: np.ndarray, top: int) -> np.ndarray:
@@ -181,7 +259,7 @@ class FeatureScorer:
         """The ranker's final (m, n) scores. Candidates outside each row's ``rerank_top`` (when the
         re-ranker is used) rank below those inside, in first-stage order."""
         feats = self.features(contexts, candidates, names=ranker.active, neighbours=ranker.neighbours,
-                              temperatures=(ranker.temperature,), **kw)
+                              temperatures={f: (t,) for f, t in ranker.temperatures.items()}, **kw)
         first = ranker.combine(feats, [f for f in ranker.active if f != "rerank"])
         if "rerank" not in ranker.active:
             return first
@@ -214,7 +292,7 @@ def _objective(scores: np.ndarray) -> float:
 
 def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
                rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "") -> Ranker:
-    """Weights (and the neighbour temperature) by grid search for R10@1 + MRR on ``examples``
+    """Weights (and the neighbour temperatures) by grid search for R10@1 + MRR on ``examples``
     (never the test split), each example's own conversation left out of the memory."""
     from retrieval.examples import draw_candidates
     names = scorer.available
@@ -230,10 +308,11 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
         return s if s > 1e-9 else 1.0
 
     best = None
-    temps = TEMPERATURES if "neighbour" in names else (0.1,)
+    grids = [TEMPERATURES if f in names else (0.1,) for f in NEIGHBOURS]
     others = [f for f in names if f != "dual"]
-    for t in temps:
-        fx = {f: (feats[f][t] if f == "neighbour" else feats[f]) for f in names}
+    for tt in itertools.product(*grids):
+        t_of = dict(zip(NEIGHBOURS, tt))
+        fx = {f: (feats[f][t_of[f]] if f in NEIGHBOURS else feats[f]) for f in names}
         scales = {f: spread(v) for f, v in fx.items()}
         z = {f: fx[f] / scales[f] for f in names}
         for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
@@ -243,14 +322,14 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
                     total += w * z[f]
             obj = _objective(total)
             if best is None or obj > best[0] + 1e-9:
-                best = (obj, t, dict(zip(others, ws)), scales)
-    obj, t, ws, scales = best
+                best = (obj, t_of, dict(zip(others, ws)), scales)
+    obj, t_of, ws, scales = best
     weights = {"dual": 1.0, **{f: w for f, w in ws.items() if w}}
     dual_only = _objective(feats["dual"])
     info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR",
             "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note}
     return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
-                  temperature=t, rerank_top=rerank_top,
+                  temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,
                   reranker=str(getattr(scorer.reranker, "path", "") or "") or None, fitted_on=info)
 
 
@@ -290,7 +369,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             reranker = CrossEncoder.load(reranker_dir)
         scorer = FeatureScorer.for_index(index, reranker)
         ranker = fit_ranker(scorer, examples, note=note or f"validation carve-out {fraction} of {shards}")
-        print(f"ranker: weights {ranker.weights}, temperature {ranker.temperature} "
+        print(f"ranker: weights {ranker.weights}, temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "
               f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f})")
     ranker.save(index_dir)
@@ -323,22 +402,34 @@ class HybridRetriever:
                 raise FileNotFoundError(f"{index_dir}/{RANKER_FILE} weighs the re-ranker {rr!r}, which is not "
                                         f"there; pass --reranker DIR, or refit with `dialogbert index`")
             reranker = CrossEncoder.load(rr)
-        if "neighbour" in ranker.active and index.memory is None:
+        if set(NEIGHBOURS) & set(ranker.active) and index.memory is None:
             raise ValueError(f"{index_dir}: ranker.json uses the context memory, which this index lacks; "
                              f"rebuild it with `dialogbert index`")
-        return cls(FeatureScorer.for_index(index, reranker, lexical="lexical" in ranker.active), ranker)
+        scorer = FeatureScorer.for_index(index, reranker, lexical="lexical" in ranker.active,
+                                         lexical_memory="lexical_neighbour" in ranker.active)
+        missing = set(ranker.active) - set(scorer.available)
+        if missing:
+            raise ValueError(f"{index_dir}: ranker.json weighs {sorted(missing)}, which this index cannot "
+                             f"compute; rebuild it with `dialogbert index`")
+        return cls(scorer, ranker)
 
     def search(self, contexts, k: int = 5) -> list[list[tuple[float, dict]]]:
         idx, enc = self.index, self.scorer.encoder
         C = enc.encode_contexts(contexts)
         _, I = idx.search_vectors(C, self.pool)
-        nb = None
+        extra = [[] for _ in contexts]  # replies of the nearest memory contexts, as candidates too
         if "neighbour" in self.ranker.active:
             _, J = idx.neighbours(C, self.ranker.neighbours)
-            nb = [[int(idx.memory_rows[j]) for j in row if j >= 0] for row in J]
+            for i, row in enumerate(J):
+                extra[i] += [int(idx.memory_rows[j]) for j in row if j >= 0]
+        if "lexical_neighbour" in self.ranker.active:
+            from retrieval.baselines import context_text
+            sims, rows = self.scorer.lexical_memory.search([context_text(c) for c in contexts], self.ranker.neighbours)
+            for i in range(len(contexts)):
+                extra[i] += [int(r) for r, d in zip(rows[i], sims[i]) if np.isfinite(d)]
         out = []
         for i, ctx in enumerate(contexts):
-            ids = list(dict.fromkeys([int(j) for j in I[i] if j >= 0] + (nb[i] if nb else [])))
+            ids = list(dict.fromkeys([int(j) for j in I[i] if j >= 0] + extra[i]))
             if not ids:
                 out.append([])
                 continue

@@ -92,6 +92,18 @@ def test_neighbour_vote_finds_the_reply_the_dual_score_cannot(memory_index):
     assert f["neighbour"][0, 0] > 0.9 and f["neighbour"][0, 1:].max() < 0.1
 
 
+def test_lexical_neighbours_vote_by_the_words_of_the_memory(memory_index):
+    idx, convs = memory_index
+    assert idx.memory_texts[0] == convs[0].turns[0].text  # the memory keeps its contexts' text
+    fs = FeatureScorer.for_index(idx)
+    assert "lexical_neighbour" in fs.available
+    cands = [["우산 챙겨", "맛있는 거 드세요", "푹 쉬어"]]
+    f = fs.features([[("U", "진짜 배고파 또")]], cands, names=["lexical_neighbour"], neighbours=3)
+    assert np.argmax(f["lexical_neighbour"][0]) == 1  # its words are the food questions'
+    sims, rows = fs.lexical_memory.search(["하하 호호"], k=3)
+    assert not np.isfinite(sims).any()  # sharing nothing makes no neighbour
+
+
 def test_leaving_out_the_own_conversation(memory_index):
     idx, convs = memory_index
     fs = FeatureScorer(idx.encoder, idx)
