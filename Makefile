@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf runs .pytest_cache

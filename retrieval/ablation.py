@@ -21,8 +21,9 @@ from seed noise.
 
 Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value`` to the dual
 encoder's fine-tuning, ``rerank.section.key=value`` to the re-ranker's; ``ablation.variants=
-full,mlm_only``, ``ablation.seeds=0,1,2``, ``ablation.reranker=true``, ``ablation.max_examples=N``
-and ``ablation.vocab_size=N`` steer this command.
+full,mlm_only``, ``ablation.seeds=0,1,2``, ``ablation.reranker=true``, ``ablation.max_examples=N``,
+``ablation.sources=xpersona`` (evaluate one corpus of a mixed folder; pretraining and fine-tuning
+use all of it) and ``ablation.vocab_size=N`` steer this command.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], li
     return pre, ft, rr, own
 
 
-OWN_KEYS = ("variants", "max_examples", "vocab_size", "seeds", "reranker")
+OWN_KEYS = ("variants", "max_examples", "vocab_size", "seeds", "reranker", "sources")
 
 
 def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
@@ -83,6 +84,7 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
     seeds = [int(x) for x in own.get("seeds", "0").split(",") if x.strip()]
     with_reranker = own.get("reranker", "false").lower() in ("1", "true", "yes")
     max_examples = int(own["max_examples"]) if own.get("max_examples") else None
+    sources = [x for x in own.get("sources", "").split(",") if x] or None  # evaluated corpora
     if tokenizer_dir is None:
         tokenizer_dir = out / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():
@@ -90,10 +92,10 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
             train_tokenizer(shards, tokenizer_dir, vocab_size=int(own.get("vocab_size", 8000)))
     t0 = time.time()
     runs: dict[str, list[dict]] = {}  # row name -> one metrics dict per seed
-    base = evaluate(None, shards, None, max_examples=max_examples, baselines_only=True)
+    base = evaluate(None, shards, None, max_examples=max_examples, baselines_only=True, sources=sources)
     for name, m in base["systems"].items():
         runs[name] = [{k: m[k] for k in KEYS}]
-    ev = RetrievalEvaluator(load_examples(shards, "test", max_examples=max_examples))
+    ev = RetrievalEvaluator(load_examples(shards, "test", max_examples=max_examples, sources=sources))
 
     def add(row: str, m: dict) -> None:
         runs.setdefault(row, []).append({k: m[k] for k in KEYS})

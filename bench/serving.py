@@ -1,0 +1,94 @@
+"""Serving benchmark: what the ranker costs per chat request, against the dual encoder alone.
+
+    .venv/bin/python bench/serving.py                         # on the demo's index (after `make demo`)
+    .venv/bin/python bench/serving.py --index runs/demo/index --shards runs/demo/shards --queries 300
+
+Both arms answer the same test-split contexts one request at a time, as the chat service does:
+``ResponseIndex.search`` (encode the context, one FAISS search) and ``HybridRetriever.search``
+(the same, plus the context memory's dense and lexical neighbours, the stored vectors of ~70
+candidates, and the fitted ranker's features). Reports p50/p99 milliseconds per request and the
+ratio, and how often the two agree on the first reply. Writes the ``## Serving`` section of
+docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.retrieval import update_section  # noqa: E402
+
+
+def per_request(fn, contexts) -> tuple[list[float], list]:
+    ms, out = [], []
+    for ctx in contexts:
+        t = time.perf_counter()
+        out.append(fn([ctx])[0])
+        ms.append((time.perf_counter() - t) * 1000)
+    return ms, out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", default=str(ROOT / "runs" / "demo" / "index"))
+    p.add_argument("--shards", default=str(ROOT / "runs" / "demo" / "shards"))
+    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--k", type=int, default=20, help="replies per request (the chat service's TOP_K)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    a = p.parse_args(argv)
+    if not (Path(a.index) / "index_info.json").exists():
+        print(f"{a.index}: no index there; run `make demo` (or `dialogbert index`) first", file=sys.stderr)
+        return 2
+    import torch
+
+    from retrieval.examples import load_examples
+    from retrieval.index import ResponseIndex
+    from retrieval.ranker import HybridRetriever
+
+    torch.set_num_threads(a.threads)
+    from retrieval.index import _faiss
+    _faiss().omp_set_num_threads(a.threads)
+    t_all = time.time()
+    plain = ResponseIndex.load(a.index)
+    hybrid = HybridRetriever.load(a.index)
+    contexts = [e.context for e in load_examples(a.shards, "test", max_examples=a.queries)]
+    for fn in (plain.search, hybrid.search):  # warm-up
+        fn(contexts[:5], a.k)
+    ms_plain, out_plain = per_request(lambda c: plain.search(c, a.k), contexts)
+    ms_hybrid, out_hybrid = per_request(lambda c: hybrid.search(c, a.k), contexts)
+    same = float(np.mean([bool(x and y and x[0][1]["id"] == y[0][1]["id"]) for x, y in zip(out_plain, out_hybrid)]))
+    p50 = (np.percentile(ms_plain, 50), np.percentile(ms_hybrid, 50))
+    p99 = (np.percentile(ms_plain, 99), np.percentile(ms_hybrid, 99))
+    info = plain.info
+    cmd = " ".join(["python bench/serving.py", *(argv or sys.argv[1:])])
+    lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
+             f"{a.threads} thread(s), Python {platform.python_version()}; total {time.time() - t_all:.0f} s).", "",
+             f"Index `{a.index}`: {info['count']:,} replies, {info.get('memory', 0):,} memory contexts, "
+             f"{info['factory']}, encoder `{Path(info['model']).name}`; ranker features "
+             f"{', '.join(hybrid.ranker.active)}. {len(contexts)} test contexts, one request each, top {a.k}.", "",
+             "| retriever | p50 ms | p99 ms |", "|---|---|---|",
+             f"| dual encoder alone (`ResponseIndex.search`) | {p50[0]:.1f} | {p99[0]:.1f} |",
+             f"| ranker (`HybridRetriever.search`) | {p50[1]:.1f} | {p99[1]:.1f} |", "",
+             f"The ranker costs **{p50[1] / p50[0]:.1f}x** the dual encoder's p50 per request; the two pick the same "
+             f"first reply for {same:.0%} of the contexts."]
+    body = "\n".join(lines)
+    print(body)
+    if not a.no_write:
+        update_section(Path(a.out), body, heading="## Serving")
+        print(f"updated the ## Serving section of {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
