@@ -32,6 +32,7 @@ def test_ablation_table_over_seeds(tiny_shards, tmp_path):
             name = f"{v} {kind}" if not kind.startswith(":") else f"{v}{kind}"
             assert rows[name]["seeds"] == 2 and len(rep["runs"][name]) == 2
             assert 0.0 <= rows[name]["R10@1"] <= 1.0 and "R10@1_sd" in rows[name]
+            assert ("R100@1" in rows[name]) == (not kind.startswith(":"))  # the re-ranker: R10 sets only
     assert rows["TF-IDF char 1-3"]["seeds"] == 1  # baselines have no model seed
     # the two seeds are two different models
     assert rep["runs"]["full + fine-tuned"][0] != rep["runs"]["full + fine-tuned"][1]
