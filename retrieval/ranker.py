@@ -152,10 +152,11 @@ class LexicalMemory:
         J[D <= 0] = -1  # nothing in common is no neighbour
         return _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
 
-    def votes(self, context_texts, candidates: Sequence[Sequence[str]], k: int, temperatures: Sequence[float],
-              exclude_convs=None) -> dict[float, np.ndarray]:
-        sims, rows = self.search(context_texts, k, exclude_convs)
-        m, n = len(candidates), len(candidates[0])
+    def votes(self, hits, candidates: Sequence[Sequence[str]], temperatures: Sequence[float]) -> dict[float, np.ndarray]:
+        """Softmax-weighted TF-IDF similarity of each candidate to the replies of ``hits``
+        (``search``'s result), per temperature."""
+        sims, rows = hits
+        m, n, k = len(candidates), len(candidates[0]), rows.shape[1]
         flat = self.vec.transform([c for cands in candidates for c in cands])
         votes = np.zeros((m, n, k), np.float32)
         for i in range(m):
@@ -202,22 +203,28 @@ class FeatureScorer:
                     print(f"ranker: {n} memory entries > {LEXICAL_MEMORY_MAX}: no lexical neighbours")
         return cls(index.encoder, index, scorer if lexical else None, reranker, mem)
 
-    def neighbour_votes(self, C: np.ndarray, cand_vecs: np.ndarray, k: int, temperatures: Sequence[float],
-                        exclude_convs: Sequence[str] | None = None) -> dict[float, np.ndarray]:
-        """(m, n) neighbour feature for each temperature. ``cand_vecs`` (m, n, d). With
-        ``exclude_convs``, memory entries of example i's own conversation are skipped (fitting)."""
-        extra = 32 if exclude_convs is not None else 0
-        D, J = self.index.neighbours(C, k + extra)
-        sims, rows = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
-        R = self.index.response_vectors(rows.ravel()).reshape(len(C), k, -1)
-        return _softmax_votes(sims, np.einsum("mnd,mkd->mnk", cand_vecs, R), temperatures)
+    def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,
+                       exclude_convs: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """For each neighbour feature in ``names``: the k nearest memory contexts of each context,
+        as (similarities with -inf padding, response rows). With ``exclude_convs``, entries of
+        example i's own conversation are skipped (fitting)."""
+        hits = {}
+        if "neighbour" in names:
+            D, J = self.index.neighbours(C, k + (32 if exclude_convs is not None else 0))
+            hits["neighbour"] = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
+        if "lexical_neighbour" in names:
+            from retrieval.baselines import context_text
+            hits["lexical_neighbour"] = self.lexical_memory.search([context_text(c) for c in contexts], k,
+                                                                   exclude_convs)
+        return hits
 
     def features(self, contexts, candidates: Sequence[Sequence[str]], names: Sequence[str] | None = None,
                  neighbours: int = 20, temperatures: Sequence[float] | dict = (0.1,),
                  exclude_convs: Sequence[str] | None = None, cand_vecs: np.ndarray | None = None,
-                 C: np.ndarray | None = None) -> dict:
+                 C: np.ndarray | None = None, hits: dict | None = None) -> dict:
         """name -> (m, n) float array; a neighbour feature -> {temperature: array} when given
-        several temperatures (``temperatures``: one tuple for both kinds, or a dict by feature)."""
+        several temperatures (``temperatures``: one tuple for both kinds, or a dict by feature).
+        ``C``, ``cand_vecs`` and ``hits`` (neighbour_hits) may be passed in when already known."""
         names = [f for f in (names or self.available) if f != "rerank"]
         enc, bs = self.encoder, self.batch_size
         temps = temperatures if isinstance(temperatures, dict) else {f: tuple(temperatures) for f in NEIGHBOURS}
@@ -231,15 +238,14 @@ class FeatureScorer:
         out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
         if "lexical" in names:
             out["lexical"] = self.lexical.score(contexts, candidates)
-        for f in NEIGHBOURS:
-            if f not in names:
-                continue
+        if hits is None:
+            hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
+        for f, (sims, rows) in hits.items():
             if f == "neighbour":
-                votes = self.neighbour_votes(C, cand_vecs, neighbours, temps[f], exclude_convs)
+                R = self.index.response_vectors(rows.ravel()).reshape(len(C), rows.shape[1], -1)
+                votes = _softmax_votes(sims, np.einsum("mnd,mkd->mnk", cand_vecs, R), temps[f])
             else:
-                from retrieval.baselines import context_text
-                votes = self.lexical_memory.votes([context_text(c) for c in contexts], candidates, neighbours,
-                                                  temps[f], exclude_convs)
+                votes = self.lexical_memory.votes((sims, rows), candidates, temps[f])
             out[f] = votes if len(temps[f]) > 1 else votes[temps[f][0]]
         return out
 
@@ -414,28 +420,21 @@ class HybridRetriever:
         return cls(scorer, ranker)
 
     def search(self, contexts, k: int = 5) -> list[list[tuple[float, dict]]]:
-        idx, enc = self.index, self.scorer.encoder
-        C = enc.encode_contexts(contexts)
+        idx, r = self.index, self.ranker
+        C = self.scorer.encoder.encode_contexts(contexts)
         _, I = idx.search_vectors(C, self.pool)
-        extra = [[] for _ in contexts]  # replies of the nearest memory contexts, as candidates too
-        if "neighbour" in self.ranker.active:
-            _, J = idx.neighbours(C, self.ranker.neighbours)
-            for i, row in enumerate(J):
-                extra[i] += [int(idx.memory_rows[j]) for j in row if j >= 0]
-        if "lexical_neighbour" in self.ranker.active:
-            from retrieval.baselines import context_text
-            sims, rows = self.scorer.lexical_memory.search([context_text(c) for c in contexts], self.ranker.neighbours)
-            for i in range(len(contexts)):
-                extra[i] += [int(r) for r, d in zip(rows[i], sims[i]) if np.isfinite(d)]
+        # the nearest memory contexts, searched once: their replies join the candidates and vote
+        hits = self.scorer.neighbour_hits(contexts, C, r.active, r.neighbours)
         out = []
         for i, ctx in enumerate(contexts):
-            ids = list(dict.fromkeys([int(j) for j in I[i] if j >= 0] + extra[i]))
+            nb = [int(row) for sims, rows in hits.values() for row, d in zip(rows[i], sims[i]) if np.isfinite(d)]
+            ids = list(dict.fromkeys([int(j) for j in I[i] if j >= 0] + nb))
             if not ids:
                 out.append([])
                 continue
-            texts = [[idx.texts[j] for j in ids]]
-            vecs = idx.response_vectors(ids)[None]
-            s = self.scorer.score(self.ranker, [ctx], texts, C=C[i:i + 1], cand_vecs=vecs)[0]
+            s = self.scorer.score(r, [ctx], [[idx.texts[j] for j in ids]], C=C[i:i + 1],
+                                  cand_vecs=idx.response_vectors(ids)[None],
+                                  hits={f: (sims[i:i + 1], rows[i:i + 1]) for f, (sims, rows) in hits.items()})[0]
             order = np.argsort(-s, kind="stable")[:k]
             out.append([(float(s[j]), idx.rows[ids[j]]) for j in order])
         return out

@@ -106,13 +106,15 @@ def test_lexical_neighbours_vote_by_the_words_of_the_memory(memory_index):
 
 def test_leaving_out_the_own_conversation(memory_index):
     idx, convs = memory_index
-    fs = FeatureScorer(idx.encoder, idx)
+    fs = FeatureScorer.for_index(idx)
     ctx = [[("S1", convs[0].turns[0].text)]]
-    cands = [["우산 챙겨", "맛있는 거 드세요"]]
-    votes = fs.neighbour_votes(fs.encoder.encode_contexts(ctx), fs.encoder.encode_responses(cands[0])[None],
-                               k=1, temperatures=(0.1,), exclude_convs=[convs[0].id])[0.1]
-    # its own entry (identical context) is skipped; the nearest other one is a weather paraphrase
-    assert votes[0, 0] > 0.9
+    C = fs.encoder.encode_contexts(ctx)
+    own = fs.neighbour_hits(ctx, C, ["neighbour", "lexical_neighbour"], k=1)
+    left_out = fs.neighbour_hits(ctx, C, ["neighbour", "lexical_neighbour"], k=1, exclude_convs=[convs[0].id])
+    for f in ("neighbour", "lexical_neighbour"):
+        assert own[f][0][0, 0] == pytest.approx(1.0, abs=1e-5)  # its own entry is the nearest
+        sim, row = left_out[f][0][0, 0], left_out[f][1][0, 0]   # skipped: a weather paraphrase instead
+        assert sim < 0.999 and idx.texts[row] == "우산 챙겨"
 
 
 class StubFeatures:
