@@ -113,15 +113,13 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
 
 
 # ---- data -----------------------------------------------------------------------------------
-def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (), valid_fraction: float = 0.0,
-                   part: str = "train") -> list[dict]:
-    """(context, response) pairs of the TRAIN split; ``part="valid"`` gives the carve-out."""
+def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
+                   valid_fraction: float = 0.0) -> list[dict]:
+    """(context, response) pairs of the TRAIN split, less the validation carve-out."""
     keep = set(sources or ())
     pairs = []
     for conv in read_shards(shards, split="train"):
-        if keep and conv.source not in keep:
-            continue
-        if is_valid_conv(conv.id, valid_fraction) != (part == "valid"):
+        if (keep and conv.source not in keep) or is_valid_conv(conv.id, valid_fraction):
             continue
         others = [t.text for t in conv.turns]
         for ex in conversation_examples(conv, context_turns):
@@ -336,11 +334,11 @@ def validate(enc: Encoder, shards, cfg: FinetuneConfig, max_examples: int = 1000
     """R10@1 / MRR on the validation carve-out of the training split (for tuning; never test).
     The re-ranker is scored on 10 candidates per example (R100 would cost 100 passes each)."""
     from retrieval.evaluate import EncoderScorer, RetrievalEvaluator
-    from retrieval.examples import Example
+    from retrieval.examples import validation_examples
     D = cfg.data
     cross = isinstance(enc, CrossEncoder)
-    pairs = training_pairs(shards, D.context_turns, D.sources, D.valid_fraction, part="valid")
-    exs = [Example(p["context"], p["response"]) for p in pairs[:max_examples // 2 if cross else max_examples]]
+    exs = validation_examples(shards, D.valid_fraction, max_examples // 2 if cross else max_examples,
+                              context_turns=D.context_turns, sources=D.sources or None)
     n = 10 if cross else 100
     if len({e.response for e in exs}) < n:
         return {"examples": len(exs), "note": f"too few distinct validation responses for R{n}"}

@@ -164,3 +164,21 @@ def test_reranker_learns_its_pairs_saves_loads_and_resumes(tiny_model, qa_shards
     finetune(tiny_model, qa_shards, out, overrides=ov + ["train.max_steps=402"], progress=False)
     torch.set_num_threads(threads)
     assert json.loads((out / "finetune.json").read_text())["steps"] == 402
+
+
+def test_validation_carve_out_is_disjoint_from_training_and_from_test(tiny_shards):
+    from preprocess.schema import read_shards
+    from retrieval.examples import load_examples, validation_examples
+    from retrieval.finetune import training_pairs
+
+    valid = validation_examples(tiny_shards, 0.2)
+    train = training_pairs(tiny_shards, valid_fraction=0.2)
+    everything = training_pairs(tiny_shards)
+    assert valid and len(valid) + len(train) == len(everything)
+    valid_convs = {e.conv_id for e in valid}
+    test_convs = {e.conv_id for e in load_examples(tiny_shards, "test")}
+    train_convs = {c.id for c in read_shards(tiny_shards, split="train")}
+    assert valid_convs <= train_convs and not valid_convs & test_convs
+    # no validation conversation gives a training pair (each pair carries its conversation's turns)
+    valid_turns = {tuple(t.text for t in c.turns) for c in read_shards(tiny_shards, split="train") if c.id in valid_convs}
+    assert not any(tuple(p["conv_turns"]) in valid_turns for p in train)
