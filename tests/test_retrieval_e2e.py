@@ -182,3 +182,20 @@ def test_validation_carve_out_is_disjoint_from_training_and_from_test(tiny_shard
     # no validation conversation gives a training pair (each pair carries its conversation's turns)
     valid_turns = {tuple(t.text for t in c.turns) for c in read_shards(tiny_shards, split="train") if c.id in valid_convs}
     assert not any(tuple(p["conv_turns"]) in valid_turns for p in train)
+
+
+def test_peer_encoder_loads_from_its_pip_package_offline():
+    import numpy as np
+
+    from retrieval.encoder import Encoder
+    from retrieval.evaluate import peer_model_path
+
+    enc = Encoder.load(peer_model_path(), context_turns=3)
+    assert not enc.is_dialog and enc.dim == 384 and enc.settings.context_turns == 3
+    f = enc.featurize([[("A", "hi"), ("B", "hello"), ("A", "how are you?"), ("B", "fine")]])[0]
+    assert set(f["token_type_ids"]) == {0} and set(f["turn_ids"]) == {0}  # a plain BERT: no dialog ids
+    c = enc.encode_contexts([[("A", "Do you want to grab dinner tonight?")]])
+    r = enc.encode_responses(["Sure, how about pizza at seven?", "The quarterly tax report is attached."])
+    assert np.allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
+    s = (c @ r.T)[0]
+    assert s[0] > s[1] + 0.1, s
