@@ -18,6 +18,7 @@ SAMPLE = ROOT / "data" / "sample"
 # The dialogue parts of the sample (the review text only feeds the tokenizer).
 DIALOG_FOLDERS = ("kakaotalk", "chatbotdata-ko", "xpersona-ko", "chitchat-en")
 EVAL_SOURCES = ("chatbotdata", "xpersona", "chitchat")
+EVAL_MAX = {"chitchat": 1000}  # the protocol: all ChatbotData and XPersona test examples, chitchat's first 1,000
 PEER_SOURCES = ("chitchat",)  # English: all-MiniLM-L6-v2 off the shelf is the protocol's peer there
 
 
@@ -76,8 +77,8 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     from retrieval.evaluate import evaluate
     report = out / "report"
     for source in EVAL_SOURCES:  # the protocol compares systems within one corpus
-        evaluate(encoder, shards, report / source, index_dir=index, max_examples=1000, sources=[source],
-                 peer=source in PEER_SOURCES)
+        evaluate(encoder, shards, report / source, index_dir=index, max_examples=EVAL_MAX.get(source),
+                 sources=[source], peer=source in PEER_SOURCES)
         print((report / source / "report.md").read_text(encoding="utf-8"))
     _done(t0, f"{report}/{{{','.join(EVAL_SOURCES)}}}/ (report.json, report.md, report.png)")
 

@@ -13,8 +13,8 @@ checked on load; a mismatch raises an error that says how to fix it.
 
 The **context memory** (``memory.index`` + ``memory.jsonl``) holds one vector per training
 (context, response) pair whose response is in the store: the context's vector, the row of its
-response, and the context's text (for the ranker's lexical neighbours; contexts are matched
-against, never served). ``ResponseIndex.neighbours`` finds the training contexts closest to a new one, which
+response, and the text of the turn it answers (for the ranker's lexical neighbours; contexts are
+matched against, never served). ``ResponseIndex.neighbours`` finds the training contexts closest to a new one, which
 lets the ranker (retrieval.ranker) ask "what was answered to conversations like this one?" as well
 as "which reply fits this context?". Several contexts may point at one stored reply (duplicates
 are stored once), which is exactly the evidence a paraphrased question gives.
@@ -332,7 +332,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if memory:
         ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
             np.zeros((0, encoder.dim), np.float32)
-        mem_rows = [{"response": text_id[text], "conv": conv, "context": context_text(ctx)}
+        mem_rows = [{"response": text_id[text], "conv": conv, "context": context_text(ctx, turns=1)}
                     for ctx, text, conv in pairs]
         mem_index = to_gpu(existing.memory, gpu) if add else to_gpu(make_index(factory, encoder.dim, ctx_vecs), gpu)
         if len(ctx_vecs):

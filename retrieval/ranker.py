@@ -4,7 +4,7 @@ A dual encoder alone answers one question: which reply vector lies nearest the c
 A retrieval bot over real logs can ask more, and each feature here is one question:
 
 * ``dual``      cosine of the context and candidate vectors (the fine-tuned dual encoder);
-* ``lexical``   TF-IDF character 1-3-gram cosine of the context text and the candidate (the
+* ``lexical``   TF-IDF character 1-3-gram cosine of the newest turn and the candidate (the
                 protocol's strongest lexical baseline, fitted on the stored replies and contexts);
 * ``neighbour`` what was answered to conversations like this one: the k training contexts of the
                 index's context memory nearest to this context, softmax-weighted by similarity
@@ -13,7 +13,7 @@ A retrieval bot over real logs can ask more, and each feature here is one questi
                 the same situation many times; this counts those answers as evidence (the
                 neighbour idea of kNN-LM, Khandelwal et al. 2020, applied to response selection);
 * ``lexical_neighbour`` the same vote with TF-IDF in place of the encoder: neighbours by the
-                words of the context, votes by the words of their replies (``lexical_temperature``;
+                words of the newest turn, votes by the words of their replies (``lexical_temperature``;
                 the memory's TF-IDF matrix lives in RAM, so up to LEXICAL_MEMORY_MAX entries);
 * ``rerank``    the cross-encoder re-ranker's next-turn log-odds (retrieval.rerank), computed for
                 the ``rerank_top`` best candidates of the other features only.
@@ -48,6 +48,8 @@ WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
 LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
 LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
+LEXICAL_TURNS = 1  # the lexical features read the newest turn: in a chat, earlier turns (the bot's
+                   # own replies among them) would otherwise pull the answer towards old topics
 
 
 @dataclass
@@ -214,8 +216,8 @@ class FeatureScorer:
             hits["neighbour"] = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
         if "lexical_neighbour" in names:
             from retrieval.baselines import context_text
-            hits["lexical_neighbour"] = self.lexical_memory.search([context_text(c) for c in contexts], k,
-                                                                   exclude_convs)
+            texts = [context_text(c, LEXICAL_TURNS) for c in contexts]
+            hits["lexical_neighbour"] = self.lexical_memory.search(texts, k, exclude_convs)
         return hits
 
     def features(self, contexts, candidates: Sequence[Sequence[str]], names: Sequence[str] | None = None,
@@ -237,7 +239,7 @@ class FeatureScorer:
             cand_vecs = U[np.array([[pos[c] for c in cands] for cands in candidates])]
         out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
         if "lexical" in names:
-            out["lexical"] = self.lexical.score(contexts, candidates)
+            out["lexical"] = self.lexical.score([c[-LEXICAL_TURNS:] for c in contexts], candidates)
         if hits is None:
             hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
         for f, (sims, rows) in hits.items():

@@ -191,3 +191,14 @@ def test_hybrid_retriever_answers_from_the_memory(memory_index):
     assert hits[0][1]["text"] == "맛있는 거 드세요" and len(hits) == 2
     s = RankerScorer(fs, ranker).score([[("U", "졸려 또")]], [["푹 쉬어", "우산 챙겨"]])
     assert s[0, 0] > s[0, 1]
+
+
+def test_lexical_features_follow_the_newest_turn(memory_index):
+    idx, _ = memory_index
+    fs = FeatureScorer.for_index(idx)
+    ranker = Ranker(weights={"dual": 1.0, "lexical_neighbour": 8.0}, scales={"dual": 1.0, "lexical_neighbour": 1.0},
+                    neighbours=3)
+    # a chat that started on the weather (and the bot answered it) has moved on to food
+    chat = [("U", "오늘 비 와요?"), ("B", "우산 챙겨"), ("U", "오늘 비 와요 지금"), ("B", "우산 챙겨"), ("U", "진짜 배고파")]
+    (hits,) = HybridRetriever(fs, ranker).search([chat], k=1)
+    assert hits[0][1]["text"] == "맛있는 거 드세요"
