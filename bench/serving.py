@@ -28,6 +28,12 @@ import numpy as np  # noqa: E402
 from bench.retrieval import update_section  # noqa: E402
 
 
+def shown(path: str) -> str:
+    """The index path as the docs show it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def per_request(fn, contexts) -> tuple[list[float], list]:
     ms, out = [], []
     for ctx in contexts:
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
     cmd = " ".join(["python bench/serving.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
              f"{a.threads} thread(s), Python {platform.python_version()}; total {time.time() - t_all:.0f} s).", "",
-             f"Index `{a.index}`: {info['count']:,} replies, {info.get('memory', 0):,} memory contexts, "
+             f"Index `{shown(a.index)}`: {info['count']:,} replies, {info.get('memory', 0):,} memory contexts, "
              f"{info['factory']}, encoder `{Path(info['model']).name}`; ranker features "
              f"{', '.join(hybrid.ranker.active)}. {len(contexts)} test contexts, one request each, top {a.k}.", "",
              "| retriever | p50 ms | p99 ms |", "|---|---|---|",
