@@ -44,13 +44,18 @@ def cmd_tokenizer(a) -> int:
 
 def cmd_pretrain(a) -> int:
     from dialogbert.train import pretrain
-    pretrain(a.config, _overrides(a.overrides), deepspeed_config=a.deepspeed, resume=a.resume)
+    overrides = _overrides(a.overrides)
+    if a.init_from:
+        from dialogbert.peers import resolve_model
+        overrides = [f"model.init_from={resolve_model(a.init_from)}", *overrides]
+    pretrain(a.config, overrides, deepspeed_config=a.deepspeed, resume=a.resume)
     return 0
 
 
 def cmd_finetune(a) -> int:
     from retrieval.finetune import finetune
-    finetune(a.init, a.shards, a.out, config_path=a.config, overrides=_overrides(a.overrides), resume=a.resume)
+    from dialogbert.peers import resolve_model
+    finetune(resolve_model(a.init), a.shards, a.out, config_path=a.config, overrides=_overrides(a.overrides), resume=a.resume)
     return 0
 
 
@@ -121,13 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="a TOML file, e.g. configs/tiny.toml")
     s.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON config, e.g. configs/ds_zero2.json")
     s.add_argument("--resume", default="auto", help="auto (latest checkpoint in the run folder), a path, or none")
+    s.add_argument("--init-from", default=None, metavar="DIR|minilm",
+                   help="continue from a Hugging Face BERT folder (model.init_from), or `minilm`: "
+                        "all-MiniLM-L6-v2 from its pip package")
     s.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("finetune", help="fine-tune a dual encoder (in-batch negatives) or, with model.kind=cross, "
                                         "the cross-encoder re-ranker")
-    s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder")
+    s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder, or `minilm` (all-MiniLM-L6-v2)")
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", default=None, help="a TOML file (default: built-in settings)")

@@ -118,6 +118,34 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     return tok
 
 
+def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The tokenizer of an outside checkpoint we continue from (``model.init_from``).
+
+    Our own tokenizers must pass :func:`check_tokenizer`; an outside BERT's is taken as it is, so
+    its vocabulary keeps matching its embeddings, with two repairs: the placeholders and specials
+    it lacks are added as special tokens (the embedding matrix grows by those rows, see
+    train.copy_compatible_weights), and a lowercasing one is accepted with a warning, since it is
+    fine for English but turns Korean into jamo/[UNK]."""
+    import warnings
+    p = Path(path)
+    if not (p / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{p}: no tokenizer.json to continue from")
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    try:
+        check_tokenizer(tok, where=str(p))
+        return tok
+    except ValueError as e:
+        if "placeholders" not in str(e):
+            warnings.warn(f"{p}: its tokenizer lowercases and strips accents: fine for English, but Korean "
+                          f"turns into jamo/[UNK]; for Korean, continue from a cased model or train ours",
+                          stacklevel=2)
+    missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
+               and t != UNK]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    return tok
+
+
 def check_tokenizer(tok, where: str = "tokenizer") -> None:
     """Raise if the tokenizer would destroy Hangul or split placeholders."""
     if getattr(tok, "do_lower_case", False):

@@ -44,7 +44,7 @@ from dialogbert.config import Config, load_config, save_config
 from dialogbert.data import PretrainStream, eval_batches
 from dialogbert.engine import Engine, dist_env, make_engine
 from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
-from dialogbert.tokenizer import load_tokenizer
+from dialogbert.tokenizer import adopt_tokenizer, load_tokenizer
 
 LOG_COLUMNS = ("step", "lr", "loss", "mlm_loss", "next_turn_loss", "grad_norm", "tokens_per_s", "elapsed_s",
                "eval_mlm_loss", "eval_mlm_acc", "eval_next_turn_loss", "eval_next_turn_acc")
@@ -108,12 +108,20 @@ def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torc
             if value.shape == param.shape:
                 param.copy_(value)
                 report["copied"].append(key)
-            elif key.endswith(("token_type_embeddings.weight", "position_embeddings.weight")) \
-                    and value.ndim == 2 and value.shape[1] == param.shape[1]:
+            elif key.endswith(("token_type_embeddings.weight", "position_embeddings.weight",
+                               "word_embeddings.weight")) and value.ndim == 2 and value.shape[1] == param.shape[1]:
                 n = min(value.shape[0], param.shape[0])
                 param[:n].copy_(value[:n])
-                if key.endswith("token_type_embeddings.weight") and param.shape[0] > n:
+                if param.shape[0] > n and key.endswith("token_type_embeddings.weight"):
                     param[n:].copy_(value[0] + torch.randn_like(param[n:]) * std)
+                elif param.shape[0] > n and key.endswith("word_embeddings.weight"):
+                    # tokens the tokenizer gained (placeholders): the mean embedding plus noise
+                    param[n:].copy_(value.mean(0) + torch.randn_like(param[n:]) * std)
+                report["resized"].append(f"{key} {tuple(value.shape)}->{tuple(param.shape)}")
+            elif key.endswith("predictions.bias") and value.ndim == 1 and value.shape[0] < param.shape[0]:
+                n = value.shape[0]
+                param[:n].copy_(value)
+                param[n:].fill_(float(value.mean()))
                 report["resized"].append(f"{key} {tuple(value.shape)}->{tuple(param.shape)}")
             else:
                 report["ignored"].append(f"{key} {tuple(value.shape)} vs {tuple(param.shape)}")
@@ -156,7 +164,7 @@ def build_model(cfg: Config, vocab_size: int, pad_token_id: int) -> tuple[Dialog
 
 def pick_tokenizer(cfg: Config):
     if cfg.model.init_from and _has_tokenizer(Path(cfg.model.init_from)):
-        return load_tokenizer(cfg.model.init_from), cfg.model.init_from
+        return adopt_tokenizer(cfg.model.init_from), cfg.model.init_from
     if not cfg.data.tokenizer:
         raise ValueError("no tokenizer: set data.tokenizer (a folder from `dialogbert tokenizer`) or "
                          "model.init_from to a folder that has one")
@@ -315,9 +323,11 @@ def pretrain(config_path: str | os.PathLike | None, overrides=(), deepspeed_conf
     model, init_report = build_model(cfg, len(tokenizer), tokenizer.pad_token_id)
     resume_from = find_resume(out, resume)
     data_cfg = cfg.data_config()
-    if init_report is None and data_cfg.mlm and resume_from is None:
-        # a fresh model: start the MLM head at the unigram prior (before the engine takes the
-        # parameters: DeepSpeed keeps its own master copy of them)
+    fresh_head = init_report is None or "cls.predictions.bias" in init_report["new"]
+    if fresh_head and data_cfg.mlm and resume_from is None:
+        # a fresh MLM head (a fresh model, or a sentence encoder without one): start it at the
+        # unigram prior (before the engine takes the parameters: DeepSpeed keeps its own master
+        # copy of them)
         init_output_bias(model, unigram_log_probs(d.shards, tokenizer, data_cfg, seed=cfg.run.seed))
     engine = make_engine(model, t, deepspeed_config, micro_batch=d.batch_size)
     main = engine.is_main

