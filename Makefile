@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/retrieval.py
-	$(PY) bench/serving.py
+	@if [ -f $(RUN)/index/index_info.json ]; then $(PY) bench/serving.py --index $(RUN)/index --shards $(RUN)/shards; \
+	else echo "bench/serving.py skipped: no index in $(RUN)/index (run make demo first)"; fi
 
 clean:
 	rm -rf runs .pytest_cache

@@ -91,10 +91,14 @@ def _bert_key(key: str) -> str:
     return key
 
 
-def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torch.Tensor],
+                            grow_vocab: bool = False) -> dict[str, list[str]]:
     """Copy every weight whose name and shape match; grow/shrink token-type and position
     embeddings by rows (new token-type rows start as row 0 plus noise, so speakers begin as
-    BERT's segment A); leave the rest (e.g. the turn embedding) as initialised."""
+    BERT's segment A); leave the rest (e.g. the turn embedding) as initialised. ``grow_vocab``
+    (the source's own tokenizer, extended by added tokens, is used): the word embeddings and
+    the MLM bias keep the source's rows and grow by the added ones. Without it a vocabulary of
+    another size means another tokenizer, and those weights start fresh."""
     report: dict[str, list[str]] = {"copied": [], "resized": [], "new": [], "ignored": []}
     src = {_bert_key(k): v for k, v in src.items()}
     own = model.state_dict()
@@ -108,8 +112,9 @@ def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torc
             if value.shape == param.shape:
                 param.copy_(value)
                 report["copied"].append(key)
-            elif key.endswith(("token_type_embeddings.weight", "position_embeddings.weight",
-                               "word_embeddings.weight")) and value.ndim == 2 and value.shape[1] == param.shape[1]:
+            elif (key.endswith(("token_type_embeddings.weight", "position_embeddings.weight"))
+                  or (grow_vocab and key.endswith("word_embeddings.weight") and value.shape[0] < param.shape[0])) \
+                    and value.ndim == 2 and value.shape[1] == param.shape[1]:
                 n = min(value.shape[0], param.shape[0])
                 param[:n].copy_(value[:n])
                 if param.shape[0] > n and key.endswith("token_type_embeddings.weight"):
@@ -118,7 +123,8 @@ def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torc
                     # tokens the tokenizer gained (placeholders): the mean embedding plus noise
                     param[n:].copy_(value.mean(0) + torch.randn_like(param[n:]) * std)
                 report["resized"].append(f"{key} {tuple(value.shape)}->{tuple(param.shape)}")
-            elif key.endswith("predictions.bias") and value.ndim == 1 and value.shape[0] < param.shape[0]:
+            elif grow_vocab and key.endswith("predictions.bias") and value.ndim == 1 \
+                    and value.shape[0] < param.shape[0]:
                 n = value.shape[0]
                 param[:n].copy_(value)
                 param[n:].fill_(float(value.mean()))
@@ -130,7 +136,8 @@ def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torc
     return report
 
 
-def build_model(cfg: Config, vocab_size: int, pad_token_id: int) -> tuple[DialogBertForPreTraining, dict | None]:
+def build_model(cfg: Config, vocab_size: int, pad_token_id: int,
+                grow_vocab: bool = False) -> tuple[DialogBertForPreTraining, dict | None]:
     """A fresh DialogBertForPreTraining, or one initialised from ``model.init_from`` (whose
     architecture then wins over [model]; the resolved config records what was used)."""
     m = cfg.model
@@ -158,7 +165,7 @@ def build_model(cfg: Config, vocab_size: int, pad_token_id: int) -> tuple[Dialog
         hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
         initializer_range=m.initializer_range, pad_token_id=pad_token_id, **extra)
     model = DialogBertForPreTraining(config)
-    report = copy_compatible_weights(model, src) if src is not None else None
+    report = copy_compatible_weights(model, src, grow_vocab=grow_vocab) if src is not None else None
     return model, report
 
 
@@ -320,10 +327,12 @@ def pretrain(config_path: str | os.PathLike | None, overrides=(), deepspeed_conf
 
     tokenizer, tok_from = pick_tokenizer(cfg)
     seed_everything(cfg.run.seed)  # same initial weights on every rank
-    model, init_report = build_model(cfg, len(tokenizer), tokenizer.pad_token_id)
+    adopted = bool(cfg.model.init_from) and tok_from == cfg.model.init_from  # its own tokenizer, grown
+    model, init_report = build_model(cfg, len(tokenizer), tokenizer.pad_token_id, grow_vocab=adopted)
     resume_from = find_resume(out, resume)
     data_cfg = cfg.data_config()
-    fresh_head = init_report is None or "cls.predictions.bias" in init_report["new"]
+    fresh_head = init_report is None or not any(k.startswith("cls.predictions.bias")
+                                                for k in init_report["copied"] + init_report["resized"])
     if fresh_head and data_cfg.mlm and resume_from is None:
         # a fresh MLM head (a fresh model, or a sentence encoder without one): start it at the
         # unigram prior (before the engine takes the parameters: DeepSpeed keeps its own master

@@ -21,7 +21,8 @@ from retrieval.baselines import BM25Scorer, TfidfScorer
 from retrieval.examples import NEGATIVE_SEED, Example, draw_candidates, load_examples, train_responses
 from retrieval.metrics import rank_metrics
 
-TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1", "index_R@10")
+TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1", "index_R@10",
+              "served_R@1", "served_R@10")
 
 
 PEER_NAME = "all-MiniLM-L6-v2 (off the shelf, last 3 turns)"
@@ -89,6 +90,21 @@ def index_recall(encoder, index, examples: Sequence[Example], ks=(1, 10), batch_
         for k in ks:
             hits[k] += e.response in texts[:k]
     return {f"index_R@{k}": hits[k] / max(1, len(examples)) for k in ks}
+
+
+def served_recall(search, examples: Sequence[Example], ks=(1, 10)) -> dict[str, float]:
+    """Recall@k of the true response text among what ``search(contexts, k)`` (ResponseIndex or
+    HybridRetriever) serves from the store alone: the training replies, as the chat service
+    answers. A test reply whose text no training reply has cannot be served; the ceiling is the
+    share of test replies that do."""
+    kmax, hits = max(ks), {k: 0 for k in ks}
+    for i in range(0, len(examples), 64):
+        chunk = examples[i:i + 64]
+        for e, found in zip(chunk, search([e.context for e in chunk], kmax)):
+            texts = [row["text"] for _, row in found]
+            for k in ks:
+                hits[k] += e.response in texts[:k]
+    return {f"served_R@{k}": hits[k] / max(1, len(examples)) for k in ks}
 
 
 def corpus_name(shards: str | Path, examples: Sequence[Example]) -> str:
@@ -170,7 +186,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             from retrieval.ranker import Ranker
             idx = ResponseIndex.load(index_dir, encoder=encoder)
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
-            ranker = Ranker.load(index_dir)
+            m.update(served_recall(idx.search, examples))
+            ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
         if ranker is not None and ranker.active != ["dual"]:
             from retrieval.ranker import FeatureScorer, RankerScorer
@@ -180,7 +197,10 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
                 rr = CrossEncoder.load(reranker or ranker.reranker)
             fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active,
                                          lexical_memory="lexical_neighbour" in ranker.active)
-            systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ev(RankerScorer(fs, ranker))
+            from retrieval.ranker import HybridRetriever
+            ranked = ev(RankerScorer(fs, ranker))
+            ranked.update(served_recall(HybridRetriever(fs, ranker).search, examples))
+            systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ranked
     rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name,
            "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,
            "sizes": {"test_examples": len(examples), "train_responses": len(train),

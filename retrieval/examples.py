@@ -65,16 +65,26 @@ def is_valid_conv(conv_id: str, fraction: float) -> bool:
 
 def validation_examples(shards: str | Path, fraction: float, max_examples: int | None = None,
                         context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
-    """Protocol examples of the validation carve-out (train-split conversations), in shard order."""
+    """Protocol examples of the validation carve-out (train-split conversations). With
+    ``max_examples``, a uniform sample of that many (reservoir sampling with a fixed seed, so
+    bounded memory and the same sample every time), kept in shard order: the first N in shard
+    order would be whichever corpus of a mixed folder comes first."""
     keep = set(sources) if sources else None
-    out: list[Example] = []
+    rng = random.Random(0)
+    out: list[tuple[int, Example]] = []
+    seen = 0
     for conv in read_shards(shards, split="train"):
         if (keep is not None and conv.source not in keep) or not is_valid_conv(conv.id, fraction):
             continue
-        out.extend(conversation_examples(conv, context_turns))
-        if max_examples is not None and len(out) >= max_examples:
-            return out[:max_examples]
-    return out
+        for ex in conversation_examples(conv, context_turns):
+            if max_examples is None or len(out) < max_examples:
+                out.append((seen, ex))
+            else:
+                j = rng.randint(0, seen)
+                if j < max_examples:
+                    out[j] = (seen, ex)
+            seen += 1
+    return [ex for _, ex in sorted(out, key=lambda p: p[0])]
 
 
 def train_responses(shards: str | Path) -> list[str]:

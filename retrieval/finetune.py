@@ -39,7 +39,7 @@ import torch
 from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
 from dialogbert.train import lr_at
-from preprocess.schema import read_shards
+from preprocess.schema import atomic_write_text, read_shards
 from retrieval.encoder import Encoder, EncoderSettings
 from retrieval.examples import conversation_examples, is_valid_conv
 from retrieval.rerank import CrossEncoder, listwise_loss
@@ -297,7 +297,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     if D.valid_fraction > 0:
         info["valid"] = validate(enc, shards, cfg)
         print(f"finetune: validation {info['valid']}")
-    (out / "finetune.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    atomic_write_text(out / "finetune.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return out
 
 

@@ -209,6 +209,10 @@ class ResponseIndex:
         index = faiss.read_index(str(folder / INDEX_FILE))
         memory, mem = None, []
         if "memory" in info:
+            for name in (MEMORY_INDEX, MEMORY_FILE):
+                if not (folder / name).exists():
+                    raise FileNotFoundError(f"{folder / name} is missing (index_info.json records a context "
+                                            f"memory): rebuild the index with `dialogbert index`")
             memory = faiss.read_index(str(folder / MEMORY_INDEX))
             mem = _read_jsonl(folder / MEMORY_FILE)
         if check:
@@ -282,8 +286,17 @@ def check_model(info: dict, encoder, folder: Path) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    out = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg}); the index folder is damaged: rebuild it "
+                                 f"with `dialogbert index`") from e
+    return out
 
 
 def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
@@ -332,8 +345,11 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if memory:
         ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
             np.zeros((0, encoder.dim), np.float32)
-        mem_rows = [{"response": text_id[text], "conv": conv, "context": context_text(ctx, turns=1)}
-                    for ctx, text, conv in pairs]
+        # the newest context turn as text, for the lexical features; never served, and left empty
+        # where it holds unredacted personal data (the response filter's guard, shared/PII.md)
+        pii = (filt or ResponseFilter()).checker()
+        mem_rows = [{"response": text_id[text], "conv": conv, "context": "" if pii(t) else t}
+                    for ctx, text, conv in pairs for t in [context_text(ctx, turns=1)]]
         mem_index = to_gpu(existing.memory, gpu) if add else to_gpu(make_index(factory, encoder.dim, ctx_vecs), gpu)
         if len(ctx_vecs):
             mem_index.add(np.ascontiguousarray(ctx_vecs, dtype=np.float32))
@@ -348,6 +364,8 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         if add:
             shutil.copyfile(out / rows_name, out / (rows_name + ".tmp"))
         _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
+    if not add:  # a ranker fitted on the previous build does not fit this one: `dialogbert index` refits
+        (out / "ranker.json").unlink(missing_ok=True)
     for index_name, _, rows_name, _ in staged:
         (out / (rows_name + ".tmp")).replace(out / rows_name)
         (out / (index_name + ".tmp")).replace(out / index_name)

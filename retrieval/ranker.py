@@ -89,11 +89,20 @@ class Ranker:
         return p
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Ranker | None":
+    def load(cls, folder: str | Path, info: dict | None = None) -> "Ranker | None":
+        """The folder's ranker.json, or None. With ``info`` (the index's index_info.json), a ranker
+        fitted for another model or another build of the index is refused."""
         p = Path(folder) / RANKER_FILE
         if not p.exists():
             return None
-        d = json.loads(p.read_text("utf-8"))
+        try:
+            d = json.loads(p.read_text("utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not JSON ({e.msg}); refit it with `dialogbert index`") from e
+        fit = d.get("fitted_on", {})
+        if info is not None and fit.get("model_sha256") and fit["model_sha256"] != info.get("model_sha256"):
+            raise ValueError(f"{p} was fitted for model sha256 {fit['model_sha256'][:12]}..., but the index "
+                             f"holds {str(info.get('model_sha256'))[:12]}...: refit it with `dialogbert index`")
         unknown = set(d.get("weights", {})) - set(FEATURES)
         if unknown:
             raise ValueError(f"{p}: unknown features {sorted(unknown)}; known: {list(FEATURES)}")
@@ -198,7 +207,7 @@ class FeatureScorer:
                 texts = [texts[i] for i in sorted(pick)]
             scorer = TfidfScorer(drop_space=True).fit(texts)
             n = len(index.memory_texts)
-            if lexical_memory and index.memory is not None and n and all(index.memory_texts[:1]):
+            if lexical_memory and index.memory is not None and n and any(index.memory_texts[:1000]):
                 if n <= LEXICAL_MEMORY_MAX:
                     mem = LexicalMemory(scorer.vec, index)
                 else:
@@ -338,7 +347,18 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
             "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note}
     return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
                   temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,
-                  reranker=str(getattr(scorer.reranker, "path", "") or "") or None, fitted_on=info)
+                  reranker=_resolved(getattr(scorer.reranker, "path", None)), fitted_on=info)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg})") from e
+
+
+def _resolved(path) -> str | None:
+    return str(Path(path).resolve()) if path else None
 
 
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
@@ -359,7 +379,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     sources, note = None, ""
     ft = Path(index.encoder.path or "") / "finetune.json"
     if fraction is None and ft.exists():
-        cfg = json.loads(ft.read_text("utf-8")).get("config", {}).get("data", {})
+        cfg = _read_json(ft).get("config", {}).get("data", {})
         fraction, sources = float(cfg.get("valid_fraction") or 0.0), cfg.get("sources") or None
         if not fraction:
             note = ("the encoder was fine-tuned on these conversations (no data.valid_fraction): its dual "
@@ -375,11 +395,21 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
         if reranker_dir:
             from retrieval.rerank import CrossEncoder
             reranker = CrossEncoder.load(reranker_dir)
+            rft = Path(reranker_dir) / "finetune.json"
+            r_frac = float(_read_json(rft).get("config", {}).get("data", {}).get("valid_fraction") or 0.0) \
+                if rft.exists() else 0.0
+            if r_frac != fraction:
+                warn = (f"the re-ranker {reranker_dir} was fine-tuned with data.valid_fraction={r_frac}, the "
+                        f"ranker is fitted on the {fraction} carve-out: its score is optimistic there and "
+                        f"over-weighted; fine-tune it with data.valid_fraction={fraction}")
+                print(f"ranker: {warn}")
+                note = f"{note}; {warn}" if note else warn
         scorer = FeatureScorer.for_index(index, reranker)
-        ranker = fit_ranker(scorer, examples, note=note or f"validation carve-out {fraction} of {shards}")
+        ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
         print(f"ranker: weights {ranker.weights}, temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "
               f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f})")
+    ranker.fitted_on.update({"model_sha256": index.info.get("model_sha256"), "count": index.info.get("count")})
     ranker.save(index_dir)
     return ranker
 
@@ -401,7 +431,7 @@ class HybridRetriever:
         if index.encoder is None:
             raise ValueError(f"{index_dir}: no encoder found for this index; pass MODEL_DIR "
                              f"(`dialogbert serve --model ENCODER_DIR`)")
-        ranker = Ranker.load(index_dir) or Ranker()
+        ranker = Ranker.load(index_dir, index.info) or Ranker()
         reranker = None
         if ranker.weights.get("rerank"):
             from retrieval.rerank import CrossEncoder

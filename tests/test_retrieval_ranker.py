@@ -202,3 +202,50 @@ def test_lexical_features_follow_the_newest_turn(memory_index):
     chat = [("U", "오늘 비 와요?"), ("B", "우산 챙겨"), ("U", "오늘 비 와요 지금"), ("B", "우산 챙겨"), ("U", "진짜 배고파")]
     (hits,) = HybridRetriever(fs, ranker).search([chat], k=1)
     assert hits[0][1]["text"] == "맛있는 거 드세요"
+
+
+def test_memory_text_with_personal_data_is_not_kept(tmp_path):
+    """A context turn the PII guard flags keeps its vector and reply in the memory, but not its text."""
+    convs = [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
+             for cid, (q, a) in zip(_train_ids("p", 3), [("비 와요 오늘", "우산 챙겨"), ("전화 010-1234-5678", "알겠어"),
+                                                          ("배고파", "밥 먹자")])]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / "shard-00000.jsonl", convs)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"stub")
+    enc = StubEncoder(model)
+    out = build_index(model, shards, tmp_path / "idx", encoder=enc,
+                      filt=ResponseFilter(pii_check=lambda t: "010-" in t))
+    idx = ResponseIndex.load(out, encoder=enc)
+    assert sorted(idx.texts) == sorted(["우산 챙겨", "알겠어", "밥 먹자"])
+    assert idx.memory.ntotal == 3 and sorted(idx.memory_texts) == ["", "배고파", "비 와요 오늘"]
+    assert "010-" not in (out / "memory.jsonl").read_text("utf-8")
+    assert "lexical_neighbour" in FeatureScorer.for_index(idx).available
+
+
+def test_a_rebuild_drops_the_old_ranker_and_a_foreign_ranker_is_refused(memory_index, tmp_path):
+    idx, _ = memory_index
+    folder = tmp_path / "idx"
+    Ranker(weights={"dual": 1.0, "neighbour": 2.0}, fitted_on={"model_sha256": "f" * 64}).save(folder)
+    with pytest.raises(ValueError, match="fitted for model sha256 ffffffffffff.*refit"):
+        Ranker.load(folder, idx.info)
+    assert Ranker.load(folder) is not None  # without the index's info nothing is checked
+    build_index(idx.encoder.path, tmp_path / "shards", folder, encoder=idx.encoder,
+                filt=ResponseFilter(pii_check=lambda t: False))
+    assert not (folder / "ranker.json").exists()
+
+
+def test_served_recall_counts_what_the_bot_answers(memory_index):
+    from retrieval.evaluate import served_recall
+
+    idx, _ = memory_index
+    fs = FeatureScorer(idx.encoder, idx)
+    ranker = Ranker(weights={"dual": 1.0, "neighbour": 4.0}, scales={"dual": 1.0, "neighbour": 1.0}, neighbours=3)
+    exs = [Example([("U", "배고파 또")], "맛있는 거 드세요"), Example([("U", "졸려 또")], "푹 쉬어"),
+           Example([("U", "졸려 또")], "a reply the store does not have")]
+    got = served_recall(HybridRetriever(fs, ranker).search, exs)
+    assert got == {"served_R@1": pytest.approx(2 / 3), "served_R@10": pytest.approx(2 / 3)}
+    plain = served_recall(idx.search, exs)  # the dual score alone: no shared character with the replies
+    assert plain["served_R@10"] == pytest.approx(2 / 3) and plain["served_R@1"] < 2 / 3

@@ -302,3 +302,21 @@ def test_fresh_model_starts_at_the_unigram_prior(tiny_shards, pretrain_tokenizer
     assert int(bias.argmax()) not in set(tok.all_special_ids)
     assert abs(before - math.log(len(tok))) < 0.1
     assert after < before - 1.0, (before, after)
+
+
+def test_word_embeddings_grow_only_with_their_own_tokenizer():
+    """Rows of another vocabulary are other tokens: copied only when the source's own tokenizer
+    (grown by added tokens) is used; otherwise they start fresh."""
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
+    from dialogbert.train import copy_compatible_weights
+
+    cfg = DialogBertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=32)
+    src = {"embeddings.word_embeddings.weight": torch.randn(90, 16), "cls.predictions.bias": torch.randn(90)}
+    grown = copy_compatible_weights(DialogBertForPreTraining(cfg), src, grow_vocab=True)
+    assert any(r.startswith("bert.embeddings.word_embeddings.weight (90, 16)->(100, 16)") for r in grown["resized"])
+    assert any(r.startswith("cls.predictions.bias") for r in grown["resized"])
+    model = DialogBertForPreTraining(cfg)
+    other = copy_compatible_weights(model, src)
+    assert any(r.startswith("bert.embeddings.word_embeddings.weight") for r in other["ignored"])
+    assert not torch.equal(model.bert.embeddings.word_embeddings.weight[:90], src["embeddings.word_embeddings.weight"])
