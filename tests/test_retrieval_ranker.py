@@ -57,10 +57,15 @@ def _train_ids(prefix, n):
 
 @pytest.fixture()
 def memory_index(tmp_path):
-    convs = []
     qa = [(q, a) for qs, a in TOPICS.values() for q in qs]
-    for cid, (q, a) in zip(_train_ids("m", len(qa)), qa):
-        convs.append(Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)]))
+    return _stub_index(tmp_path, "m", qa), [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
+                                            for cid, (q, a) in zip(_train_ids("m", len(qa)), qa)]
+
+
+def _stub_index(tmp_path, prefix, qa, pii_check=lambda t: False) -> ResponseIndex:
+    """An index (stub encoder) over one train-split conversation per (question, answer)."""
+    convs = [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
+             for cid, (q, a) in zip(_train_ids(prefix, len(qa)), qa)]
     shards = tmp_path / "shards"
     shards.mkdir()
     write_shard(shards / "shard-00000.jsonl", convs)
@@ -68,8 +73,8 @@ def memory_index(tmp_path):
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"stub")
     enc = StubEncoder(model)
-    out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
-    return ResponseIndex.load(out, encoder=enc), convs
+    out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=pii_check))
+    return ResponseIndex.load(out, encoder=enc)
 
 
 def test_memory_holds_every_context_and_points_at_deduplicated_replies(memory_index):
@@ -206,19 +211,9 @@ def test_lexical_features_follow_the_newest_turn(memory_index):
 
 def test_memory_text_with_personal_data_is_not_kept(tmp_path):
     """A context turn the PII guard flags keeps its vector and reply in the memory, but not its text."""
-    convs = [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
-             for cid, (q, a) in zip(_train_ids("p", 3), [("비 와요 오늘", "우산 챙겨"), ("전화 010-1234-5678", "알겠어"),
-                                                          ("배고파", "밥 먹자")])]
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    write_shard(shards / "shard-00000.jsonl", convs)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.safetensors").write_bytes(b"stub")
-    enc = StubEncoder(model)
-    out = build_index(model, shards, tmp_path / "idx", encoder=enc,
-                      filt=ResponseFilter(pii_check=lambda t: "010-" in t))
-    idx = ResponseIndex.load(out, encoder=enc)
+    qa = [("비 와요 오늘", "우산 챙겨"), ("전화 010-1234-5678", "알겠어"), ("배고파", "밥 먹자")]
+    idx = _stub_index(tmp_path, "p", qa, pii_check=lambda t: "010-" in t)
+    out = tmp_path / "idx"
     assert sorted(idx.texts) == sorted(["우산 챙겨", "알겠어", "밥 먹자"])
     assert idx.memory.ntotal == 3 and sorted(idx.memory_texts) == ["", "배고파", "비 와요 오늘"]
     assert "010-" not in (out / "memory.jsonl").read_text("utf-8")
