@@ -147,10 +147,12 @@ class LexicalMemory:
         self.contexts = vectorizer.transform(index.memory_texts).T.tocsr()  # (V, N): Q @ contexts
         self.replies = vectorizer.transform(index.texts).tocsr()
 
-    def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int = 256):
-        """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows)."""
+    def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int | None = None):
+        """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows).
+        Queries go in chunks whose dense (chunk, N) similarity block stays near 256 MB."""
         extra = 32 if exclude_convs is not None else 0
         kk = min(k + extra, self.contexts.shape[1])
+        chunk = chunk or max(1, min(256, 2 ** 25 // max(1, self.contexts.shape[1])))
         Q = self.vec.transform(list(context_texts))
         D = np.zeros((len(context_texts), kk), np.float32)
         J = np.zeros((len(context_texts), kk), np.int64)
