@@ -10,6 +10,11 @@ Special tokens: [PAD] [UNK] [CLS] [SEP] [MASK] plus every anonymizer placeholder
 Saved as a plain ``PreTrainedTokenizerFast`` (tokenizer.json + tokenizer_config.json), which
 reloads with ``AutoTokenizer.from_pretrained(folder)`` or :func:`load_tokenizer`. Never wrap it
 in ``BertTokenizerFast``: that saves ``do_lower_case: true`` and the reload turns Hangul to [UNK].
+
+Training is not bit-for-bit reproducible: tokenizers' WordPiece trainer gives continuing-subword
+tokens their ids in hash-map order and breaks count ties by id (huggingface/tokenizers#1794,
+measured here: three runs on the same shards gave three vocabularies). Keep the trained folder:
+a run resumed or repeated must load it, not retrain it.
 """
 from __future__ import annotations
 
