@@ -55,7 +55,8 @@ def cmd_pretrain(a) -> int:
 def cmd_finetune(a) -> int:
     from retrieval.finetune import finetune
     from dialogbert.peers import resolve_model
-    finetune(resolve_model(a.init), a.shards, a.out, config_path=a.config, overrides=_overrides(a.overrides), resume=a.resume)
+    finetune(resolve_model(a.init), a.shards, a.out, config_path=a.config, overrides=_overrides(a.overrides),
+             resume=a.resume)
     return 0
 
 

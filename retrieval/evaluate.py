@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dialogbert.peers import peer_model_path  # noqa: F401  (re-exported: the report's peer)
+from dialogbert.peers import peer_model_path
 from retrieval.baselines import BM25Scorer, TfidfScorer
 from retrieval.examples import NEGATIVE_SEED, Example, draw_candidates, load_examples, train_responses
 from retrieval.metrics import rank_metrics
