@@ -70,41 +70,46 @@ class RetrievalEvaluator:
         return out
 
 
+def _recall(prefix: str, examples: Sequence[Example], ranked: Sequence[Sequence[str]], ks) -> dict[str, float]:
+    """``prefix``R@k: the share of examples whose true response text is among the first k of ``ranked``."""
+    return {f"{prefix}R@{k}": sum(e.response in r[:k] for e, r in zip(examples, ranked)) / max(1, len(examples))
+            for k in ks}
+
+
 def index_recall(encoder, index, examples: Sequence[Example], ks=(1, 10), batch_size: int = 64) -> dict[str, float]:
-    """Recall@k of the true response text among the index's responses plus the test responses
-    (as a served bot would see them if the test responses were in its store)."""
+    """``index_R@k``: recall of the true response text among the index's responses plus the test
+    responses (as a served bot would see them if the test responses were in its store); and
+    ``served_R@k``: among the index's responses alone, what ResponseIndex.search serves (the same
+    search, so the contexts are encoded once)."""
     kmax = max(ks)
     C = encoder.encode_contexts([e.context for e in examples], batch_size=batch_size)
     D, I = index.search_vectors(C, kmax)
     test_texts = sorted({e.response for e in examples} - set(index.texts))
     T = encoder.encode_responses(test_texts, batch_size=batch_size) if test_texts else np.zeros((0, C.shape[1]), np.float32)
     S = C @ T.T if len(test_texts) else np.zeros((len(examples), 0), np.float32)
-    hits = {k: 0 for k in ks}
-    for i, e in enumerate(examples):
-        merged = [(float(d), index.texts[j]) for d, j in zip(D[i], I[i]) if j >= 0]
+    stored, merged_texts = [], []
+    for i in range(len(examples)):
+        found = [(float(d), index.texts[j]) for d, j in zip(D[i], I[i]) if j >= 0]
+        stored.append([t for _, t in found])
+        merged = list(found)
         if S.shape[1]:
             top = np.argsort(-S[i])[:kmax]
             merged += [(float(S[i, j]), test_texts[j]) for j in top]
         merged.sort(key=lambda x: -x[0])
-        texts = [t for _, t in merged]
-        for k in ks:
-            hits[k] += e.response in texts[:k]
-    return {f"index_R@{k}": hits[k] / max(1, len(examples)) for k in ks}
+        merged_texts.append([t for _, t in merged])
+    return {**_recall("index_", examples, merged_texts, ks), **_recall("served_", examples, stored, ks)}
 
 
 def served_recall(search, examples: Sequence[Example], ks=(1, 10)) -> dict[str, float]:
-    """Recall@k of the true response text among what ``search(contexts, k)`` (ResponseIndex or
-    HybridRetriever) serves from the store alone: the training replies, as the chat service
-    answers. A test reply whose text no training reply has cannot be served; the ceiling is the
-    share of test replies that do."""
-    kmax, hits = max(ks), {k: 0 for k in ks}
+    """``served_R@k``: recall of the true response text among what ``search(contexts, k)`` (e.g.
+    HybridRetriever.search) serves from the store alone: the training replies, as the chat
+    service answers. A test reply whose text no training reply has cannot be served; the ceiling
+    is the share of test replies that do."""
+    kmax, ranked = max(ks), []
     for i in range(0, len(examples), 64):
         chunk = examples[i:i + 64]
-        for e, found in zip(chunk, search([e.context for e in chunk], kmax)):
-            texts = [row["text"] for _, row in found]
-            for k in ks:
-                hits[k] += e.response in texts[:k]
-    return {f"served_R@{k}": hits[k] / max(1, len(examples)) for k in ks}
+        ranked += [[row["text"] for _, row in found] for found in search([e.context for e in chunk], kmax)]
+    return _recall("served_", examples, ranked, ks)
 
 
 def corpus_name(shards: str | Path, examples: Sequence[Example]) -> str:
@@ -186,7 +191,6 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             from retrieval.ranker import Ranker
             idx = ResponseIndex.load(index_dir, encoder=encoder)
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
-            m.update(served_recall(idx.search, examples))
             ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
         if ranker is not None and ranker.active != ["dual"]:

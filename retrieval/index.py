@@ -34,6 +34,10 @@ import numpy as np
 from preprocess.schema import PLACEHOLDERS, atomic_write_text, read_shards
 from retrieval.baselines import context_text
 
+MEMORY_TEXT_TURNS = 1  # the memory keeps the newest turn of each context as text: the ranker's lexical
+                       # features read the same (earlier turns, the bot's own replies among them in a
+                       # chat, would pull answers back to old topics)
+
 INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
@@ -349,7 +353,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         # where it holds unredacted personal data (the response filter's guard, shared/PII.md)
         pii = (filt or ResponseFilter()).checker()
         mem_rows = [{"response": text_id[text], "conv": conv, "context": "" if pii(t) else t}
-                    for ctx, text, conv in pairs for t in [context_text(ctx, turns=1)]]
+                    for ctx, text, conv in pairs for t in [context_text(ctx, turns=MEMORY_TEXT_TURNS)]]
         mem_index = to_gpu(existing.memory, gpu) if add else to_gpu(make_index(factory, encoder.dim, ctx_vecs), gpu)
         if len(ctx_vecs):
             mem_index.add(np.ascontiguousarray(ctx_vecs, dtype=np.float32))

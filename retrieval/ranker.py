@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from preprocess.schema import atomic_write_text
+from retrieval.index import MEMORY_TEXT_TURNS as LEXICAL_TURNS  # the turns the memory keeps as text
 
 FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "rerank")
 NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
@@ -48,8 +49,7 @@ WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
 LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
 LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
-LEXICAL_TURNS = 1  # the lexical features read the newest turn: in a chat, earlier turns (the bot's
-                   # own replies among them) would otherwise pull the answer towards old topics
+EXCLUDE_SLACK = 32  # extra neighbours searched when the example's own conversation is left out
 
 
 @dataclass
@@ -95,10 +95,7 @@ class Ranker:
         p = Path(folder) / RANKER_FILE
         if not p.exists():
             return None
-        try:
-            d = json.loads(p.read_text("utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not JSON ({e.msg}); refit it with `dialogbert index`") from e
+        d = _read_json(p, fix="refit it with `dialogbert index`")
         fit = d.get("fitted_on", {})
         if info is not None and fit.get("model_sha256") and fit["model_sha256"] != info.get("model_sha256"):
             raise ValueError(f"{p} was fitted for model sha256 {fit['model_sha256'][:12]}..., but the index "
@@ -150,8 +147,7 @@ class LexicalMemory:
     def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int | None = None):
         """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows).
         Queries go in chunks whose dense (chunk, N) similarity block stays near 256 MB."""
-        extra = 32 if exclude_convs is not None else 0
-        kk = min(k + extra, self.contexts.shape[1])
+        kk = min(k + (EXCLUDE_SLACK if exclude_convs is not None else 0), self.contexts.shape[1])
         chunk = chunk or max(1, min(256, 2 ** 25 // max(1, self.contexts.shape[1])))
         Q = self.vec.transform(list(context_texts))
         D = np.zeros((len(context_texts), kk), np.float32)
@@ -223,7 +219,7 @@ class FeatureScorer:
         example i's own conversation are skipped (fitting)."""
         hits = {}
         if "neighbour" in names:
-            D, J = self.index.neighbours(C, k + (32 if exclude_convs is not None else 0))
+            D, J = self.index.neighbours(C, k + (EXCLUDE_SLACK if exclude_convs is not None else 0))
             hits["neighbour"] = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
         if "lexical_neighbour" in names:
             from retrieval.baselines import context_text
@@ -352,11 +348,21 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
                   reranker=_resolved(getattr(scorer.reranker, "path", None)), fitted_on=info)
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, fix: str = "") -> dict:
     try:
         return json.loads(Path(path).read_text("utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg})") from e
+        raise ValueError(f"{path}: not JSON ({e.msg})" + (f"; {fix}" if fix else "")) from e
+
+
+def _carve_out(model_dir: str | Path | None) -> tuple[float, list[str] | None] | None:
+    """(data.valid_fraction, data.sources) a model folder was fine-tuned with (its finetune.json),
+    or None when it has no finetune.json (not fine-tuned here)."""
+    ft = Path(model_dir or "") / "finetune.json"
+    if not model_dir or not ft.exists():
+        return None
+    cfg = _read_json(ft).get("config", {}).get("data", {})
+    return float(cfg.get("valid_fraction") or 0.0), cfg.get("sources") or None
 
 
 def _resolved(path) -> str | None:
@@ -379,10 +385,9 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     if index.encoder is None:
         raise ValueError(f"{index_dir}: no encoder found for this index; pass the model folder")
     sources, note = None, ""
-    ft = Path(index.encoder.path or "") / "finetune.json"
-    if fraction is None and ft.exists():
-        cfg = _read_json(ft).get("config", {}).get("data", {})
-        fraction, sources = float(cfg.get("valid_fraction") or 0.0), cfg.get("sources") or None
+    carve = _carve_out(index.encoder.path)
+    if fraction is None and carve is not None:
+        fraction, sources = carve
         if not fraction:
             note = ("the encoder was fine-tuned on these conversations (no data.valid_fraction): its dual "
                     "score is optimistic here and the other features are under-weighted")
@@ -397,9 +402,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
         if reranker_dir:
             from retrieval.rerank import CrossEncoder
             reranker = CrossEncoder.load(reranker_dir)
-            rft = Path(reranker_dir) / "finetune.json"
-            r_frac = float(_read_json(rft).get("config", {}).get("data", {}).get("valid_fraction") or 0.0) \
-                if rft.exists() else 0.0
+            r_frac = (_carve_out(reranker_dir) or (0.0, None))[0]
             if r_frac != fraction:
                 warn = (f"the re-ranker {reranker_dir} was fine-tuned with data.valid_fraction={r_frac}, the "
                         f"ranker is fitted on the {fraction} carve-out: its score is optimistic there and "

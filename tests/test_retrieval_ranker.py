@@ -233,7 +233,7 @@ def test_a_rebuild_drops_the_old_ranker_and_a_foreign_ranker_is_refused(memory_i
 
 
 def test_served_recall_counts_what_the_bot_answers(memory_index):
-    from retrieval.evaluate import served_recall
+    from retrieval.evaluate import index_recall, served_recall
 
     idx, _ = memory_index
     fs = FeatureScorer(idx.encoder, idx)
@@ -244,3 +244,6 @@ def test_served_recall_counts_what_the_bot_answers(memory_index):
     assert got == {"served_R@1": pytest.approx(2 / 3), "served_R@10": pytest.approx(2 / 3)}
     plain = served_recall(idx.search, exs)  # the dual score alone: no shared character with the replies
     assert plain["served_R@10"] == pytest.approx(2 / 3) and plain["served_R@1"] < 2 / 3
+    # index_recall's store-only figures are the same search as ResponseIndex.search
+    both = index_recall(idx.encoder, idx, exs)
+    assert {k: both[k] for k in plain} == plain and both["index_R@10"] == pytest.approx(1.0)
