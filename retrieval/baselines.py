@@ -88,23 +88,30 @@ class BM25Scorer:
         return out
 
 
+class _NoBlankGrams:
+    """An analyzer that drops the n-grams made of word padding alone (" "): every text has them,
+    so two texts sharing nothing else would match. A class, not a lambda, so it pickles."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, doc: str) -> list[str]:
+        return [g for g in self.base(doc) if g.strip()]
+
+
 class TfidfScorer:
     name = "TF-IDF char 1-3"
 
     def __init__(self, analyzer: str = "char_wb", ngram_range: tuple[int, int] = (1, 3), drop_space: bool = False):
+        """``drop_space``: leave out the blank n-grams (see _NoBlankGrams), in one fitting pass."""
         from sklearn.feature_extraction.text import TfidfVectorizer
         self.vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True)
-        self.drop_space = drop_space
+        if drop_space:  # the same analyzer, filtered (ngram_range then lives inside it)
+            self.vec = TfidfVectorizer(analyzer=_NoBlankGrams(self.vec.build_analyzer()), sublinear_tf=True)
 
     def fit(self, responses: Sequence[str]) -> "TfidfScorer":
-        """Fit the vocabulary and idf. ``drop_space`` leaves out the n-gram made of the word
-        padding alone (" "): every text has it, so two texts sharing nothing else would match."""
-        texts = list(responses)
-        self.vec.fit(texts)
-        if self.drop_space:
-            kept = sorted(t for t in self.vec.vocabulary_ if t.strip())
-            self.vec.set_params(vocabulary={t: i for i, t in enumerate(kept)})
-            self.vec.fit(texts)
+        """Fit the vocabulary and idf on ``responses``."""
+        self.vec.fit(list(responses))
         return self
 
     def score(self, contexts, candidates) -> np.ndarray:
