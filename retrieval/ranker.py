@@ -137,12 +137,15 @@ def _keep_top(D: np.ndarray, J: np.ndarray, k: int, memory_rows: np.ndarray, mem
 
 class LexicalMemory:
     """TF-IDF rows of the memory's contexts and of the stored replies, with the vectorizer of the
-    ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries."""
+    ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries.
+    ``matrices`` (contexts (V, N), replies (M, V)) when already computed (the cache)."""
 
-    def __init__(self, vectorizer, index):
+    def __init__(self, vectorizer, index, matrices=None):
         self.vec, self.index = vectorizer, index
-        self.contexts = vectorizer.transform(index.memory_texts).T.tocsr()  # (V, N): Q @ contexts
-        self.replies = vectorizer.transform(index.texts).tocsr()
+        if matrices is None:
+            matrices = (vectorizer.transform(index.memory_texts).T.tocsr(),  # (V, N): Q @ contexts
+                        vectorizer.transform(index.texts).tocsr())
+        self.contexts, self.replies = matrices
 
     def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int | None = None):
         """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows).
@@ -173,6 +176,80 @@ class LexicalMemory:
         return _softmax_votes(sims, votes, temperatures)
 
 
+class LexicalCache:
+    """The fitted TF-IDF of an index folder, in ``lexical/``: vocabulary.json and idf.npy (no pickle:
+    the vectorizer is rebuilt from them), and the memory's sparse matrices (contexts.npz,
+    replies.npz) when they were built. ``key.json`` holds a sha256 of the stored reply and
+    context texts, the fitting cap and the scikit-learn version: a cache of other texts (a
+    rebuild, an ``--add``) or of another scikit-learn is ignored and rewritten. Saving is skipped,
+    with a note, when the folder is read-only; a damaged cache is refitted."""
+
+    DIR = "lexical"
+
+    def __init__(self, index):
+        self.index = index
+        self.folder = Path(index.folder) / self.DIR if getattr(index, "folder", None) is not None else None
+        self._key = None
+
+    def key(self) -> dict:
+        if self._key is None:
+            import hashlib
+
+            import sklearn
+            h = hashlib.sha256()
+            for part in (self.index.texts, self.index.memory_texts):
+                for t in part:
+                    h.update(t.encode("utf-8"))
+                    h.update(b"\x00")
+                h.update(b"\x01")
+            self._key = {"texts_sha256": h.hexdigest(), "fit_max": LEXICAL_FIT_MAX, "sklearn": sklearn.__version__}
+        return self._key
+
+    def load(self, matrices: bool):
+        """(TfidfScorer, (contexts, replies) or None) from the cache, or None when absent or stale."""
+        if self.folder is None or not (self.folder / "key.json").exists():
+            return None
+        import scipy.sparse as sp
+
+        from retrieval.baselines import TfidfScorer
+        try:
+            if json.loads((self.folder / "key.json").read_text("utf-8")) != self.key():
+                return None
+            vocab = json.loads((self.folder / "vocabulary.json").read_text("utf-8"))
+            scorer = TfidfScorer(drop_space=True)
+            scorer.vec.vocabulary_ = vocab
+            scorer.vec.idf_ = np.load(self.folder / "idf.npy")
+            mats = None
+            if matrices and (self.folder / "contexts.npz").exists():
+                mats = (sp.load_npz(self.folder / "contexts.npz").tocsr(), sp.load_npz(self.folder / "replies.npz").tocsr())
+                if mats[0].shape[1] != len(self.index.memory_texts) or mats[1].shape[0] != len(self.index.texts):
+                    return None
+        except (OSError, ValueError, KeyError) as e:  # damaged: refit (and rewrite)
+            print(f"ranker: {self.folder} is damaged ({e}); refitting the TF-IDF")
+            return None
+        return scorer, mats
+
+    def save(self, scorer, mem: "LexicalMemory | None") -> None:
+        if self.folder is None:
+            return
+        import scipy.sparse as sp
+        try:
+            self.folder.mkdir(exist_ok=True)
+            (self.folder / "key.json").unlink(missing_ok=True)  # invalid until everything is written
+            vocab = {g: int(i) for g, i in scorer.vec.vocabulary_.items()}
+            atomic_write_text(self.folder / "vocabulary.json", json.dumps(vocab, ensure_ascii=False))
+            np.save(self.folder / "idf.npy", np.asarray(scorer.vec.idf_))
+            if mem is not None:
+                sp.save_npz(self.folder / "contexts.npz", mem.contexts)
+                sp.save_npz(self.folder / "replies.npz", mem.replies)
+            else:
+                for name in ("contexts.npz", "replies.npz"):
+                    (self.folder / name).unlink(missing_ok=True)
+            atomic_write_text(self.folder / "key.json", json.dumps(self.key(), indent=1) + "\n")
+        except OSError as e:
+            print(f"ranker: could not cache the TF-IDF in {self.folder} ({e}); it is refitted at every load")
+
+
 class FeatureScorer:
     """Computes the features for contexts against candidate texts. ``index`` (a ResponseIndex
     with a context memory) enables ``neighbour``; ``lexical`` (a fitted baselines.TfidfScorer)
@@ -195,21 +272,30 @@ class FeatureScorer:
         """The features an index folder supports: its encoder, its memory, and (``lexical``)
         TF-IDF fitted on its stored responses and memory contexts (a fixed sample of at most
         LEXICAL_FIT_MAX texts), with the memory's lexical view when the memory has its texts and
-        is not too big."""
+        is not too big. The fitted TF-IDF lives in the index folder's ``lexical/`` (see
+        :class:`LexicalCache`): a later load of the same index reads it instead of refitting."""
         scorer = mem = None
         if lexical or lexical_memory:
             from retrieval.baselines import TfidfScorer
-            texts = index.texts + index.memory_texts  # the words of replies and of contexts
-            if len(texts) > LEXICAL_FIT_MAX:
-                pick = np.random.default_rng(0).choice(len(texts), LEXICAL_FIT_MAX, replace=False)
-                texts = [texts[i] for i in sorted(pick)]
-            scorer = TfidfScorer(drop_space=True).fit(texts)
             n = len(index.memory_texts)
-            if lexical_memory and index.memory is not None and n and any(index.memory_texts[:1000]):
-                if n <= LEXICAL_MEMORY_MAX:
-                    mem = LexicalMemory(scorer.vec, index)
-                else:
-                    print(f"ranker: {n} memory entries > {LEXICAL_MEMORY_MAX}: no lexical neighbours")
+            want_mem = bool(lexical_memory and index.memory is not None and n and any(index.memory_texts[:1000]))
+            if want_mem and n > LEXICAL_MEMORY_MAX:
+                print(f"ranker: {n} memory entries > {LEXICAL_MEMORY_MAX}: no lexical neighbours")
+                want_mem = False
+            cache = LexicalCache(index)
+            got = cache.load(matrices=want_mem)
+            if got is not None:
+                scorer, matrices = got
+            else:
+                texts = index.texts + index.memory_texts  # the words of replies and of contexts
+                if len(texts) > LEXICAL_FIT_MAX:
+                    pick = np.random.default_rng(0).choice(len(texts), LEXICAL_FIT_MAX, replace=False)
+                    texts = [texts[i] for i in sorted(pick)]
+                scorer, matrices = TfidfScorer(drop_space=True).fit(texts), None
+            if want_mem:
+                mem = LexicalMemory(scorer.vec, index, matrices)
+            if got is None or (want_mem and matrices is None):
+                cache.save(scorer, mem)
         return cls(index.encoder, index, scorer if lexical else None, reranker, mem)
 
     def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,

@@ -4,6 +4,7 @@ similarities, so every expected answer is worked out by hand."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -247,3 +248,30 @@ def test_served_recall_counts_what_the_bot_answers(memory_index):
     # index_recall's store-only figures are the same search as ResponseIndex.search
     both = index_recall(idx.encoder, idx, exs)
     assert {k: both[k] for k in plain} == plain and both["index_R@10"] == pytest.approx(1.0)
+
+
+def test_the_fitted_tfidf_is_cached_in_the_index_folder_and_refitted_when_stale(memory_index, tmp_path, monkeypatch):
+    from retrieval.baselines import TfidfScorer
+
+    idx, _ = memory_index
+    folder = tmp_path / "idx" / "lexical"
+    ctx, cands = [[("U", "진짜 배고파 또")]], [["우산 챙겨", "맛있는 거 드세요", "푹 쉬어"]]
+    names = ["lexical", "lexical_neighbour"]
+    first = FeatureScorer.for_index(idx).features(ctx, cands, names=names, neighbours=3)
+    assert (folder / "key.json").exists() and (folder / "contexts.npz").exists()
+
+    def no_fit(self, texts):
+        raise AssertionError("refitted")
+    monkeypatch.setattr(TfidfScorer, "fit", no_fit)
+    again = ResponseIndex.load(tmp_path / "idx", encoder=idx.encoder)
+    cached = FeatureScorer.for_index(again).features(ctx, cands, names=names, neighbours=3)
+    for f in names:  # read back, not refitted: the same features
+        assert np.allclose(cached[f], first[f])
+    again.texts = again.texts + ["새로 들어온 답"]  # other texts (an --add): the cache is not theirs
+    with pytest.raises(AssertionError, match="refitted"):
+        FeatureScorer.for_index(again)
+    monkeypatch.undo()
+    (folder / "vocabulary.json").write_text("{broken", "utf-8")  # damaged: refitted and rewritten
+    fixed = FeatureScorer.for_index(ResponseIndex.load(tmp_path / "idx", encoder=idx.encoder))
+    assert np.allclose(fixed.features(ctx, cands, names=names, neighbours=3)["lexical"], first["lexical"])
+    assert json.loads((folder / "vocabulary.json").read_text("utf-8"))
