@@ -161,14 +161,16 @@ def _steps(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _save_checkpoint(enc: Encoder, opt, state: dict, scale_param, out: Path, keep: int) -> Path:
+def _save_checkpoint(enc: Encoder, opt, state: dict, scale_param, out: Path, keep: int,
+                     sampler: random.Random | None = None) -> Path:
     ck = out / "checkpoints" / f"step-{state['step']}"
     tmp = ck.with_name(ck.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     enc.save(tmp)
     torch.save({"optimizer": opt.state_dict(),
                 "scale": None if scale_param is None else scale_param.detach().cpu(),
-                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                "torch_rng": torch.get_rng_state(),
+                "sampler_rng": None if sampler is None else sampler.getstate()}, tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
     shutil.rmtree(ck, ignore_errors=True)
     tmp.rename(ck)
@@ -250,7 +252,9 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
 
     max_steps, t0 = T.max_steps, time.time()
     budget = T.max_minutes * 60
-    rng = random.Random(seed + state["step"])
+    rng = random.Random(seed + state["step"])  # negatives; a resumed run continues the saved stream
+    if state["step"] > 0 and saved.get("sampler_rng") is not None:
+        rng.setstate(saved["sampler_rng"])
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     order = batch_order(len(pairs), bs, seed, epoch)
     recent: list[float] = []
@@ -284,7 +288,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             recent = []
         state.update(step=step, epoch=epoch, batch=bi)
         if stop or step == max_steps or (T.save_every and step % T.save_every == 0):
-            _save_checkpoint(enc, opt, dict(state), scale_param, out, T.keep_checkpoints)
+            _save_checkpoint(enc, opt, dict(state), scale_param, out, T.keep_checkpoints, rng)
         if stop:
             print(f"finetune: stopping at step {step}: train.max_minutes={T.max_minutes} reached")
             break

@@ -81,6 +81,30 @@ def test_finetune_resumes_from_its_checkpoint(finetuned, tiny_model, tiny_shards
     assert (finetuned / "checkpoints" / "step-62").is_dir()
 
 
+def test_a_killed_finetune_resumes_exactly_where_it_was(tiny_model, tiny_shards, tmp_path):
+    """Killed after step 2 and resumed: the same weights as the run that was never stopped (the
+    hard-negative sampler's state travels in the checkpoint, not just the step)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from retrieval.finetune import finetune
+
+    threads = torch.get_num_threads()
+    ov = ["train.max_steps=4", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=1", "train.save_every=2",
+          "train.keep_checkpoints=3", "data.max_length=64", "train.hard_negatives=true", "train.threads=1",
+          "data.valid_fraction=0"]
+    whole = finetune(tiny_model, tiny_shards, tmp_path / "whole", overrides=ov, progress=False)
+    (tmp_path / "killed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / "step-2", tmp_path / "killed" / "checkpoints" / "step-2")
+    resumed = finetune(tiny_model, tiny_shards, tmp_path / "killed", overrides=ov, progress=False)
+    torch.set_num_threads(threads)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
 def test_encoder_contract(finetuned):
     import numpy as np
 
