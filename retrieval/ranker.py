@@ -49,7 +49,7 @@ WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
 LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
 LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
-EXCLUDE_SLACK = 32  # extra neighbours searched when the example's own conversation is left out
+EXCLUDE_SLACK = 32  # extra neighbours searched first when the example's own conversation is left out
 
 
 @dataclass
@@ -135,6 +135,30 @@ def _keep_top(D: np.ndarray, J: np.ndarray, k: int, memory_rows: np.ndarray, mem
     return sims, rows
 
 
+def _top_excluding(search, m: int, k: int, total: int, memory_rows: np.ndarray, memory_convs: Sequence[str],
+                   exclude_convs: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """_keep_top over ``search(row ids, depth) -> (D, J)`` (hits, -1 padded). When excluding, a
+    row whose own conversation filled its first k + EXCLUDE_SLACK hits (a long conversation
+    holds many nearby contexts) is searched again 4x deeper, until it has k others or the
+    memory runs out, so it is never left with fewer neighbours than the memory can give."""
+    depth = min(total, k + (EXCLUDE_SLACK if exclude_convs is not None else 0))
+    D, J = search(np.arange(m), depth)
+    sims, rows = _keep_top(D, J, k, memory_rows, memory_convs, exclude_convs)
+    if exclude_convs is None:
+        return sims, rows
+    todo = np.arange(m)
+    while depth < total:
+        # short of k, though the search gave all it was asked (more may lie deeper)
+        short = ~np.isfinite(sims[todo, -1]) & (J[:, -1] >= 0)
+        todo = todo[short]
+        if not len(todo):
+            break
+        depth = min(total, depth * 4)
+        D, J = search(todo, depth)
+        sims[todo], rows[todo] = _keep_top(D, J, k, memory_rows, memory_convs, [exclude_convs[i] for i in todo])
+    return sims, rows
+
+
 class LexicalMemory:
     """TF-IDF rows of the memory's contexts and of the stored replies, with the vectorizer of the
     ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries.
@@ -150,19 +174,23 @@ class LexicalMemory:
     def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int | None = None):
         """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows).
         Queries go in chunks whose dense (chunk, N) similarity block stays near 256 MB."""
-        kk = min(k + (EXCLUDE_SLACK if exclude_convs is not None else 0), self.contexts.shape[1])
-        chunk = chunk or max(1, min(256, 2 ** 25 // max(1, self.contexts.shape[1])))
+        n = self.contexts.shape[1]
+        chunk = chunk or max(1, min(256, 2 ** 25 // max(1, n)))
         Q = self.vec.transform(list(context_texts))
-        D = np.zeros((len(context_texts), kk), np.float32)
-        J = np.zeros((len(context_texts), kk), np.int64)
-        for i in range(0, Q.shape[0], chunk):
-            S = (Q[i:i + chunk] @ self.contexts).toarray()
-            top = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-            srt = np.take_along_axis(S, top, 1).argsort(1)[:, ::-1]
-            J[i:i + chunk] = np.take_along_axis(top, srt, 1)
-            D[i:i + chunk] = np.take_along_axis(S, J[i:i + chunk], 1)
-        J[D <= 0] = -1  # nothing in common is no neighbour
-        return _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
+
+        def search(ids: np.ndarray, depth: int):
+            D = np.zeros((len(ids), depth), np.float32)
+            J = np.zeros((len(ids), depth), np.int64)
+            for i in range(0, len(ids), chunk):
+                S = (Q[ids[i:i + chunk]] @ self.contexts).toarray()
+                top = np.argpartition(-S, depth - 1, axis=1)[:, :depth]
+                srt = np.take_along_axis(S, top, 1).argsort(1)[:, ::-1]
+                J[i:i + chunk] = np.take_along_axis(top, srt, 1)
+                D[i:i + chunk] = np.take_along_axis(S, J[i:i + chunk], 1)
+            J[D <= 0] = -1  # nothing in common is no neighbour
+            return D, J
+        return _top_excluding(search, len(context_texts), k, n, self.index.memory_rows, self.index.memory_convs,
+                              exclude_convs)
 
     def votes(self, hits, candidates: Sequence[Sequence[str]], temperatures: Sequence[float]) -> dict[float, np.ndarray]:
         """Softmax-weighted TF-IDF similarity of each candidate to the replies of ``hits``
@@ -305,8 +333,9 @@ class FeatureScorer:
         example i's own conversation are skipped (fitting)."""
         hits = {}
         if "neighbour" in names:
-            D, J = self.index.neighbours(C, k + (EXCLUDE_SLACK if exclude_convs is not None else 0))
-            hits["neighbour"] = _keep_top(D, J, k, self.index.memory_rows, self.index.memory_convs, exclude_convs)
+            hits["neighbour"] = _top_excluding(lambda ids, depth: self.index.neighbours(C[ids], depth), len(C), k,
+                                               len(self.index.memory_rows), self.index.memory_rows,
+                                               self.index.memory_convs, exclude_convs)
         if "lexical_neighbour" in names:
             from retrieval.baselines import context_text
             texts = [context_text(c, LEXICAL_TURNS) for c in contexts]

@@ -275,3 +275,26 @@ def test_the_fitted_tfidf_is_cached_in_the_index_folder_and_refitted_when_stale(
     fixed = FeatureScorer.for_index(ResponseIndex.load(tmp_path / "idx", encoder=idx.encoder))
     assert np.allclose(fixed.features(ctx, cands, names=names, neighbours=3)["lexical"], first["lexical"])
     assert json.loads((folder / "vocabulary.json").read_text("utf-8"))
+
+
+def test_leaving_out_a_long_own_conversation_still_finds_k_neighbours():
+    """The 60 nearest memory entries are the example's own conversation (a long chat): the search
+    goes deeper until it has k entries of other conversations, in similarity order."""
+    from retrieval.ranker import _top_excluding
+
+    n, k = 100, 5
+    convs = ["own"] * 60 + [f"c{j}" for j in range(40)]
+    asked = []
+
+    def search(ids, depth):  # entry j has similarity 1 - j/n to every query
+        asked.append(depth)
+        J = np.tile(np.arange(depth), (len(ids), 1))
+        return 1.0 - J / n, J
+
+    rows = np.arange(n) + 1000
+    sims, got = _top_excluding(search, 2, k, n, rows, convs, ["own", "c0"])
+    assert got[0].tolist() == list(range(1060, 1065))     # past the 60 own entries
+    assert got[1].tolist() == [1000, 1001, 1002, 1003, 1004]  # another row's own conversation is fine
+    assert np.isfinite(sims).all() and asked[0] == k + 32 and asked[-1] == n
+    sims, got = _top_excluding(search, 1, k, 62, rows, convs, ["own"])  # the memory runs out
+    assert got[0, :2].tolist() == [1060, 1061] and not np.isfinite(sims[0, 2:]).any()
