@@ -159,6 +159,18 @@ def _top_excluding(search, m: int, k: int, total: int, memory_rows: np.ndarray, 
     return sims, rows
 
 
+def tfidf_rows(vec, candidates: Sequence[Sequence[str]], cand_rows=None, memory: "LexicalMemory | None" = None):
+    """The (m * n, V) TF-IDF rows of the candidates, row-major: the memory's precomputed rows of the
+    stored replies when the candidates are stored replies (``cand_rows``, their response rows,
+    and ``memory`` shares ``vec``), otherwise each distinct text transformed once."""
+    if cand_rows is not None and memory is not None and memory.vec is vec:
+        return memory.replies[np.asarray(cand_rows, dtype=np.int64).ravel()]
+    flat = [c for cands in candidates for c in cands]
+    uniq = sorted(set(flat))
+    pos = {t: i for i, t in enumerate(uniq)}
+    return vec.transform(uniq)[[pos[c] for c in flat]]
+
+
 class LexicalMemory:
     """TF-IDF rows of the memory's contexts and of the stored replies, with the vectorizer of the
     ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries.
@@ -192,12 +204,15 @@ class LexicalMemory:
         return _top_excluding(search, len(context_texts), k, n, self.index.memory_rows, self.index.memory_convs,
                               exclude_convs)
 
-    def votes(self, hits, candidates: Sequence[Sequence[str]], temperatures: Sequence[float]) -> dict[float, np.ndarray]:
+    def votes(self, hits, candidates: Sequence[Sequence[str]], temperatures: Sequence[float],
+              flat=None) -> dict[float, np.ndarray]:
         """Softmax-weighted TF-IDF similarity of each candidate to the replies of ``hits``
-        (``search``'s result), per temperature."""
+        (``search``'s result), per temperature. ``flat``: the candidates' TF-IDF rows, row-major
+        (:func:`tfidf_rows`), when already computed."""
         sims, rows = hits
         m, n, k = len(candidates), len(candidates[0]), rows.shape[1]
-        flat = self.vec.transform([c for cands in candidates for c in cands])
+        if flat is None:
+            flat = tfidf_rows(self.vec, candidates)
         votes = np.zeros((m, n, k), np.float32)
         for i in range(m):
             votes[i] = (flat[i * n:(i + 1) * n] @ self.replies[rows[i]].T).toarray()
@@ -345,10 +360,12 @@ class FeatureScorer:
     def features(self, contexts, candidates: Sequence[Sequence[str]], names: Sequence[str] | None = None,
                  neighbours: int = 20, temperatures: Sequence[float] | dict = (0.1,),
                  exclude_convs: Sequence[str] | None = None, cand_vecs: np.ndarray | None = None,
-                 C: np.ndarray | None = None, hits: dict | None = None) -> dict:
+                 C: np.ndarray | None = None, hits: dict | None = None, cand_rows=None) -> dict:
         """name -> (m, n) float array; a neighbour feature -> {temperature: array} when given
         several temperatures (``temperatures``: one tuple for both kinds, or a dict by feature).
-        ``C``, ``cand_vecs`` and ``hits`` (neighbour_hits) may be passed in when already known."""
+        ``C``, ``cand_vecs`` and ``hits`` (neighbour_hits) may be passed in when already known;
+        ``cand_rows`` (m, n): the candidates' rows in the index's store, when they are stored
+        replies (the chat service), so their TF-IDF rows are read, not recomputed."""
         names = [f for f in (names or self.available) if f != "rerank"]
         enc, bs = self.encoder, self.batch_size
         temps = temperatures if isinstance(temperatures, dict) else {f: tuple(temperatures) for f in NEIGHBOURS}
@@ -360,8 +377,20 @@ class FeatureScorer:
             U = enc.encode_responses(uniq, batch_size=bs)
             cand_vecs = U[np.array([[pos[c] for c in cands] for cands in candidates])]
         out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
+        rows_of: dict = {}  # id(vectorizer) -> the candidates' TF-IDF rows, computed once
+
+        def cand_tfidf(vec):
+            if id(vec) not in rows_of:
+                rows_of[id(vec)] = tfidf_rows(vec, candidates, cand_rows, self.lexical_memory)
+            return rows_of[id(vec)]
         if "lexical" in names:
-            out["lexical"] = self.lexical.score([c[-LEXICAL_TURNS:] for c in contexts], candidates)
+            from retrieval.baselines import context_text
+            vec = self.lexical.vec
+            m, n = len(candidates), len(candidates[0])
+            Q = vec.transform([context_text(c, LEXICAL_TURNS) for c in contexts])
+            # TfidfScorer.score's cosine (rows are L2-normalised), over the shared candidate rows
+            out["lexical"] = np.asarray(cand_tfidf(vec).multiply(Q[np.repeat(np.arange(m), n)]).sum(1),
+                                        dtype=np.float64).reshape(m, n)
         if hits is None:
             hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
         for f, (sims, rows) in hits.items():
@@ -369,7 +398,8 @@ class FeatureScorer:
                 R = self.index.response_vectors(rows.ravel()).reshape(len(C), rows.shape[1], -1)
                 votes = _softmax_votes(sims, np.einsum("mnd,mkd->mnk", cand_vecs, R), temps[f])
             else:
-                votes = self.lexical_memory.votes((sims, rows), candidates, temps[f])
+                votes = self.lexical_memory.votes((sims, rows), candidates, temps[f],
+                                                  flat=cand_tfidf(self.lexical_memory.vec))
             out[f] = votes if len(temps[f]) > 1 else votes[temps[f][0]]
         return out
 
@@ -585,7 +615,7 @@ class HybridRetriever:
                 out.append([])
                 continue
             s = self.scorer.score(r, [ctx], [[idx.texts[j] for j in ids]], C=C[i:i + 1],
-                                  cand_vecs=idx.response_vectors(ids)[None],
+                                  cand_vecs=idx.response_vectors(ids)[None], cand_rows=[ids],
                                   hits={f: (sims[i:i + 1], rows[i:i + 1]) for f, (sims, rows) in hits.items()})[0]
             order = np.argsort(-s, kind="stable")[:k]
             out.append([(float(s[j]), idx.rows[ids[j]]) for j in order])

@@ -298,3 +298,26 @@ def test_leaving_out_a_long_own_conversation_still_finds_k_neighbours():
     assert np.isfinite(sims).all() and asked[0] == k + 32 and asked[-1] == n
     sims, got = _top_excluding(search, 1, k, 62, rows, convs, ["own"])  # the memory runs out
     assert got[0, :2].tolist() == [1060, 1061] and not np.isfinite(sims[0, 2:]).any()
+
+
+def test_stored_candidates_reuse_the_memory_tfidf_rows(memory_index):
+    """The chat service's candidates are stored replies: their TF-IDF rows are read from the
+    lexical memory (the same features as transforming their texts), and only the context is
+    transformed per request."""
+    idx, _ = memory_index
+    fs = FeatureScorer.for_index(idx)
+    ctx, cands = [[("U", "진짜 배고파 또")]], [["우산 챙겨", "맛있는 거 드세요", "푹 쉬어"]]
+    rows = [[idx.texts.index(c) for c in cands[0]]]
+    names = ["lexical", "lexical_neighbour"]
+    by_text = fs.features(ctx, cands, names=names, neighbours=3)
+    by_row = fs.features(ctx, cands, names=names, neighbours=3, cand_rows=rows)
+    for f in names:
+        assert np.allclose(by_row[f], by_text[f]) and by_row[f].shape == (1, 3)
+    assert np.argmax(by_row["lexical_neighbour"][0]) == 1
+    sizes = []
+    transform = fs.lexical.vec.transform
+    fs.lexical.vec.transform = lambda texts: sizes.append(len(texts)) or transform(texts)
+    ranker = Ranker(weights={"dual": 1.0, "lexical": 1.0, "lexical_neighbour": 8.0},
+                    scales={"dual": 1.0, "lexical": 1.0, "lexical_neighbour": 1.0}, neighbours=3)
+    (hits,) = HybridRetriever(fs, ranker).search(ctx, k=1)
+    assert hits[0][1]["text"] == "맛있는 거 드세요" and sizes and max(sizes) == 1
