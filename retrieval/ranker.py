@@ -386,7 +386,7 @@ class FeatureScorer:
         if "lexical" in names:
             from retrieval.baselines import context_text
             vec = self.lexical.vec
-            m, n = len(candidates), len(candidates[0])
+            m, n = len(candidates), len(candidates[0]) if candidates else 0
             Q = vec.transform([context_text(c, LEXICAL_TURNS) for c in contexts])
             # TfidfScorer.score's cosine (rows are L2-normalised), over the shared candidate rows
             out["lexical"] = np.asarray(cand_tfidf(vec).multiply(Q[np.repeat(np.arange(m), n)]).sum(1),
