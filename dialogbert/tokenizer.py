@@ -136,14 +136,10 @@ def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     if not (p / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{p}: no tokenizer.json to continue from")
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    try:
-        check_tokenizer(tok, where=str(p))
-        return tok
-    except ValueError as e:
-        if "placeholders" not in str(e):
-            warnings.warn(f"{p}: its tokenizer lowercases and strips accents: fine for English, but Korean "
-                          f"turns into jamo/[UNK]; for Korean, continue from a cased model or train ours",
-                          stacklevel=2)
+    if hangul_problem(tok) is not None:
+        warnings.warn(f"{p}: its tokenizer lowercases and strips accents: fine for English, but Korean "
+                      f"turns into jamo/[UNK]; for Korean, continue from a cased model or train ours",
+                      stacklevel=2)
     missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
                and t != UNK]
     if missing:
@@ -151,17 +147,25 @@ def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     return tok
 
 
-def check_tokenizer(tok, where: str = "tokenizer") -> None:
-    """Raise if the tokenizer would destroy Hangul or split placeholders."""
+def hangul_problem(tok) -> str | None:
+    """Why the tokenizer would destroy Hangul (lowercasing or accent stripping), with the fix; None if it would not."""
     if getattr(tok, "do_lower_case", False):
-        raise ValueError(f"{where}: saved with do_lower_case=True, which turns Hangul into jamo/[UNK]; "
-                         f"re-save it as a PreTrainedTokenizerFast (dialogbert.tokenizer.wrap)")
+        return ("saved with do_lower_case=True, which turns Hangul into jamo/[UNK]; "
+                "re-save it as a PreTrainedTokenizerFast (dialogbert.tokenizer.wrap)")
     backend = getattr(tok, "backend_tokenizer", None)
     norm = backend.normalizer if backend is not None else None
     probe = norm.normalize_str("안녕 Hello") if norm is not None else "안녕 Hello"
     if probe != "안녕 Hello":
-        raise ValueError(f"{where}: the normalizer turns '안녕 Hello' into {probe!r} (lowercasing/accent "
-                         f"stripping decomposes Hangul into jamo); retrain with dialogbert.tokenizer.train_tokenizer")
+        return (f"the normalizer turns '안녕 Hello' into {probe!r} (lowercasing/accent stripping decomposes "
+                f"Hangul into jamo); retrain with dialogbert.tokenizer.train_tokenizer")
+    return None
+
+
+def check_tokenizer(tok, where: str = "tokenizer") -> None:
+    """Raise if the tokenizer would destroy Hangul or split placeholders."""
+    problem = hangul_problem(tok)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
     missing = [p for p in PLACEHOLDERS if tok.convert_tokens_to_ids(p) in (None, tok.unk_token_id)]
     if missing:
         raise ValueError(f"{where}: placeholders {missing} are not tokens; retrain with "

@@ -114,13 +114,23 @@ class TfidfScorer:
         self.vec.fit(list(responses))
         return self
 
-    def score(self, contexts, candidates) -> np.ndarray:
-        uniq = sorted({c for cands in candidates for c in cands})
-        pos = {t: i for i, t in enumerate(uniq)}
-        C = self.vec.transform(uniq)  # rows are L2-normalised
+    def candidate_rows(self, candidates: Sequence[Sequence[str]]):
+        """The (m * n, V) TF-IDF rows of the candidates, row-major; each distinct text transformed once."""
+        return candidate_rows(self.vec, candidates)
+
+    def score(self, contexts, candidates, rows=None) -> np.ndarray:
+        """Cosine of each context's text and its candidates (rows are L2-normalised). ``rows``:
+        the candidates' TF-IDF rows (:meth:`candidate_rows`, row-major) when already known."""
+        m, n = len(candidates), len(candidates[0]) if candidates else 0
+        if rows is None:
+            rows = self.candidate_rows(candidates)
         Q = self.vec.transform([context_text(ctx) for ctx in contexts])
-        out = np.zeros((len(contexts), len(candidates[0]) if candidates else 0), dtype=np.float64)
-        for i, cands in enumerate(candidates):
-            rows = C[[pos[c] for c in cands]]
-            out[i] = (rows @ Q[i].T).toarray().ravel()
-        return out
+        return np.asarray(rows.multiply(Q[np.repeat(np.arange(m), n)]).sum(1), dtype=np.float64).reshape(m, n)
+
+
+def candidate_rows(vec, candidates: Sequence[Sequence[str]]):
+    """``vec``'s (m * n, V) TF-IDF rows of the candidates, row-major; each distinct text transformed once."""
+    flat = [c for cands in candidates for c in cands]
+    uniq = sorted(set(flat))
+    pos = {t: i for i, t in enumerate(uniq)}
+    return vec.transform(uniq)[[pos[c] for c in flat]]

@@ -243,18 +243,18 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=T.lr)
+    rng = random.Random(seed + state["step"])  # the negatives
     if state["step"] > 0:
         saved = torch.load(start_from / "optimizer.pt", weights_only=False)
         opt.load_state_dict(saved["optimizer"])
         if scale_param is not None and saved.get("scale") is not None:
             scale_param.data.copy_(saved["scale"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("sampler_rng") is not None:  # continue the saved stream (older checkpoints: reseeded)
+            rng.setstate(saved["sampler_rng"])
 
     max_steps, t0 = T.max_steps, time.time()
     budget = T.max_minutes * 60
-    rng = random.Random(seed + state["step"])  # negatives; a resumed run continues the saved stream
-    if state["step"] > 0 and saved.get("sampler_rng") is not None:
-        rng.setstate(saved["sampler_rng"])
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     order = batch_order(len(pairs), bs, seed, epoch)
     recent: list[float] = []
