@@ -1,4 +1,5 @@
-"""Pretraining: config, schedule, a tiny run whose loss falls, exact resume, HF export,
+"""Pretraining: config, schedule, a tiny run that does not diverge, a small corpus it learns,
+exact resume, HF export,
 switchable objectives, init_from a plain BERT. CPU, fp32, 1 thread."""
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def tiny_run(tiny_shards, pretrain_tokenizer, tmp_path_factory):
 
 
 @pytest.mark.xdist_group("tiny_run")  # one worker builds the module fixture once
-def test_tiny_run_loss_falls_and_writes_a_run_folder(tiny_run):
+def test_tiny_run_loss_does_not_climb_and_writes_a_run_folder(tiny_run):
     out, final = tiny_run
     assert final == out / "checkpoints" / "step-50"
     losses = train_losses(out)
@@ -136,6 +137,27 @@ def test_tiny_run_loss_falls_and_writes_a_run_folder(tiny_run):
         assert (final / name).is_file(), name
     # the resolved config reloads and names the same run
     assert load_config(final / "config.resolved.toml").train.max_steps == 50
+
+
+def test_pretraining_learns_a_small_corpus(tmp_path):
+    """200 steps on 10 conversations: the training loss falls well below where it starts (the
+    unigram prior). Measured: 5.96 -> 5.56 over three tokenizer retrains (spread 0.01)."""
+    from conftest import sample_conversations
+
+    from dialogbert.tokenizer import train_tokenizer
+    from preprocess.schema import write_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / "shard-00000.jsonl", sample_conversations()[:10])
+    tok = tmp_path / "tok"
+    train_tokenizer(shards, tok, vocab_size=500)
+    pretrain(None, tiny(shards, tok, tmp_path / "run", train__max_steps=200, train__lr=5e-3,
+                        train__eval_every=1000, train__save_every=1000))
+    losses = train_losses(tmp_path / "run")
+    first = sum(losses[s] for s in range(1, 11)) / 10
+    last = sum(losses[s] for s in range(191, 201)) / 10
+    assert last < first - 0.25, (first, last)
 
 
 @pytest.mark.xdist_group("tiny_run")
