@@ -65,7 +65,7 @@ def cmd_index(a) -> int:
     build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
     if not a.add and not a.no_ranker:
         from retrieval.ranker import fit_for_index
-        fit_for_index(a.out, a.shards, reranker_dir=a.reranker)
+        fit_for_index(a.out, a.shards, reranker_dir=a.reranker, ngram=not a.no_ngram)
     return 0
 
 
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cross-encoder folder (`dialogbert finetune ... model.kind=cross`) to fit into the ranker")
     s.add_argument("--no-ranker", action="store_true",
                    help="do not fit ranker.json (rank by the dual encoder alone)")
+    s.add_argument("--no-ngram", action="store_true",
+                   help="leave the bag-of-n-grams encoder out of the ranker (it trains in minutes per 100k pairs)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF")

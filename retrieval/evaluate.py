@@ -202,6 +202,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active,
                                          lexical_memory="lexical_neighbour" in ranker.active)
             from retrieval.ranker import HybridRetriever
+            if "ngram" in ranker.active and fs.ngram is not None:  # the ranker's own encoder, alone
+                systems[fs.ngram.name] = ev(fs.ngram)
             ranked = ev(RankerScorer(fs, ranker))
             ranked.update(served_recall(HybridRetriever(fs, ranker).search, examples))
             systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ranked

@@ -41,6 +41,7 @@ MEMORY_TEXT_TURNS = 1  # the memory keeps the newest turn of each context as tex
 INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
 RANKER_FILE = "ranker.json"  # the ranker fitted for this build (retrieval.ranker)
+NGRAM_DIR = "ngram"  # the ranker's n-gram encoder (retrieval.ngram)
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
 
@@ -371,6 +372,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
     if not add:  # a ranker fitted on the previous build does not fit this one: `dialogbert index` refits
         (out / RANKER_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out / NGRAM_DIR, ignore_errors=True)
     for index_name, _, rows_name, _ in staged:
         (out / (rows_name + ".tmp")).replace(out / rows_name)
         (out / (index_name + ".tmp")).replace(out / index_name)

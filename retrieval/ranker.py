@@ -15,6 +15,8 @@ A retrieval bot over real logs can ask more, and each feature here is one questi
 * ``lexical_neighbour`` the same vote with TF-IDF in place of the encoder: neighbours by the
                 words of the newest turn, votes by the words of their replies (``lexical_temperature``;
                 the memory's TF-IDF matrix lives in RAM, so up to LEXICAL_MEMORY_MAX entries);
+* ``ngram``     cosine of the newest turn and the candidate under the bag-of-n-grams dual encoder
+                (retrieval.ngram), trained by ``dialogbert index`` on the encoder's training pairs;
 * ``rerank``    the cross-encoder re-ranker's next-turn log-odds (retrieval.rerank), computed for
                 the ``rerank_top`` best candidates of the other features only.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -41,9 +44,9 @@ import numpy as np
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import MEMORY_TEXT_TURNS as LEXICAL_TURNS  # the turns the memory keeps as text
-from retrieval.index import RANKER_FILE
+from retrieval.index import NGRAM_DIR, RANKER_FILE
 
-FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "rerank")
+FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "rerank")
 NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
@@ -293,28 +296,35 @@ class LexicalCache:
 class FeatureScorer:
     """Computes the features for contexts against candidate texts. ``index`` (a ResponseIndex
     with a context memory) enables ``neighbour``; ``lexical`` (a fitted baselines.TfidfScorer)
-    ``lexical``; ``lexical_memory`` (a LexicalMemory) ``lexical_neighbour``; ``reranker`` (a
-    rerank.CrossEncoder) ``rerank``."""
+    ``lexical``; ``lexical_memory`` (a LexicalMemory) ``lexical_neighbour``; ``ngram`` (a
+    ngram.NgramEncoder) ``ngram``; ``reranker`` (a rerank.CrossEncoder) ``rerank``."""
 
-    def __init__(self, encoder, index=None, lexical=None, reranker=None, lexical_memory=None, batch_size: int = 64):
+    def __init__(self, encoder, index=None, lexical=None, reranker=None, lexical_memory=None, batch_size: int = 64,
+                 ngram=None):
         self.encoder, self.index, self.lexical, self.reranker = encoder, index, lexical, reranker
-        self.lexical_memory, self.batch_size = lexical_memory, batch_size
+        self.lexical_memory, self.batch_size, self.ngram = lexical_memory, batch_size, ngram
 
     @property
     def available(self) -> list[str]:
         have = {"dual": True, "lexical": self.lexical is not None,
                 "neighbour": self.index is not None and getattr(self.index, "memory", None) is not None,
-                "lexical_neighbour": self.lexical_memory is not None, "rerank": self.reranker is not None}
+                "lexical_neighbour": self.lexical_memory is not None, "ngram": self.ngram is not None,
+                "rerank": self.reranker is not None}
         return [f for f in FEATURES if have[f]]
 
     @classmethod
-    def for_index(cls, index, reranker=None, lexical: bool = True, lexical_memory: bool = True) -> "FeatureScorer":
+    def for_index(cls, index, reranker=None, lexical: bool = True, lexical_memory: bool = True,
+                  ngram: bool = True) -> "FeatureScorer":
         """The features an index folder supports: its encoder, its memory, and (``lexical``)
         TF-IDF fitted on its stored responses and memory contexts (a fixed sample of at most
         LEXICAL_FIT_MAX texts), with the memory's lexical view when the memory has its texts and
         is not too big. The fitted TF-IDF lives in the index folder's ``lexical/`` (see
-        :class:`LexicalCache`): a later load of the same index reads it instead of refitting."""
-        scorer = mem = None
+        :class:`LexicalCache`): a later load of the same index reads it instead of refitting.
+        ``ngram``: the n-gram encoder of the folder's ``ngram/``, when there is one."""
+        scorer = mem = ng = None
+        if ngram and getattr(index, "folder", None) is not None:
+            from retrieval.ngram import NgramEncoder
+            ng = NgramEncoder.load(index.folder)
         if lexical or lexical_memory:
             from retrieval.baselines import TfidfScorer
             n = len(index.memory_texts)
@@ -336,7 +346,7 @@ class FeatureScorer:
                 mem = LexicalMemory(scorer.vec, index, matrices)
             if got is None or (want_mem and matrices is None):
                 cache.save(scorer, mem)
-        return cls(index.encoder, index, scorer if lexical else None, reranker, mem)
+        return cls(index.encoder, index, scorer if lexical else None, reranker, mem, ngram=ng)
 
     def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,
                        exclude_convs: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -383,6 +393,8 @@ class FeatureScorer:
         if "lexical" in names:
             out["lexical"] = self.lexical.score([c[-LEXICAL_TURNS:] for c in contexts], candidates,
                                                 rows=cand_tfidf(self.lexical.vec))
+        if "ngram" in names:
+            out["ngram"] = self.ngram.score(contexts, candidates)
         if hits is None:
             hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
         for f, (sims, rows) in hits.items():
@@ -507,14 +519,16 @@ def _resolved(path) -> str | None:
 
 
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
-                  fraction: float | None = None, max_examples: int = 1000, index=None) -> Ranker:
+                  fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True) -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
     finetune.json ``data.valid_fraction``, restricted to its ``data.sources``). An encoder
     fine-tuned on everything has seen them: the weights are then fitted on a 10% sample of the
     training conversations anyway, and ranker.json says so (its dual score is optimistic there,
-    so the other features get too little weight); fine-tune with ``data.valid_fraction=0.1``."""
+    so the other features get too little weight); fine-tune with ``data.valid_fraction=0.1``.
+    With ``ngram``, the n-gram encoder (retrieval.ngram) is first trained on the training pairs
+    less that carve-out and saved in ``index_dir/ngram/``; without, an old one there is removed."""
     from retrieval.examples import validation_examples
     from retrieval.index import ResponseIndex
     if index is None:
@@ -546,6 +560,10 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
                         f"over-weighted; fine-tune it with data.valid_fraction={fraction}")
                 print(f"ranker: {warn}")
                 note = f"{note}; {warn}" if note else warn
+        from retrieval.ngram import train_for_index
+        shutil.rmtree(Path(index_dir) / NGRAM_DIR, ignore_errors=True)  # stale: another fit, or not wanted
+        if ngram:
+            train_for_index(index_dir, shards, fraction, sources)
         scorer = FeatureScorer.for_index(index, reranker)
         ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
         print(f"ranker: weights {ranker.weights}, temperatures {ranker.temperatures} "

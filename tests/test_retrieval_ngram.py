@@ -1,0 +1,121 @@
+"""The bag-of-n-grams dual encoder (retrieval.ngram) and its place in the ranker: it learns pairs
+that share no character, keeps matching n-grams it never saw, survives a save/load, and
+`fit_for_index` trains it into the index folder."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from retrieval.metrics import ranks
+from retrieval.ngram import NgramEncoder, NgramSettings, grams
+
+# Topics whose questions and reply share no character: only training can connect them.
+TOPICS = [
+    (["비", "우산", "장마", "폭우"], "챙겨 나가요"),
+    (["배고파", "밥", "라면", "치킨"], "맛있는 거 드세요"),
+    (["졸려", "잠", "피곤해", "밤샘"], "푹 쉬어"),
+    (["시험", "공부", "숙제", "성적"], "힘내 잘될 거야"),
+    (["여행", "해변", "휴가", "비행기"], "좋은 곳 다녀와"),
+    (["이별", "헤어져", "차였어", "그리워"], "잊힐 거예요"),
+    (["운동", "헬스", "달리기", "근육"], "꾸준히 하면 돼요"),
+    (["커피", "카페", "라떼", "아메리카노"], "한잔 마셔요"),
+    (["고양이", "강아지", "멍멍", "산책"], "귀엽겠다"),
+    (["선물", "생일", "케이크", "축하"], "행복한 날 보내"),
+]
+FILLER = ["오늘", "진짜", "너무", "지금", "아"]
+assert not any(set("".join(words + FILLER)) & set(reply) for words, reply in TOPICS)
+
+
+def _question(rng: random.Random, words: list[str]) -> str:
+    return " ".join(rng.sample(words, 2) + [rng.choice(FILLER)])
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(n)]
+
+
+def _small(**kw) -> NgramSettings:
+    return NgramSettings(**{"buckets": 1 << 14, "dim": 64, "epochs": 20, "batch_size": 16, "lr": 1e-2, **kw})
+
+
+def _r_at_1(enc: NgramEncoder, pairs) -> float:
+    """R@1 of the topic replies (the true one in column 0, as the protocol's candidate sets)."""
+    replies = [r for _, r in TOPICS]
+    S = enc.encode([c for c, _ in pairs]) @ enc.encode(replies).T
+    order = [[replies.index(r)] + [j for j in range(len(replies)) if replies[j] != r] for _, r in pairs]
+    return float(np.mean(ranks(np.take_along_axis(S, np.array(order), 1)) <= 1))
+
+
+def test_grams_frame_the_text_and_add_its_words():
+    g = grams("비 와", orders=(1, 2))
+    assert g[:5] == ["^", "비", "_", "와", "$"]
+    assert "^비" in g and "비_" in g and "와$" in g
+    assert g[-2:] == ["w:비", "w:와"]
+    assert grams("", orders=(1, 2)) == ["^", "$", "^$"]  # an empty text still has features
+    assert grams("  a   b ") == grams("a b")
+
+
+def test_training_learns_pairs_that_share_no_character():
+    enc = NgramEncoder(_small())
+    train, held = _pairs(240, seed=0), _pairs(60, seed=1)
+    # untrained, only the table's random rows: near the chance of 1 in 10
+    enc.set_rows(np.arange(enc.settings.buckets))
+    before = _r_at_1(enc, held)
+    info = enc.fit(train, show_progress=False)
+    after = _r_at_1(enc, held)
+    print(f"n-gram encoder: R@1 of 10 {before:.2f} -> {after:.2f}, {info}")
+    assert before < 0.5
+    assert after > 0.9
+    assert info["steps"] == 20 * (240 // 16) and info["rows"] == len(enc.rows)
+
+
+def test_unseen_ngrams_still_match_and_a_save_load_round_trip_is_exact(tmp_path):
+    enc = NgramEncoder(_small(epochs=2))
+    enc.fit(_pairs(64, seed=0), show_progress=False)
+    # 'Zyx' is in no training pair: its n-grams get fixed random vectors, so a context and a reply
+    # that share it still match, and better than a reply that does not
+    ctx, same, other = enc.encode(["Zyxwv 어때?", "Zyxwv 좋아", "qpqpq 좋아"])
+    assert float(ctx @ same) > float(ctx @ other) + 0.2
+    texts = ["비 와 우산", "Zyxwv", "", "처음 보는 말"]
+    enc.save(tmp_path)
+    back = NgramEncoder.load(tmp_path)
+    assert np.array_equal(back.encode(texts), enc.encode(texts))  # float16 rounding happened before fitting ended
+    assert json.loads((tmp_path / "ngram" / "settings.json").read_text())["trained"]["steps"] == 2 * 4
+    assert NgramEncoder.load(tmp_path / "elsewhere") is None
+    np.save(tmp_path / "ngram" / "vectors.npy", np.zeros((3, 64), np.float16))
+    with pytest.raises(ValueError, match="ngram.*do not match settings.json.*dialogbert index"):
+        NgramEncoder.load(tmp_path)
+    (tmp_path / "ngram" / "rows.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="ngram is damaged.*dialogbert index"):
+        NgramEncoder.load(tmp_path)
+
+
+def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path):
+    from test_retrieval_ranker import _stub_index
+    from retrieval.examples import draw_candidates, validation_examples
+    from retrieval.index import ResponseFilter, build_index
+    from retrieval.ranker import FeatureScorer, fit_for_index
+    rng = random.Random(0)
+    qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(400)]
+    index = _stub_index(tmp_path, "t", qa)  # one train-split conversation per pair, a stub encoder
+    folder, shards, enc = tmp_path / "idx", tmp_path / "shards", index.encoder
+    ranker = fit_for_index(folder, shards, fraction=0.3, index=index)
+    trained = json.loads((folder / "ngram" / "settings.json").read_text())["trained"]
+    val = validation_examples(shards, 0.3)
+    assert trained["pairs"] == len(qa) - len(val)  # the carve-out is left out of its training
+    scorer = FeatureScorer.for_index(index)
+    assert "ngram" in scorer.available and ranker.fitted_on["examples"] == len(val)
+    cands = draw_candidates([e.response for e in val], n=len(TOPICS), seed=1).texts
+    feats = scorer.features([e.context for e in val], cands, names=["dual", "ngram"])
+    assert np.mean(ranks(feats["ngram"]) <= 1) > 0.9  # the stub's character overlap cannot do this
+    assert np.mean(ranks(feats["dual"]) <= 1) < 0.5
+    # a refit without it removes it; a rebuild too
+    fit_for_index(folder, shards, fraction=0.3, index=index, ngram=False)
+    assert not (folder / "ngram").exists() and "ngram" not in FeatureScorer.for_index(index).available
+    fit_for_index(folder, shards, fraction=0.3, index=index)
+    build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    assert not (folder / "ngram").exists()
