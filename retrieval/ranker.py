@@ -21,8 +21,9 @@ A retrieval bot over real logs can ask more, and each feature here is one questi
                 the ``rerank_top`` best candidates of the other features only.
 
 score = sum of weight x feature / scale, where scale is the feature's spread on the fitting set,
-so the weights are comparable. :func:`fit_ranker` chooses the weights (and the temperature) by
-grid search for R10@1 + MRR on examples the encoder did not train on (the fine-tuning
+so the weights are comparable. :func:`fit_ranker` chooses the weights (a conditional logit: the
+softmax likelihood of the true reply among the candidates) and the temperatures (best R10@1 +
+MRR) on examples the encoder did not train on (the fine-tuning
 validation carve-out, ``data.valid_fraction``), with their own conversations left out of the
 memory; never on the test split. The result is ``ranker.json`` in the index folder, which
 ``dialogbert eval`` reports and ``dialogbert serve`` uses.
@@ -49,6 +50,7 @@ from retrieval.index import NGRAM_DIR, RANKER_FILE
 FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "rerank")
 NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+LOGIT_L2 = 1e-3  # the conditional logit's penalty on the weights of spread-scaled features
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
 LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
 LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
@@ -454,10 +456,36 @@ def _objective(scores: np.ndarray) -> float:
     return float(np.mean(r <= 1) + np.mean(1.0 / r))
 
 
+def _logit_weights(z: dict[str, np.ndarray], names: Sequence[str], l2: float = LOGIT_L2) -> dict[str, float]:
+    """Conditional-logit weights (McFadden 1974; the listwise softmax loss of learning to rank): the
+    L2-penalised likelihood of the true candidate (column 0) under a softmax over each row's
+    candidates, ``z`` the features divided by their spread. Fitted by L-BFGS."""
+    import torch
+    X = torch.tensor(np.nan_to_num(np.stack([z[f] for f in names], -1)), dtype=torch.float64)
+    y = torch.zeros(X.shape[0], dtype=torch.long)
+    w = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(X @ w, y) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return dict(zip(names, w.detach().numpy().tolist()))
+
+
 def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
-               rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "") -> Ranker:
-    """Weights (and the neighbour temperatures) by grid search for R10@1 + MRR on ``examples``
-    (never the test split), each example's own conversation left out of the memory."""
+               rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "", method: str = "logit") -> Ranker:
+    """Weights (and the neighbour temperatures) on ``examples`` (never the test split), each
+    example's own conversation left out of the memory. ``method``: "logit" fits the weights as a
+    conditional logit for each pair of temperatures and keeps the pair with the best R10@1 + MRR;
+    "grid" searches WEIGHT_GRID (dual fixed at 1) for the best R10@1 + MRR directly. On the
+    ChatbotData carve-out, fitted on one half and scored on the other (six fits), the logit's
+    R10@1 was 0.737 against the grid's 0.727 (on the test split the two were equal), and it
+    costs 16 L-BFGS fits where the grid evaluates 7^k weight combinations for k features."""
+    if method not in ("logit", "grid"):
+        raise ValueError(f"unknown ranker fitting method {method!r}: 'logit' or 'grid'")
     from retrieval.examples import draw_candidates
     names = scorer.available
     cands = draw_candidates([e.response for e in examples], n=n, seed=seed).texts
@@ -479,6 +507,12 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
         fx = {f: (feats[f][t_of[f]] if f in NEIGHBOURS else feats[f]) for f in names}
         scales = {f: spread(v) for f, v in fx.items()}
         z = {f: fx[f] / scales[f] for f in names}
+        if method == "logit":
+            ws = _logit_weights(z, names)
+            obj = _objective(sum(ws[f] * z[f] for f in names))
+            if best is None or obj > best[0] + 1e-9:
+                best = (obj, t_of, ws, scales)
+            continue
         for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
             total = z["dual"].copy()
             for f, w in zip(others, ws):
@@ -488,9 +522,12 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
             if best is None or obj > best[0] + 1e-9:
                 best = (obj, t_of, dict(zip(others, ws)), scales)
     obj, t_of, ws, scales = best
-    weights = {"dual": 1.0, **{f: w for f, w in ws.items() if w}}
+    if method == "logit":
+        weights = {f: round(w, 4) for f, w in ws.items() if round(w, 4)}
+    else:
+        weights = {"dual": 1.0, **{f: w for f, w in ws.items() if w}}
     dual_only = _objective(feats["dual"])
-    info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR",
+    info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR", "method": method,
             "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note}
     return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
                   temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,

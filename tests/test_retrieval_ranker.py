@@ -147,10 +147,19 @@ def test_fit_gives_weight_to_the_informative_feature_only(monkeypatch):
     import retrieval.examples as ex_mod
     monkeypatch.setattr(ex_mod, "draw_candidates",
                         lambda responses, n=10, seed=1: ex_mod.CandidateSets([[r] * n for r in responses], n))
-    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False)
+    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="grid")
     assert r.weights.get("neighbour", 0) >= 2.0 and r.weights.get("lexical", 0) <= 0.25
     assert r.fitted_on["fitted"] > r.fitted_on["dual_only"] + 0.3
     assert set(r.scales) == set(r.weights)
+    # the conditional logit (the default): the informative feature weighs most, the noise next to nothing
+    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False)
+    w = r.weights
+    assert r.fitted_on["method"] == "logit" and w["neighbour"] > 2 * w["dual"] > 0
+    assert abs(w.get("lexical", 0.0)) < 0.1 * w["neighbour"]
+    assert r.fitted_on["fitted"] > r.fitted_on["dual_only"] + 0.3
+    assert set(r.scales) == set(r.weights)
+    with pytest.raises(ValueError, match="unknown ranker fitting method 'best'"):
+        fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="best")
 
 
 def test_ranker_round_trip_and_unknown_feature(tmp_path):
