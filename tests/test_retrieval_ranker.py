@@ -151,13 +151,18 @@ def test_fit_gives_weight_to_the_informative_feature_only(monkeypatch):
     assert r.weights.get("neighbour", 0) >= 2.0 and r.weights.get("lexical", 0) <= 0.25
     assert r.fitted_on["fitted"] > r.fitted_on["dual_only"] + 0.3
     assert set(r.scales) == set(r.weights)
-    # the conditional logit (the default): the informative feature weighs most, the noise next to nothing
-    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False)
+    # the conditional logit: the informative feature weighs most, the noise next to nothing
+    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="logit")
     w = r.weights
-    assert r.fitted_on["method"] == "logit" and w["neighbour"] > 2 * w["dual"] > 0
-    assert abs(w.get("lexical", 0.0)) < 0.1 * w["neighbour"]
+    assert r.fitted_on["method"] == "logit" and "cross_validated" not in r.fitted_on
+    assert w["neighbour"] > 2 * w["dual"] > 0 and abs(w.get("lexical", 0.0)) < 0.1 * w["neighbour"]
     assert r.fitted_on["fitted"] > r.fitted_on["dual_only"] + 0.3
     assert set(r.scales) == set(r.weights)
+    # the default: both cross-validated on two halves, the better one refitted on all
+    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False)
+    cv = r.fitted_on["cross_validated"]
+    assert set(cv) == {"logit", "grid"} and r.fitted_on["method"] == max(cv, key=cv.get)
+    assert r.weights == fit_ranker(StubFeatures(feats), exs, exclude_own=False, method=r.fitted_on["method"]).weights
     with pytest.raises(ValueError, match="unknown ranker fitting method 'best'"):
         fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="best")
 
