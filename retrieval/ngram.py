@@ -18,7 +18,8 @@ tiny and small transformers. At 256 dimensions, separate context and reply table
 saw keep seeded random vectors: an unseen n-gram shared by context and reply still matches
 (zeroing those rows lost 0.016). In the ranker, fitted on one half of the carve-out and scored
 on the other (five splits), it lifts R10@1 from 0.695 to 0.727 (0.729 at 512 dimensions; on
-the test split 0.729 and 0.725, so 256 it is). On ChatbotData test it alone scores 0.674.
+the test split the ranker scored no better at 512, so 256 it is). On ChatbotData test it alone
+scores 0.674.
 
 ``dialogbert index`` trains it on the same training pairs the dual encoder was fine-tuned on
 (the training split less the validation carve-out) and stores it in the index folder's
