@@ -47,3 +47,15 @@ def tiny_shards(tmp_path_factory) -> Path:
     write_shard(out / "shard-00000.jsonl", convs[:half])
     write_shard(out / "shard-00001.jsonl", convs[half:])
     return out
+
+
+def copy_tiny_tokenizer(out: Path) -> Path:
+    """The tokenizer fixture (tests/fixtures/tiny-tokenizer: WordPiece, 2,000 pieces, trained once
+    on ``tiny_shards``' conversations with ``train_tokenizer``) copied into ``out``. A committed
+    file, not a fresh training run: tokenizers' WordPiece trainer breaks count ties in hash-map
+    order (huggingface/tokenizers#1794), so a retrained vocabulary, and with it every model test's
+    curve, changed from run to run. test_tokenizer.py trains tokenizers itself."""
+    import shutil
+    out = Path(out)
+    shutil.copytree(FIXTURES / "tiny-tokenizer", out, dirs_exist_ok=True)
+    return out

@@ -19,11 +19,8 @@ torch.set_num_threads(1)  # 2-core CI shared by 2 xdist workers: 1 thread each i
 
 @pytest.fixture(scope="session")
 def pretrain_tokenizer(tiny_shards, tmp_path_factory) -> Path:
-    from dialogbert.tokenizer import train_tokenizer
-
-    out = tmp_path_factory.mktemp("pretrain_tokenizer")
-    train_tokenizer(tiny_shards, out, vocab_size=2000)
-    return out
+    from conftest import copy_tiny_tokenizer
+    return copy_tiny_tokenizer(tmp_path_factory.mktemp("pretrain_tokenizer"))
 
 
 def tiny(shards: Path, tokenizer: Path, out: Path, **extra) -> list[str]:
