@@ -86,9 +86,10 @@ def grams(text: str, orders: Sequence[int] = (1, 2, 3), words: bool = True) -> l
 
 
 class NgramEncoder:
-    """``name``: its row in an evaluation report. The table holds a row for each feature bucket seen in training (``rows``, sorted bucket
+    """The table holds a row for each feature bucket seen in training (``rows``, sorted bucket
     ids); a bucket never seen gets a fixed random vector drawn from (seed, bucket), like the
-    untrained rows of a full table, so its memory is the trained rows only."""
+    untrained rows of a full table, so its memory is the trained rows only. ``name``: its row in
+    an evaluation report."""
 
     name = "n-gram dual encoder (the ranker's)"
 
@@ -123,7 +124,7 @@ class NgramEncoder:
         return v
 
     def _bags(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """(table rows, offsets) of the texts' trained features, and each text's unseen buckets."""
+        """(flat table rows, offsets) of the texts' trained features, and each text's unseen buckets."""
         flat, offsets, unseen = [], [], []
         for t in texts:
             offsets.append(len(flat))
@@ -133,11 +134,11 @@ class NgramEncoder:
             unseen.append(ids[rows < 0].tolist())
         return torch.tensor(flat, dtype=torch.long), torch.tensor(offsets, dtype=torch.long), unseen
 
-    def _embed(self, weight: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         flat, offsets, unseen = self._bags(texts)
         # the sum, not the mean, of the feature vectors: the same direction, and it splits into
         # trained and unseen parts
-        v = torch.nn.functional.embedding_bag(flat, weight, offsets, mode="sum")
+        v = torch.nn.functional.embedding_bag(flat, self.table, offsets, mode="sum")
         for i, bs in enumerate(unseen):
             if bs:
                 v[i] = v[i] + torch.from_numpy(np.sum([self.unseen_vector(b) for b in bs], axis=0))
@@ -147,7 +148,7 @@ class NgramEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                out[i:i + batch_size] = self._embed(self.table, texts[i:i + batch_size]).numpy()
+                out[i:i + batch_size] = self._embed(texts[i:i + batch_size]).numpy()
         return out
 
     def score(self, contexts, candidates: Sequence[Sequence[str]]) -> np.ndarray:
