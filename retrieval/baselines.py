@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from retrieval.examples import distinct
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -130,7 +132,5 @@ class TfidfScorer:
 
 def candidate_rows(vec, candidates: Sequence[Sequence[str]]):
     """``vec``'s (m * n, V) TF-IDF rows of the candidates, row-major; each distinct text transformed once."""
-    flat = [c for cands in candidates for c in cands]
-    uniq = sorted(set(flat))
-    pos = {t: i for i, t in enumerate(uniq)}
-    return vec.transform(uniq)[[pos[c] for c in flat]]
+    uniq, idx = distinct(candidates)
+    return vec.transform(uniq)[idx.ravel()]

@@ -18,7 +18,7 @@ import numpy as np
 
 from dialogbert.peers import peer_model_path
 from retrieval.baselines import BM25Scorer, TfidfScorer
-from retrieval.examples import NEGATIVE_SEED, Example, draw_candidates, load_examples, train_responses
+from retrieval.examples import NEGATIVE_SEED, Example, distinct, draw_candidates, load_examples, train_responses
 from retrieval.metrics import rank_metrics
 
 TABLE_KEYS = ("R10@1", "R10@2", "R10@5", "R100@1", "R100@10", "MRR", "index_R@1", "index_R@10",
@@ -35,11 +35,9 @@ class EncoderScorer:
         self.encoder, self.name, self.batch_size = encoder, name, batch_size
 
     def score(self, contexts, candidates) -> np.ndarray:
-        uniq = sorted({c for cands in candidates for c in cands})
-        pos = {t: i for i, t in enumerate(uniq)}
+        uniq, idx = distinct(candidates)
         R = self.encoder.encode_responses(uniq, batch_size=self.batch_size)
         C = self.encoder.encode_contexts(contexts, batch_size=self.batch_size)
-        idx = np.array([[pos[c] for c in cands] for cands in candidates])
         return np.einsum("md,mnd->mn", C, R[idx])
 
 
@@ -200,9 +198,10 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
                 from retrieval.rerank import CrossEncoder
                 rr = CrossEncoder.load(reranker or ranker.reranker)
             fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active,
-                                         lexical_memory="lexical_neighbour" in ranker.active)
+                                         lexical_memory="lexical_neighbour" in ranker.active,
+                                         ngram="ngram" in ranker.active)
             from retrieval.ranker import HybridRetriever
-            if "ngram" in ranker.active and fs.ngram is not None:  # the ranker's own encoder, alone
+            if fs.ngram is not None:  # the ranker's own n-gram encoder, alone
                 systems[fs.ngram.name] = ev(fs.ngram)
             ranked = ev(RankerScorer(fs, ranker))
             ranked.update(served_recall(HybridRetriever(fs, ranker).search, examples))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from preprocess.schema import Conversation, read_shards, split_of
 
 CONTEXT_TURNS = 5
@@ -106,6 +108,15 @@ class CandidateSets:
         if n > self.n:
             raise ValueError(f"asked for {n} candidates, only {self.n} were drawn")
         return [c[:n] for c in self.texts]
+
+
+def distinct(candidates: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
+    """(the distinct candidate texts, sorted; the (m, n) index of each candidate among them): every
+    scorer encodes each distinct text once, then reads ``vectors[index]``."""
+    uniq = sorted({c for cands in candidates for c in cands})
+    pos = {t: i for i, t in enumerate(uniq)}
+    idx = np.array([[pos[c] for c in cands] for cands in candidates], dtype=np.int64)
+    return uniq, idx.reshape(len(candidates), len(candidates[0]) if len(candidates) else 0)
 
 
 def draw_candidates(responses: Sequence[str], n: int = 100, seed: int = NEGATIVE_SEED) -> CandidateSets:

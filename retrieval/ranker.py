@@ -382,10 +382,9 @@ class FeatureScorer:
         if C is None:
             C = enc.encode_contexts(contexts, batch_size=bs)
         if cand_vecs is None:
-            uniq = sorted({c for cands in candidates for c in cands})
-            pos = {t: i for i, t in enumerate(uniq)}
-            U = enc.encode_responses(uniq, batch_size=bs)
-            cand_vecs = U[np.array([[pos[c] for c in cands] for cands in candidates])]
+            from retrieval.examples import distinct
+            uniq, idx = distinct(candidates)
+            cand_vecs = enc.encode_responses(uniq, batch_size=bs)[idx]
         out: dict = {"dual": np.einsum("md,mnd->mn", C, cand_vecs)}
         rows_of: dict = {}  # id(vectorizer) -> the candidates' TF-IDF rows, computed once
 
@@ -484,6 +483,20 @@ def _spread(x: np.ndarray) -> float:
     return s if s > 1e-9 else 1.0
 
 
+def _at(feats: dict, f: str, t_of: dict, rows: np.ndarray | None = None) -> np.ndarray:
+    """Feature ``f`` (a neighbour feature at its temperature in ``t_of``), on ``rows`` when given."""
+    x = feats[f][t_of[f]] if f in NEIGHBOURS else feats[f]
+    return x if rows is None else x[rows]
+
+
+def _weighted(z: dict, others: Sequence[str], combo: Sequence[float]) -> np.ndarray:
+    total = z["dual"].copy()
+    for f, w in zip(others, combo):
+        if w:
+            total += w * z[f]
+    return total
+
+
 def _search(feats: dict, names: Sequence[str], method: str, rows: np.ndarray | None = None):
     """The best (objective, temperatures, weights, scales) on ``rows`` (all when None) by
     ``method``: "logit" or "grid" (see :func:`fit_ranker`)."""
@@ -492,23 +505,17 @@ def _search(feats: dict, names: Sequence[str], method: str, rows: np.ndarray | N
     others = [f for f in names if f != "dual"]
     for tt in itertools.product(*grids):
         t_of = dict(zip(NEIGHBOURS, tt))
-        fx = {f: (feats[f][t_of[f]] if f in NEIGHBOURS else feats[f]) for f in names}
-        if rows is not None:
-            fx = {f: v[rows] for f, v in fx.items()}
+        fx = {f: _at(feats, f, t_of, rows) for f in names}
         scales = {f: _spread(v) for f, v in fx.items()}
         z = {f: fx[f] / scales[f] for f in names}
         if method == "logit":
             ws = _logit_weights(z, names)
-            cands = [(_objective(sum(ws[f] * z[f] for f in names)), ws)]
-        else:
-            cands = []
-            for combo in itertools.product(WEIGHT_GRID, repeat=len(others)):
-                total = z["dual"].copy()
-                for f, w in zip(others, combo):
-                    if w:
-                        total += w * z[f]
-                cands.append((_objective(total), {"dual": 1.0, **dict(zip(others, combo))}))
-        for obj, ws in cands:
+            tried = [(ws, sum(ws[f] * z[f] for f in names))]
+        else:  # dual fixed at 1, the others on the grid
+            tried = (({"dual": 1.0, **dict(zip(others, combo))}, _weighted(z, others, combo))
+                     for combo in itertools.product(WEIGHT_GRID, repeat=len(others)))
+        for ws, total in tried:
+            obj = _objective(total)
             if best is None or obj > best[0] + 1e-9:
                 best = (obj, t_of, ws, scales)
     return best
@@ -517,8 +524,7 @@ def _search(feats: dict, names: Sequence[str], method: str, rows: np.ndarray | N
 def _held_out(choice, feats: dict, names: Sequence[str], rows: np.ndarray) -> float:
     """R10@1 + MRR on ``rows`` of the weights and temperatures ``choice`` (from :func:`_search`)."""
     _, t_of, ws, scales = choice
-    total = sum(ws.get(f, 0.0) * (feats[f][t_of[f]] if f in NEIGHBOURS else feats[f])[rows] / scales[f] for f in names)
-    return _objective(total)
+    return _objective(sum(ws.get(f, 0.0) * _at(feats, f, t_of, rows) / scales[f] for f in names))
 
 
 def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
@@ -612,6 +618,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             print(f"ranker: {note}")
     fraction = fraction or 0.1  # an encoder that was not fine-tuned here has seen none of them
     examples = validation_examples(shards, fraction, max_examples, sources=sources)
+    shutil.rmtree(Path(index_dir) / NGRAM_DIR, ignore_errors=True)  # stale: another fit, or not wanted
     if len({e.response for e in examples}) < 10 or len(examples) < 50:
         print(f"ranker: only {len(examples)} validation examples: ranking by the dual encoder alone")
         ranker = Ranker(fitted_on={"examples": len(examples), "note": "too few validation examples"})
@@ -627,11 +634,10 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
                         f"over-weighted; fine-tune it with data.valid_fraction={fraction}")
                 print(f"ranker: {warn}")
                 note = f"{note}; {warn}" if note else warn
-        from retrieval.ngram import train_for_index
-        shutil.rmtree(Path(index_dir) / NGRAM_DIR, ignore_errors=True)  # stale: another fit, or not wanted
-        if ngram:
-            train_for_index(index_dir, shards, fraction, sources)
-        scorer = FeatureScorer.for_index(index, reranker)
+        scorer = FeatureScorer.for_index(index, reranker, ngram=False)
+        if ngram:  # trained (and saved) now; the one in memory equals what a later load reads
+            from retrieval.ngram import train_for_index
+            scorer.ngram = train_for_index(index_dir, shards, fraction, sources)
         ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
         cv = ranker.fitted_on.get("cross_validated")
         print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}, temperatures {ranker.temperatures} "
@@ -673,7 +679,8 @@ class HybridRetriever:
             raise ValueError(f"{index_dir}: ranker.json uses the context memory, which this index lacks; "
                              f"rebuild it with `dialogbert index`")
         scorer = FeatureScorer.for_index(index, reranker, lexical="lexical" in ranker.active,
-                                         lexical_memory="lexical_neighbour" in ranker.active)
+                                         lexical_memory="lexical_neighbour" in ranker.active,
+                                         ngram="ngram" in ranker.active)
         missing = set(ranker.active) - set(scorer.available)
         if missing:
             raise ValueError(f"{index_dir}: ranker.json weighs {sorted(missing)}, which this index cannot "
