@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,28 +65,38 @@ def is_valid_conv(conv_id: str, fraction: float) -> bool:
     return fraction > 0 and split_of(conv_id + "#valid", fraction=fraction) == "test"
 
 
+def train_examples(shards: str | Path, fraction: float, valid: bool, context_turns: int = CONTEXT_TURNS,
+                   sources: Iterable[str] | None = None) -> Iterator[Example]:
+    """Protocol examples of the TRAIN split, streamed: those of the validation carve-out
+    ``fraction`` (``valid``), or all the others (not ``valid``); only ``sources`` when given."""
+    keep = set(sources) if sources else None
+    for conv in read_shards(shards, split="train"):
+        if (keep is not None and conv.source not in keep) or is_valid_conv(conv.id, fraction) != valid:
+            continue
+        yield from conversation_examples(conv, context_turns)
+
+
+def uniform_sample(items: Iterable, k: int | None, seed: int = 0) -> list:
+    """A uniform sample of ``k`` of the items (all when None or fewer), in their order: reservoir
+    sampling with a fixed seed, so bounded memory and the same sample every time."""
+    rng = random.Random(seed)
+    out: list[tuple[int, object]] = []
+    for seen, item in enumerate(items):
+        if k is None or len(out) < k:
+            out.append((seen, item))
+        else:
+            j = rng.randint(0, seen)
+            if j < k:
+                out[j] = (seen, item)
+    return [item for _, item in sorted(out, key=lambda p: p[0])]
+
+
 def validation_examples(shards: str | Path, fraction: float, max_examples: int | None = None,
                         context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
     """Protocol examples of the validation carve-out (train-split conversations). With
-    ``max_examples``, a uniform sample of that many (reservoir sampling with a fixed seed, so
-    bounded memory and the same sample every time), kept in shard order: the first N in shard
-    order would be whichever corpus of a mixed folder comes first."""
-    keep = set(sources) if sources else None
-    rng = random.Random(0)
-    out: list[tuple[int, Example]] = []
-    seen = 0
-    for conv in read_shards(shards, split="train"):
-        if (keep is not None and conv.source not in keep) or not is_valid_conv(conv.id, fraction):
-            continue
-        for ex in conversation_examples(conv, context_turns):
-            if max_examples is None or len(out) < max_examples:
-                out.append((seen, ex))
-            else:
-                j = rng.randint(0, seen)
-                if j < max_examples:
-                    out[j] = (seen, ex)
-            seen += 1
-    return [ex for _, ex in sorted(out, key=lambda p: p[0])]
+    ``max_examples``, a uniform sample of that many (:func:`uniform_sample`), kept in shard order:
+    the first N in shard order would be whichever corpus of a mixed folder comes first."""
+    return uniform_sample(train_examples(shards, fraction, True, context_turns, sources), max_examples)
 
 
 def train_responses(shards: str | Path) -> list[str]:

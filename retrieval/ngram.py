@@ -272,27 +272,11 @@ def training_texts(shards, fraction: float, sources: Iterable[str] | None = None
                    max_pairs: int = MAX_PAIRS, turns: int = 1) -> list[tuple[str, str]]:
     """(newest ``turns`` context turns as text, reply) of the TRAIN split, less the validation
     carve-out ``fraction`` (the ranker is fitted on it); a uniform sample of ``max_pairs``
-    beyond that many (a fixed seed)."""
-    from preprocess.schema import read_shards
+    beyond that many (examples.uniform_sample), in shard order."""
     from retrieval.baselines import context_text
-    from retrieval.examples import conversation_examples, is_valid_conv
-    keep = set(sources) if sources else None
-    rng = random.Random(0)
-    out: list[tuple[str, str]] = []
-    seen = 0
-    for conv in read_shards(shards, split="train"):
-        if (keep is not None and conv.source not in keep) or is_valid_conv(conv.id, fraction):
-            continue
-        for ex in conversation_examples(conv, turns):
-            pair = (context_text(ex.context, turns), ex.response)
-            if len(out) < max_pairs:
-                out.append(pair)
-            else:
-                j = rng.randint(0, seen)
-                if j < max_pairs:
-                    out[j] = pair
-            seen += 1
-    return out
+    from retrieval.examples import train_examples, uniform_sample
+    return uniform_sample(((context_text(ex.context, turns), ex.response)
+                           for ex in train_examples(shards, fraction, False, turns, sources)), max_pairs)
 
 
 def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Iterable[str] | None = None,

@@ -203,6 +203,8 @@ def test_validation_carve_out_is_disjoint_from_training_and_from_test(tiny_shard
     train = training_pairs(tiny_shards, valid_fraction=0.2)
     everything = training_pairs(tiny_shards)
     assert valid and len(valid) + len(train) == len(everything)
+    from retrieval.ngram import training_texts  # the ranker's n-gram encoder trains on the same pairs
+    assert training_texts(tiny_shards, 0.2) == [(p["context"][-1][1], p["response"]) for p in train]
     valid_convs = {e.conv_id for e in valid}
     test_convs = {e.conv_id for e in load_examples(tiny_shards, "test")}
     train_convs = {c.id for c in read_shards(tiny_shards, split="train")}
