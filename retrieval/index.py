@@ -21,6 +21,7 @@ are stored once), which is exactly the evidence a paraphrased question gives.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -44,6 +45,17 @@ RANKER_FILE = "ranker.json"  # the ranker fitted for this build (retrieval.ranke
 NGRAM_DIR = "ngram"  # the ranker's n-gram encoder (retrieval.ngram)
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
+
+
+def texts_sha256(*parts: Sequence[str]) -> str:
+    """sha256 of lists of texts (each text and a NUL, each list closed by \\x01): the key of the
+    caches derived from an index's stored texts (the ranker's TF-IDF, the n-gram reply vectors)."""
+    h = hashlib.sha256()
+    for part in parts:
+        for i in range(0, len(part), 100_000):  # joined in chunks: 2x a per-text loop's speed
+            h.update(("\x00".join(part[i:i + 100_000]) + "\x00").encode("utf-8"))
+        h.update(b"\x01")
+    return h.hexdigest()
 
 
 def _faiss():

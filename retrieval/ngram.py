@@ -26,7 +26,9 @@ scores 0.674.
 ``dialogbert index`` trains it on the same training pairs the dual encoder was fine-tuned on
 (the training split less the validation carve-out) and stores it in the index folder's
 ``ngram/``: settings.json, the trained rows' bucket ids and their vectors in float16 (69,529
-rows, 35 MB, for ChatbotData; 20 s of training on one core).
+rows, 35 MB, for ChatbotData; 20 s of training on one core), and the stored replies' own
+vectors (replies.npy, float16, memory-mapped when served: 2 bytes x dim per reply, 19 MB for
+the demo's 38k replies), so a chat request hashes only its context (:meth:`attach_replies`).
 
     enc = NgramEncoder(NgramSettings())
     enc.fit([(context_text, reply), ...])
@@ -49,6 +51,9 @@ from preprocess.schema import atomic_write_text
 from retrieval.index import NGRAM_DIR
 
 SETTINGS = "settings.json"
+REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
+REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
+REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
 MAX_PAIRS = 500_000  # training pairs kept (a uniform sample beyond: reservoir sampling); their hashed
                      # features stay in RAM during training (~250 MB at this many), and max_minutes
                      # stops the epochs of a sample this big on one CPU core anyway
@@ -100,6 +105,7 @@ class NgramEncoder:
         self.settings = s = settings or NgramSettings()
         self.dim = s.dim
         self._unseen: dict[int, np.ndarray] = {}
+        self.replies: np.ndarray | None = None  # attach_replies: the stored replies' vectors
         self.set_rows(np.zeros(0, np.int64) if rows is None else rows, table)
 
     def set_rows(self, rows: np.ndarray, table: torch.Tensor | None = None) -> None:
@@ -152,16 +158,72 @@ class NgramEncoder:
                 out[i:i + batch_size] = self._embed(texts[i:i + batch_size]).numpy()
         return out
 
-    def score(self, contexts, candidates: Sequence[Sequence[str]]) -> np.ndarray:
+    def score(self, contexts, candidates: Sequence[Sequence[str]], rows=None) -> np.ndarray:
         """(m, n) cosines of each context's newest turn (as the ranker's lexical features read it)
         and its candidates, each distinct candidate text encoded once: the protocol's scorer
-        interface, so ``dialogbert eval`` reports this encoder on its own too."""
+        interface, so ``dialogbert eval`` reports this encoder on its own too. ``rows`` (m, n):
+        the candidates' rows in the index's store, when they are stored replies (the chat
+        service); their vectors are then read from :meth:`attach_replies`' store."""
         from retrieval.baselines import context_text
         from retrieval.index import MEMORY_TEXT_TURNS
-        from retrieval.examples import distinct
-        uniq, idx = distinct(candidates)
         Q = self.encode([context_text(c, MEMORY_TEXT_TURNS) for c in contexts])
-        return np.einsum("md,mnd->mn", Q, self.encode(uniq)[idx])
+        if rows is not None and self.replies is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            R = np.asarray(self.replies[rows.ravel()], dtype=np.float32).reshape(*rows.shape, self.dim)
+        else:
+            from retrieval.examples import distinct
+            uniq, idx = distinct(candidates)
+            R = self.encode(uniq)[idx]
+        return np.einsum("md,mnd->mn", Q, R)
+
+    def attach_replies(self, folder: str | Path, texts: Sequence[str]) -> None:
+        """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
+        ``folder/ngram/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
+        rows instead of hashing their n-grams (a quarter of a request's time on the demo index).
+        The file is written when missing (``dialogbert index`` does it after training); after an
+        ``--add`` the new replies' vectors are appended to it, and vectors of other texts (the
+        key, replies.json, names their count and sha256) are recomputed. Where the folder is
+        read-only they are kept in RAM instead, with a note."""
+        from retrieval.index import texts_sha256
+        d = Path(folder) / NGRAM_DIR
+        have, old = 0, None
+        try:
+            key = json.loads((d / REPLIES_KEY).read_text("utf-8"))
+            count = int(key["count"])
+            if key["dim"] == self.dim and count <= len(texts) and key["texts_sha256"] == texts_sha256(
+                    texts if count == len(texts) else texts[:count]):
+                old = np.load(d / REPLIES, mmap_mode="r")
+                have = count if old.shape == (count, self.dim) else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            have = 0
+        if have == len(texts) and old is not None:
+            self.replies = old
+            return
+        t0 = time.time()
+        try:
+            (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
+            tmp = d / (REPLIES + ".tmp.npy")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), self.dim))
+            self._fill(out, texts, old, have)
+            out.flush()
+            del out
+            tmp.replace(d / REPLIES)
+            atomic_write_text(d / REPLIES_KEY, json.dumps({"count": len(texts), "dim": self.dim,
+                                                           "texts_sha256": texts_sha256(texts)}) + "\n")
+            self.replies = np.load(d / REPLIES, mmap_mode="r")
+        except OSError as e:
+            print(f"ranker: could not store the n-gram reply vectors in {d} ({e}); they are kept in RAM")
+            self.replies = np.zeros((len(texts), self.dim), np.float16)
+            self._fill(self.replies, texts, old, have)
+        print(f"ranker: n-gram vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
+              + (f" ({have} kept)" if have else ""))
+
+    def _fill(self, out: np.ndarray, texts: Sequence[str], old: np.ndarray | None, have: int) -> None:
+        """Rows [0, have) of ``out`` from ``old``, the rest encoded from ``texts``; in chunks."""
+        for i in range(0, have, REPLY_CHUNK):
+            out[i:min(have, i + REPLY_CHUNK)] = old[i:min(have, i + REPLY_CHUNK)]
+        for i in range(have, len(texts), REPLY_CHUNK):
+            out[i:i + REPLY_CHUNK] = self.encode(texts[i:i + REPLY_CHUNK]).astype(np.float16)
 
     def fit(self, pairs: Sequence[tuple[str, str]], show_progress: bool | None = None) -> dict:
         """Train on (context text, reply) pairs with in-batch negatives; a batch's other pairs

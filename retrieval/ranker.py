@@ -240,15 +240,11 @@ class LexicalCache:
 
     def key(self) -> dict:
         if self._key is None:
-            import hashlib
-
             import sklearn
-            h = hashlib.sha256()
-            for part in (self.index.texts, self.index.memory_texts):
-                for i in range(0, len(part), 100_000):  # each text and a NUL, joined in chunks (2x a loop's speed)
-                    h.update(("\x00".join(part[i:i + 100_000]) + "\x00").encode("utf-8"))
-                h.update(b"\x01")
-            self._key = {"texts_sha256": h.hexdigest(), "fit_max": LEXICAL_FIT_MAX, "sklearn": sklearn.__version__}
+
+            from retrieval.index import texts_sha256
+            self._key = {"texts_sha256": texts_sha256(self.index.texts, self.index.memory_texts),
+                         "fit_max": LEXICAL_FIT_MAX, "sklearn": sklearn.__version__}
         return self._key
 
     def load(self, matrices: bool):
@@ -328,6 +324,8 @@ class FeatureScorer:
         if ngram and getattr(index, "folder", None) is not None:
             from retrieval.ngram import NgramEncoder
             ng = NgramEncoder.load(index.folder)
+            if ng is not None:
+                ng.attach_replies(index.folder, index.texts)
         if lexical or lexical_memory:
             from retrieval.baselines import TfidfScorer
             n = len(index.memory_texts)
@@ -396,7 +394,7 @@ class FeatureScorer:
             out["lexical"] = self.lexical.score([c[-LEXICAL_TURNS:] for c in contexts], candidates,
                                                 rows=cand_tfidf(self.lexical.vec))
         if "ngram" in names:
-            out["ngram"] = self.ngram.score(contexts, candidates)
+            out["ngram"] = self.ngram.score(contexts, candidates, rows=cand_rows)
         if hits is None:
             hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
         for f, (sims, rows) in hits.items():
@@ -639,6 +637,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             from retrieval.ngram import train_for_index
             scorer.ngram = train_for_index(index_dir, shards, fraction, sources)
         ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
+        if scorer.ngram is not None and ranker.weights.get("ngram"):
+            scorer.ngram.attach_replies(index_dir, index.texts)  # the chat service reads them
         cv = ranker.fitted_on.get("cross_validated")
         print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}, temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "

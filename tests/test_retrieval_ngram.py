@@ -94,6 +94,59 @@ def test_unseen_ngrams_still_match_and_a_save_load_round_trip_is_exact(tmp_path)
         NgramEncoder.load(tmp_path)
 
 
+def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_path, capsys):
+    enc = NgramEncoder(_small(epochs=2))
+    enc.fit(_pairs(64, seed=0), show_progress=False)
+    enc.save(tmp_path)
+    texts = [r for _, r in TOPICS] + ["Zyxwv 처음 보는 말", ""]
+    contexts = [[("A", c)] for c, _ in _pairs(12, seed=3)]
+    rows = np.array([[(i + j) % len(texts) for j in range(5)] for i in range(len(contexts))])
+    cands = [[texts[j] for j in r] for r in rows]
+    hashed = enc.score(contexts, cands)
+    enc.attach_replies(tmp_path, texts)
+    d = tmp_path / "ngram"
+    assert np.load(d / "replies.npy").shape == (len(texts), 64)
+    assert json.loads((d / "replies.json").read_text())["count"] == len(texts)
+    assert np.abs(enc.score(contexts, cands, rows=rows) - hashed).max() < 2e-3  # float16 rows
+    assert np.array_equal(enc.score(contexts, cands), hashed)  # texts without rows are still hashed
+    # a later load reads them (memory-mapped), encoding nothing
+    back = NgramEncoder.load(tmp_path)
+    capsys.readouterr()
+    back.attach_replies(tmp_path, texts)
+    assert isinstance(back.replies, np.memmap) and capsys.readouterr().out == ""
+    # an --add appends replies: their vectors are added, the old rows kept as they were
+    before = np.array(np.load(d / "replies.npy"))
+    grown = texts + ["새로 추가된 답", "또 하나"]
+    back.attach_replies(tmp_path, grown)
+    out = capsys.readouterr().out
+    assert "vectors of 2 stored replies" in out and f"({len(texts)} kept)" in out
+    now = np.load(d / "replies.npy")
+    assert now.shape == (len(grown), 64) and np.array_equal(now[:len(texts)], before)
+    assert np.allclose(now[len(texts):], enc.encode(grown[len(texts):]), atol=2e-3)
+    # other texts in the same rows: recomputed, not trusted
+    changed = ["다른 답"] + grown[1:]
+    back.attach_replies(tmp_path, changed)
+    assert np.allclose(np.load(d / "replies.npy")[0], enc.encode(["다른 답"])[0], atol=2e-3)
+    # a damaged key or file: recomputed
+    (d / "replies.json").write_text("{not json")
+    back.attach_replies(tmp_path, changed)
+    assert json.loads((d / "replies.json").read_text())["count"] == len(changed)
+
+
+def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, monkeypatch, capsys):
+    enc = NgramEncoder(_small(epochs=1))
+    enc.fit(_pairs(32, seed=0), show_progress=False)
+    enc.save(tmp_path)
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr(np.lib.format, "open_memmap", refuse)
+    texts = [r for _, r in TOPICS]
+    enc.attach_replies(tmp_path, texts)
+    assert "kept in RAM" in capsys.readouterr().out and not (tmp_path / "ngram" / "replies.npy").exists()
+    assert np.allclose(enc.replies, enc.encode(texts), atol=2e-3)
+
+
 def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path):
     from test_retrieval_ranker import _stub_index
     from retrieval.examples import draw_candidates, validation_examples
@@ -109,6 +162,8 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     assert trained["pairs"] == len(qa) - len(val)  # the carve-out is left out of its training
     scorer = FeatureScorer.for_index(index)
     assert "ngram" in scorer.available and ranker.fitted_on["examples"] == len(val)
+    assert ranker.weights.get("ngram") and (folder / "ngram" / "replies.npy").exists()  # for the chat service
+    assert scorer.ngram.replies.shape == (len(index.texts), scorer.ngram.dim)
     cands = draw_candidates([e.response for e in val], n=len(TOPICS), seed=1).texts
     feats = scorer.features([e.context for e in val], cands, names=["dual", "ngram"])
     assert np.mean(ranks(feats["ngram"]) <= 1) > 0.9  # the stub's character overlap cannot do this
