@@ -41,6 +41,38 @@ class EncoderScorer:
         return np.einsum("md,mnd->mn", C, R[idx])
 
 
+class MemoEncoder:
+    """An encoder (encoder.Encoder) that computes each distinct context's and response's vector
+    once: ``dialogbert eval`` scores the same test contexts and candidate replies with several
+    systems (the dual encoder, full-index recall, the ranker's features, the served search).
+    Everything else is the wrapped encoder's."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self._contexts: dict = {}
+        self._responses: dict = {}
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def _memo(self, memo: dict, items: Sequence, keys: list, encode, kw) -> np.ndarray:
+        todo = {}
+        for k, item in zip(keys, items):
+            if k not in memo and k not in todo:
+                todo[k] = item
+        if todo:
+            memo.update(zip(todo, encode(list(todo.values()), **kw)))
+        return np.stack([memo[k] for k in keys]) if keys else np.zeros((0, self.encoder.dim), np.float32)
+
+    def encode_contexts(self, contexts, **kw) -> np.ndarray:
+        keys = [tuple(tuple(turn) for turn in c) for c in contexts]
+        return self._memo(self._contexts, contexts, keys, self.encoder.encode_contexts, kw)
+
+    def encode_responses(self, texts, speaker: str = "R", **kw) -> np.ndarray:
+        return self._memo(self._responses, texts, [(speaker, t) for t in texts],
+                          lambda items, **k: self.encoder.encode_responses(items, speaker=speaker, **k), kw)
+
+
 class RandomScorer:
     name = "random"
 
@@ -181,6 +213,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
         from retrieval.encoder import Encoder
         encoder = Encoder.load(model)
     if encoder is not None and not baselines_only:
+        encoder = MemoEncoder(encoder)  # the systems below share the test contexts and replies
         model_name = str(model) if model is not None else (name or "encoder")
         label = name or Path(str(model_name)).name
         m = ev(EncoderScorer(encoder, label, batch_size))

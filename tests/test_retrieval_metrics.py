@@ -86,3 +86,37 @@ def test_baselines_on_a_toy_corpus():
     # no overlap at all: BM25 gives 0 everywhere, which ranks last under the tie rule
     z = BM25Scorer().fit(train).score([[("S1", "xyz")]], [["qqq", "www"]])
     assert ranks(z).tolist() == [2]
+
+
+def test_memo_encoder_encodes_each_distinct_input_once_and_answers_as_the_encoder():
+    from retrieval.evaluate import EncoderScorer, MemoEncoder
+
+    class Counting:
+        dim, path = 3, "somewhere"
+
+        def __init__(self):
+            self.contexts, self.responses = [], []
+
+        def _vec(self, s):
+            v = np.array([len(s), s.count("a") + 1, s.count("b")], np.float32)
+            return v / np.linalg.norm(v)
+
+        def encode_contexts(self, contexts, **kw):
+            self.contexts += contexts
+            return np.stack([self._vec(" ".join(t for _, t in c)) for c in contexts])
+
+        def encode_responses(self, texts, speaker="R", **kw):
+            self.responses += [(speaker, t) for t in texts]
+            return np.stack([self._vec(t) for t in texts])
+
+    inner = Counting()
+    enc = MemoEncoder(inner)
+    ctx = [[("A", "ab"), ("B", "aab")], [("A", "b")], [("A", "ab"), ("B", "aab")]]
+    cands = [["a", "bb"], ["bb", "ab"], ["a", "ab"]]
+    direct = EncoderScorer(Counting()).score(ctx, cands)
+    assert np.allclose(EncoderScorer(enc).score(ctx, cands), direct)
+    assert np.allclose(EncoderScorer(enc).score(ctx, cands), direct)  # the second time from the memo
+    assert len(inner.contexts) == 2 and sorted(t for _, t in inner.responses) == ["a", "ab", "bb"]
+    assert np.allclose(enc.encode_responses(["a"], speaker="S"), inner._vec("a")[None])
+    assert inner.responses[-1] == ("S", "a")  # another speaker is another input
+    assert enc.encode_contexts([]).shape == (0, 3) and enc.path == "somewhere"  # the rest is the encoder's
