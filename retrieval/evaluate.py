@@ -47,15 +47,22 @@ class MemoEncoder:
     systems (the dual encoder, full-index recall, the ranker's features, the served search).
     Everything else is the wrapped encoder's."""
 
+    HARMLESS = ("batch_size", "show_progress")  # keywords that do not change a vector
+
     def __init__(self, encoder):
         self.encoder = encoder
         self._contexts: dict = {}
         self._responses: dict = {}
 
     def __getattr__(self, name):
+        if name == "encoder" or name.startswith("__"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.encoder, name)
 
     def _memo(self, memo: dict, items: Sequence, keys: list, encode, kw) -> np.ndarray:
+        other = repr(sorted((k, v) for k, v in kw.items() if k not in self.HARMLESS))
+        if other != "[]":  # a keyword that may change the vectors: its own entries
+            keys = [(other, k) for k in keys]
         todo = {}
         for k, item in zip(keys, items):
             if k not in memo and k not in todo:

@@ -37,6 +37,7 @@ the demo's 38k replies), so a chat request hashes only its context (:meth:`attac
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import zlib
@@ -167,10 +168,11 @@ class NgramEncoder:
         from retrieval.baselines import context_text
         from retrieval.index import MEMORY_TEXT_TURNS
         Q = self.encode([context_text(c, MEMORY_TEXT_TURNS) for c in contexts])
-        if rows is not None and self.replies is not None:
-            rows = np.asarray(rows, dtype=np.int64)
+        rows = None if rows is None or self.replies is None else np.asarray(rows, dtype=np.int64)
+        if rows is not None and rows.shape == (len(contexts), len(candidates[0]) if len(candidates) else 0) \
+                and (rows.size == 0 or (rows.min() >= 0 and rows.max() < len(self.replies))):
             R = np.asarray(self.replies[rows.ravel()], dtype=np.float32).reshape(*rows.shape, self.dim)
-        else:
+        else:  # not stored replies (or rows this store does not have): hashed
             from retrieval.examples import distinct
             uniq, idx = distinct(candidates)
             R = self.encode(uniq)[idx]
@@ -182,8 +184,9 @@ class NgramEncoder:
         rows instead of hashing their n-grams (a quarter of a request's time on the demo index).
         The file is written when missing (``dialogbert index`` does it after training); after an
         ``--add`` the new replies' vectors are appended to it, and vectors of other texts (the
-        key, replies.json, names their count and sha256) are recomputed. Where the folder is
-        read-only they are kept in RAM instead, with a note."""
+        key, replies.json, names their count and sha256) are recomputed; :meth:`save` of a
+        (re)trained table removes them. Where the folder is read-only they are kept in RAM
+        instead, with a note."""
         from retrieval.index import texts_sha256
         d = Path(folder) / NGRAM_DIR
         have, old = 0, None
@@ -193,16 +196,20 @@ class NgramEncoder:
             if key["dim"] == self.dim and count <= len(texts) and key["texts_sha256"] == texts_sha256(
                     texts if count == len(texts) else texts[:count]):
                 old = np.load(d / REPLIES, mmap_mode="r")
-                have = count if old.shape == (count, self.dim) else 0
+                old, have = (old, count) if old.shape == (count, self.dim) else (None, 0)
         except (OSError, ValueError, KeyError, TypeError):
             have = 0
         if have == len(texts) and old is not None:
             self.replies = old
             return
-        t0 = time.time()
+        t0, tmp = time.time(), None
         try:
+            import tempfile
+            d.mkdir(parents=True, exist_ok=True)
             (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
-            tmp = d / (REPLIES + ".tmp.npy")
+            fd, name = tempfile.mkstemp(dir=d, prefix=REPLIES + ".", suffix=".tmp.npy")  # one per writer
+            os.close(fd)
+            tmp = Path(name)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), self.dim))
             self._fill(out, texts, old, have)
             out.flush()
@@ -212,6 +219,8 @@ class NgramEncoder:
                                                            "texts_sha256": texts_sha256(texts)}) + "\n")
             self.replies = np.load(d / REPLIES, mmap_mode="r")
         except OSError as e:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             print(f"ranker: could not store the n-gram reply vectors in {d} ({e}); they are kept in RAM")
             self.replies = np.zeros((len(texts), self.dim), np.float16)
             self._fill(self.replies, texts, old, have)
@@ -298,6 +307,8 @@ class NgramEncoder:
         d = Path(folder) / NGRAM_DIR
         d.mkdir(parents=True, exist_ok=True)
         (d / SETTINGS).unlink(missing_ok=True)
+        for name in (REPLIES_KEY, REPLIES):  # another table's reply vectors: attach_replies recomputes
+            (d / name).unlink(missing_ok=True)
         np.save(d / "rows.npy", self.rows.astype(np.int32))
         np.save(d / "vectors.npy", self.table.numpy().astype(np.float16))
         atomic_write_text(d / SETTINGS, json.dumps(asdict(self.settings), indent=1) + "\n")

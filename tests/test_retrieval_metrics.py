@@ -120,3 +120,11 @@ def test_memo_encoder_encodes_each_distinct_input_once_and_answers_as_the_encode
     assert np.allclose(enc.encode_responses(["a"], speaker="S"), inner._vec("a")[None])
     assert inner.responses[-1] == ("S", "a")  # another speaker is another input
     assert enc.encode_contexts([]).shape == (0, 3) and enc.path == "somewhere"  # the rest is the encoder's
+    # a keyword that may change the vectors is not answered from another keyword's memo
+    n = len(inner.contexts)
+    enc.encode_contexts(ctx[:1], max_length=8)
+    assert len(inner.contexts) == n + 1
+    enc.encode_contexts(ctx[:1], batch_size=1)  # a batch size changes nothing: from the memo
+    assert len(inner.contexts) == n + 1
+    import copy
+    assert copy.copy(enc).path == "somewhere"  # copying does not recurse through __getattr__

@@ -131,6 +131,24 @@ def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_pat
     (d / "replies.json").write_text("{not json")
     back.attach_replies(tmp_path, changed)
     assert json.loads((d / "replies.json").read_text())["count"] == len(changed)
+    np.save(d / "replies.npy", np.zeros((3, 64), np.float16))  # truncated under a valid key
+    back.attach_replies(tmp_path, changed)
+    assert np.load(d / "replies.npy").shape == (len(changed), 64)
+    # rows the store does not have, or a shape that is not the candidates': hashed, not misread
+    bad = rows.copy()
+    bad[0, 0] = -1
+    bad[1, 1] = len(changed) + 5
+    cands2 = [[changed[j] if 0 <= j < len(changed) else "어디에도 없는 답" for j in r] for r in bad]
+    assert np.array_equal(back.score(contexts, cands2, rows=bad), back.score(contexts, cands2))
+    assert np.array_equal(back.score(contexts, cands2, rows=bad[:, :2]), back.score(contexts, cands2))
+    # a retrained table saved over the folder drops the old table's reply vectors
+    other = NgramEncoder(_small(epochs=2, seed=7))
+    other.fit(_pairs(64, seed=5), show_progress=False)
+    other.save(tmp_path)
+    assert not (d / "replies.npy").exists() and not (d / "replies.json").exists()
+    other.attach_replies(tmp_path, changed)
+    assert np.allclose(np.load(d / "replies.npy"), other.encode(changed), atol=2e-3)
+    assert not list(d.glob("*.tmp.npy"))  # no temporary file left behind
 
 
 def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, monkeypatch, capsys):
