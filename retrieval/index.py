@@ -408,4 +408,9 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")
+    if add and rows and (out / NGRAM_DIR).is_dir():  # the ranker's n-gram reply vectors, now, not at serve
+        from retrieval.ngram import NgramEncoder
+        ng = NgramEncoder.load(out)
+        if ng is not None:
+            ng.attach_replies(out, existing.texts + [r["text"] for r in rows])
     return out

@@ -182,8 +182,9 @@ class NgramEncoder:
         """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
         ``folder/ngram/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
         rows instead of hashing their n-grams (a quarter of a request's time on the demo index).
-        The file is written when missing (``dialogbert index`` does it after training); after an
-        ``--add`` the new replies' vectors are appended to it, and vectors of other texts (the
+        The file is written when missing (``dialogbert index`` does it after training); an
+        ``--add`` appends the new replies' vectors to it (at the next load, for an index added to
+        by other means), and vectors of other texts (the
         key, replies.json, names their count and sha256) are recomputed; :meth:`save` of a
         (re)trained table removes them. Where the folder is read-only they are kept in RAM
         instead, with a note."""

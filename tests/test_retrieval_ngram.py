@@ -168,7 +168,7 @@ def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, m
 def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path):
     from test_retrieval_ranker import _stub_index
     from retrieval.examples import draw_candidates, validation_examples
-    from retrieval.index import ResponseFilter, build_index
+    from retrieval.index import ResponseFilter, ResponseIndex, build_index
     from retrieval.ranker import FeatureScorer, fit_for_index
     rng = random.Random(0)
     qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(400)]
@@ -186,9 +186,20 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     feats = scorer.features([e.context for e in val], cands, names=["dual", "ngram"])
     assert np.mean(ranks(feats["ngram"]) <= 1) > 0.9  # the stub's character overlap cannot do this
     assert np.mean(ranks(feats["dual"]) <= 1) < 0.5
+    # an --add gives the new replies their vectors at once, so the chat service starts without it
+    from preprocess.schema import Conversation, Turn, write_shard
+    more = tmp_path / "more"
+    more.mkdir()
+    write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
+    build_index(enc.path, more, folder, add=True, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    grown = ResponseIndex.load(folder, encoder=enc)
+    assert grown.texts[-1] == "새로 들어온 답"
+    assert json.loads((folder / "ngram" / "replies.json").read_text())["count"] == len(grown.texts)
+    served = FeatureScorer.for_index(grown).ngram
+    assert np.allclose(served.replies[-1], served.encode(["새로 들어온 답"])[0], atol=2e-3)
     # a refit without it removes it; a rebuild too
-    fit_for_index(folder, shards, fraction=0.3, index=index, ngram=False)
-    assert not (folder / "ngram").exists() and "ngram" not in FeatureScorer.for_index(index).available
-    fit_for_index(folder, shards, fraction=0.3, index=index)
+    fit_for_index(folder, shards, fraction=0.3, index=grown, ngram=False)
+    assert not (folder / "ngram").exists() and "ngram" not in FeatureScorer.for_index(grown).available
+    fit_for_index(folder, shards, fraction=0.3, index=grown)
     build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
     assert not (folder / "ngram").exists()
