@@ -122,6 +122,34 @@ def test_candidates_labels_and_negatives(synth):
     assert 0.3 < same / n_with_later_neg < 0.7  # ~same_conv_negative_share where a later turn exists
 
 
+def test_negatives_by_source_keeps_other_conversations_negatives_in_their_corpus(synth, tmp_path):
+    _, tok, _ = synth
+    convs = _synthetic()
+    for c in convs:
+        c.source = "corpus-a" if int(c.id.split("-")[1]) % 2 == 0 else "corpus-b"
+    write_shard(tmp_path / "shard-00000.jsonl", convs)
+    source_of = {int(c.id.split("-")[1]): c.source for c in convs}
+
+    def cross_share(by_source: bool) -> float:
+        cfg = DataConfig(max_turns=8, shuffle_buffer=64, same_conv_negative_share=0.0, mlm=False,
+                         negatives_by_source=by_source)
+        cross = other = 0
+        for f, label in PretrainStream(tmp_path, tok, cfg, split=None, seed=0).examples(0):
+            if label != 1:
+                continue
+            ids, tids = torch.tensor(f["input_ids"]), torch.tensor(f["turn_ids"])
+            turns = _turns_of(tok, ids, tids)
+            ctx_conv, cand_conv = turns[2][0], turns[1][0]
+            if cand_conv != ctx_conv:
+                other += 1
+                cross += source_of[ctx_conv] != source_of[cand_conv]
+        assert other > 50
+        return cross / other
+
+    assert cross_share(False) > 0.25  # the two corpora interleave: about half the negatives cross
+    assert cross_share(True) < 0.02   # only a source's very first conversations borrow another's turns
+
+
 def test_label_balance_on_tiny_shards(tok, tiny_shards):
     stream = PretrainStream(tiny_shards, tok, DataConfig(mlm=False), seed=3)
     labels = [label for _, label in stream.examples(0)]
@@ -233,6 +261,12 @@ def test_resume_yields_the_same_next_batches(synth, k):
     assert all(_equal(x, y) for x, y in zip(nxt, full[k:]))
     with pytest.raises(ValueError, match="does not match"):
         PretrainStream(d, tok, cfg, split=None, seed=5).load_state_dict(state)
+    # a state saved before a data key existed ran with its default: it resumes, unless the key is changed now
+    old = {**state, "config": {a: b for a, b in state["config"].items() if a != "negatives_by_source"}}
+    PretrainStream(d, tok, cfg, split=None, seed=4).load_state_dict(old)
+    with pytest.raises(ValueError, match="does not match"):
+        changed = DataConfig(batch_size=8, shuffle_buffer=32, negatives_by_source=True)
+        PretrainStream(d, tok, changed, split=None, seed=4).load_state_dict(old)
 
 
 def test_rank_sharding_is_disjoint_and_complete(tiny_shards, tok):
