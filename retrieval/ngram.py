@@ -205,12 +205,9 @@ class NgramEncoder:
             return
         t0, tmp = time.time(), None
         try:
-            import tempfile
             d.mkdir(parents=True, exist_ok=True)
             (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
-            fd, name = tempfile.mkstemp(dir=d, prefix=REPLIES + ".", suffix=".tmp.npy")  # one per writer
-            os.close(fd)
-            tmp = Path(name)
+            tmp = d / f".{REPLIES}.tmp-{os.getpid()}.npy"  # one per writing process (the umask's mode)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), self.dim))
             self._fill(out, texts, old, have)
             out.flush()

@@ -148,7 +148,8 @@ def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_pat
     assert not (d / "replies.npy").exists() and not (d / "replies.json").exists()
     other.attach_replies(tmp_path, changed)
     assert np.allclose(np.load(d / "replies.npy"), other.encode(changed), atol=2e-3)
-    assert not list(d.glob("*.tmp.npy"))  # no temporary file left behind
+    assert not list(d.glob(".*tmp*"))  # no temporary file left behind
+    assert (d / "replies.npy").stat().st_mode & 0o777 == (d / "rows.npy").stat().st_mode & 0o777
 
 
 def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, monkeypatch, capsys):
