@@ -182,12 +182,12 @@ class NgramEncoder:
         """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
         ``folder/ngram/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
         rows instead of hashing their n-grams (a quarter of a request's time on the demo index).
-        The file is written when missing (``dialogbert index`` does it after training); an
-        ``--add`` appends the new replies' vectors to it (at the next load, for an index added to
-        by other means), and vectors of other texts (the
-        key, replies.json, names their count and sha256) are recomputed; :meth:`save` of a
-        (re)trained table removes them. Where the folder is read-only they are kept in RAM
-        instead, with a note."""
+        The file is written when missing (``dialogbert index`` does it after training, and
+        ``--add`` appends the new replies' vectors). The key, replies.json, names the texts the
+        vectors are of (their count and sha256): a store that has grown gets the new rows
+        appended here, vectors of other texts are recomputed, and :meth:`save` of a (re)trained
+        table removes them. Where the folder is read-only they are kept in RAM instead, with a
+        note."""
         from retrieval.index import texts_sha256
         d = Path(folder) / NGRAM_DIR
         have, old = 0, None
