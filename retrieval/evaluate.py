@@ -60,9 +60,9 @@ class MemoEncoder:
         return getattr(self.encoder, name)
 
     def _memo(self, memo: dict, items: Sequence, keys: list, encode, kw) -> np.ndarray:
-        other = repr(sorted((k, v) for k, v in kw.items() if k not in self.HARMLESS))
-        if other != "[]":  # a keyword that may change the vectors: its own entries
-            keys = [(other, k) for k in keys]
+        other = sorted((k, v) for k, v in kw.items() if k not in self.HARMLESS)
+        if other:  # a keyword that may change the vectors: its own entries
+            keys = [(repr(other), k) for k in keys]
         todo = {}
         for k, item in zip(keys, items):
             if k not in memo and k not in todo:
@@ -237,9 +237,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             if "rerank" in ranker.active:
                 from retrieval.rerank import CrossEncoder
                 rr = CrossEncoder.load(reranker or ranker.reranker)
-            fs = FeatureScorer.for_index(idx, rr, lexical="lexical" in ranker.active,
-                                         lexical_memory="lexical_neighbour" in ranker.active,
-                                         ngram="ngram" in ranker.active)
+            fs = FeatureScorer.for_ranker(idx, ranker, rr)
             from retrieval.ranker import HybridRetriever
             if fs.ngram is not None:  # the ranker's own n-gram encoder, alone
                 systems[fs.ngram.name] = ev(fs.ngram)

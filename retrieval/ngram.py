@@ -188,19 +188,10 @@ class NgramEncoder:
         appended here, vectors of other texts are recomputed, and :meth:`save` of a (re)trained
         table removes them. Where the folder is read-only they are kept in RAM instead, with a
         note."""
-        from retrieval.index import texts_sha256
         d = Path(folder) / NGRAM_DIR
-        have, old = 0, None
-        try:
-            key = json.loads((d / REPLIES_KEY).read_text("utf-8"))
-            count = int(key["count"])
-            if key["dim"] == self.dim and count <= len(texts) and key["texts_sha256"] == texts_sha256(
-                    texts if count == len(texts) else texts[:count]):
-                old = np.load(d / REPLIES, mmap_mode="r")
-                old, have = (old, count) if old.shape == (count, self.dim) else (None, 0)
-        except (OSError, ValueError, KeyError, TypeError):
-            have = 0
-        if have == len(texts) and old is not None:
+        old = self._stored(d, texts)
+        have = 0 if old is None else len(old)
+        if old is not None and have == len(texts):
             self.replies = old
             return
         t0, tmp = time.time(), None
@@ -213,6 +204,7 @@ class NgramEncoder:
             out.flush()
             del out
             tmp.replace(d / REPLIES)
+            from retrieval.index import texts_sha256
             atomic_write_text(d / REPLIES_KEY, json.dumps({"count": len(texts), "dim": self.dim,
                                                            "texts_sha256": texts_sha256(texts)}) + "\n")
             self.replies = np.load(d / REPLIES, mmap_mode="r")
@@ -224,6 +216,21 @@ class NgramEncoder:
             self._fill(self.replies, texts, old, have)
         print(f"ranker: n-gram vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
               + (f" ({have} kept)" if have else ""))
+
+    def _stored(self, d: Path, texts: Sequence[str]) -> np.ndarray | None:
+        """``d/replies.npy`` memory-mapped when its key says it holds this table's vectors of
+        ``texts[:count]`` (a store that may have grown since); None when absent, other or damaged."""
+        from retrieval.index import texts_sha256
+        try:
+            key = json.loads((d / REPLIES_KEY).read_text("utf-8"))
+            count = int(key["count"])
+            if key["dim"] != self.dim or count > len(texts) or key["texts_sha256"] != texts_sha256(
+                    texts if count == len(texts) else texts[:count]):
+                return None
+            old = np.load(d / REPLIES, mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return old if old.shape == (count, self.dim) else None
 
     def _fill(self, out: np.ndarray, texts: Sequence[str], old: np.ndarray | None, have: int) -> None:
         """Rows [0, have) of ``out`` from ``old``, the rest encoded from ``texts``; in chunks."""

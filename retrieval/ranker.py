@@ -25,8 +25,7 @@ so the weights are comparable. :func:`fit_ranker` chooses the weights (a conditi
 softmax likelihood of the true reply among the candidates, or a grid search for R10@1 + MRR,
 whichever does better across two halves of the examples) and the temperatures on examples the
 encoder did not train on (the fine-tuning validation carve-out, ``data.valid_fraction``), with
-their own conversations left out of the
-memory; never on the test split. The result is ``ranker.json`` in the index folder, which
+their own conversations left out of the memory; never on the test split. The result is ``ranker.json`` in the index folder, which
 ``dialogbert eval`` reports and ``dialogbert serve`` uses.
 
     scorer = FeatureScorer(encoder, index, lexical=..., reranker=...)
@@ -348,6 +347,14 @@ class FeatureScorer:
             if got is None or (want_mem and matrices is None):
                 cache.save(scorer, mem)
         return cls(index.encoder, index, scorer if lexical else None, reranker, mem, ngram=ng)
+
+    @classmethod
+    def for_ranker(cls, index, ranker: "Ranker", reranker=None) -> "FeatureScorer":
+        """:meth:`for_index` with only what ``ranker`` weighs: no TF-IDF, lexical memory or
+        n-gram encoder loaded for a feature it leaves out (the chat service and ``eval``)."""
+        return cls.for_index(index, reranker, lexical="lexical" in ranker.active,
+                             lexical_memory="lexical_neighbour" in ranker.active,
+                             ngram="ngram" in ranker.active)
 
     def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,
                        exclude_convs: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -678,9 +685,7 @@ class HybridRetriever:
         if set(NEIGHBOURS) & set(ranker.active) and index.memory is None:
             raise ValueError(f"{index_dir}: ranker.json uses the context memory, which this index lacks; "
                              f"rebuild it with `dialogbert index`")
-        scorer = FeatureScorer.for_index(index, reranker, lexical="lexical" in ranker.active,
-                                         lexical_memory="lexical_neighbour" in ranker.active,
-                                         ngram="ngram" in ranker.active)
+        scorer = FeatureScorer.for_ranker(index, ranker, reranker)
         missing = set(ranker.active) - set(scorer.available)
         if missing:
             raise ValueError(f"{index_dir}: ranker.json weighs {sorted(missing)}, which this index cannot "
