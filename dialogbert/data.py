@@ -304,7 +304,7 @@ class PretrainStream:
             recent = rings.setdefault(key, [])
             elsewhere = None
             if not recent and len(rings) > 1:  # the first conversations of a source: another's turns
-                elsewhere = next(r for k, r in rings.items() if k != key and r)
+                elsewhere = next((r for k, r in rings.items() if k != key and r), None)
             ids = [x[: c.max_turn_tokens] for x in self.tokenizer(
                 [turn_text(t.text) for t in conv.turns], add_special_tokens=False, verbose=False)["input_ids"]]
             speakers = [t.speaker for t in conv.turns]
