@@ -37,9 +37,6 @@ the demo's 38k replies), so a chat request hashes only its context (:meth:`attac
 from __future__ import annotations
 
 import json
-import os
-import random
-import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,11 +47,9 @@ import torch
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import NGRAM_DIR
+from retrieval.towers import StoredReplyEncoder, train_in_batches
 
 SETTINGS = "settings.json"
-REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
-REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
-REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
 MAX_PAIRS = 500_000  # training pairs kept (a uniform sample beyond: reservoir sampling); their hashed
                      # features stay in RAM during training (~250 MB at this many), and max_minutes
                      # stops the epochs of a sample this big on one CPU core anyway
@@ -93,20 +88,21 @@ def grams(text: str, orders: Sequence[int] = (1, 2, 3), words: bool = True) -> l
     return out
 
 
-class NgramEncoder:
+class NgramEncoder(StoredReplyEncoder):
     """The table holds a row for each feature bucket seen in training (``rows``, sorted bucket
     ids); a bucket never seen gets a fixed random vector drawn from (seed, bucket), like the
     untrained rows of a full table, so its memory is the trained rows only. ``name``: its row in
     an evaluation report."""
 
     name = "n-gram dual encoder (the ranker's)"
+    subdir, label = NGRAM_DIR, "n-gram"
 
     def __init__(self, settings: NgramSettings | None = None, rows: np.ndarray | None = None,
                  table: torch.Tensor | None = None):
         self.settings = s = settings or NgramSettings()
         self.dim = s.dim
         self._unseen: dict[int, np.ndarray] = {}
-        self.replies: np.ndarray | None = None  # attach_replies: the stored replies' vectors
+        self.replies = None
         self.set_rows(np.zeros(0, np.int64) if rows is None else rows, table)
 
     def set_rows(self, rows: np.ndarray, table: torch.Tensor | None = None) -> None:
@@ -159,85 +155,10 @@ class NgramEncoder:
                 out[i:i + batch_size] = self._embed(texts[i:i + batch_size]).numpy()
         return out
 
-    def score(self, contexts, candidates: Sequence[Sequence[str]], rows=None) -> np.ndarray:
-        """(m, n) cosines of each context's newest turn (as the ranker's lexical features read it)
-        and its candidates, each distinct candidate text encoded once: the protocol's scorer
-        interface, so ``dialogbert eval`` reports this encoder on its own too. ``rows`` (m, n):
-        the candidates' rows in the index's store, when they are stored replies (the chat
-        service); their vectors are then read from :meth:`attach_replies`' store."""
-        from retrieval.baselines import context_text
-        from retrieval.index import MEMORY_TEXT_TURNS
-        Q = self.encode([context_text(c, MEMORY_TEXT_TURNS) for c in contexts])
-        rows = None if rows is None or self.replies is None else np.asarray(rows, dtype=np.int64)
-        if rows is not None and rows.shape == (len(contexts), len(candidates[0]) if len(candidates) else 0) \
-                and (rows.size == 0 or (rows.min() >= 0 and rows.max() < len(self.replies))):
-            R = np.asarray(self.replies[rows.ravel()], dtype=np.float32).reshape(*rows.shape, self.dim)
-        else:  # not stored replies (or rows this store does not have): hashed
-            from retrieval.examples import distinct
-            uniq, idx = distinct(candidates)
-            R = self.encode(uniq)[idx]
-        return np.einsum("md,mnd->mn", Q, R)
+    def encode_contexts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)
 
-    def attach_replies(self, folder: str | Path, texts: Sequence[str]) -> None:
-        """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
-        ``folder/ngram/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
-        rows instead of hashing their n-grams (a quarter of a request's time on the demo index).
-        The file is written when missing (``dialogbert index`` does it after training, and
-        ``--add`` appends the new replies' vectors). The key, replies.json, names the texts the
-        vectors are of (their count and sha256): a store that has grown gets the new rows
-        appended here, vectors of other texts are recomputed, and :meth:`save` of a (re)trained
-        table removes them. Where the folder is read-only they are kept in RAM instead, with a
-        note."""
-        d = Path(folder) / NGRAM_DIR
-        old = self._stored(d, texts)
-        have = 0 if old is None else len(old)
-        if old is not None and have == len(texts):
-            self.replies = old
-            return
-        t0, tmp = time.time(), None
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
-            tmp = d / f".{REPLIES}.tmp-{os.getpid()}.npy"  # one per writing process (the umask's mode)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), self.dim))
-            self._fill(out, texts, old, have)
-            out.flush()
-            del out
-            tmp.replace(d / REPLIES)
-            from retrieval.index import texts_sha256
-            atomic_write_text(d / REPLIES_KEY, json.dumps({"count": len(texts), "dim": self.dim,
-                                                           "texts_sha256": texts_sha256(texts)}) + "\n")
-            self.replies = np.load(d / REPLIES, mmap_mode="r")
-        except OSError as e:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            print(f"ranker: could not store the n-gram reply vectors in {d} ({e}); they are kept in RAM")
-            self.replies = np.zeros((len(texts), self.dim), np.float16)
-            self._fill(self.replies, texts, old, have)
-        print(f"ranker: n-gram vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
-              + (f" ({have} kept)" if have else ""))
-
-    def _stored(self, d: Path, texts: Sequence[str]) -> np.ndarray | None:
-        """``d/replies.npy`` memory-mapped when its key says it holds this table's vectors of
-        ``texts[:count]`` (a store that may have grown since); None when absent, other or damaged."""
-        from retrieval.index import texts_sha256
-        try:
-            key = json.loads((d / REPLIES_KEY).read_text("utf-8"))
-            count = int(key["count"])
-            if key["dim"] != self.dim or count > len(texts) or key["texts_sha256"] != texts_sha256(
-                    texts if count == len(texts) else texts[:count]):
-                return None
-            old = np.load(d / REPLIES, mmap_mode="r")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return old if old.shape == (count, self.dim) else None
-
-    def _fill(self, out: np.ndarray, texts: Sequence[str], old: np.ndarray | None, have: int) -> None:
-        """Rows [0, have) of ``out`` from ``old``, the rest encoded from ``texts``; in chunks."""
-        for i in range(0, have, REPLY_CHUNK):
-            out[i:min(have, i + REPLY_CHUNK)] = old[i:min(have, i + REPLY_CHUNK)]
-        for i in range(have, len(texts), REPLY_CHUNK):
-            out[i:i + REPLY_CHUNK] = self.encode(texts[i:i + REPLY_CHUNK]).astype(np.float16)
+    encode_replies = encode_contexts  # one table for both
 
     def fit(self, pairs: Sequence[tuple[str, str]], show_progress: bool | None = None) -> dict:
         """Train on (context text, reply) pairs with in-batch negatives; a batch's other pairs
@@ -255,55 +176,17 @@ class NgramEncoder:
         self.set_rows(np.flatnonzero(seen))
         lookup = self.lookup.astype(np.int32)
         feats = [(lookup[fc], lookup[fr]) for fc, fr in feats]  # buckets -> table rows
-        reply_id: dict[str, int] = {}
-        rid = np.array([reply_id.setdefault(r, len(reply_id)) for _, r in pairs])
         weight = torch.nn.Parameter(self.table)
         opt = torch.optim.SparseAdam([weight], lr=s.lr)
-        bs = min(s.batch_size, len(pairs))
-        steps_per_epoch = len(pairs) // bs
-        total = s.epochs * steps_per_epoch
-        if show_progress is None:
-            show_progress = total >= 200
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc="n-gram encoder", unit="step")
         F = torch.nn.functional
-        t0, step, losses, stopped = time.time(), 0, [], False
-        for epoch in range(s.epochs):
-            order = list(range(len(pairs)))
-            random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
-            for b in range(steps_per_epoch):
-                ix = order[b * bs:(b + 1) * bs]
-                a, r = (F.normalize(F.embedding_bag(flat, weight, offsets, mode="sum", sparse=True), dim=-1)
-                        for flat, offsets in (_packed([feats[i][side] for i in ix]) for side in (0, 1)))
-                logits = a @ r.T * s.scale
-                same = torch.from_numpy(rid[ix][:, None] == rid[ix][None, :])
-                logits = logits.masked_fill(same & ~torch.eye(len(ix), dtype=torch.bool), -1e4)
-                y = torch.arange(len(ix))
-                loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-                    if step % 50 == 0:
-                        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-                if time.time() - t0 > s.max_minutes * 60:
-                    stopped = True
-                    break
-            if stopped:
-                break
-        if bar is not None:
-            bar.close()
+
+        def vectors(ix):
+            return tuple(F.normalize(F.embedding_bag(flat, weight, offsets, mode="sum", sparse=True), dim=-1)
+                         for flat, offsets in (_packed([feats[i][side] for i in ix]) for side in (0, 1)))
+        trained = train_in_batches(pairs, s, vectors, s.scale, opt, desc="n-gram encoder", show_progress=show_progress)
         # what is served is what is stored: the rows rounded to float16 now
         self.table = weight.detach().half().float()
-        s.trained = {"pairs": len(pairs), "steps": step, "epochs": round(step / max(1, steps_per_epoch), 2),
-                     "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
-                     "minutes": round((time.time() - t0) / 60, 2), "rows": int(len(self.rows)),
-                     "stopped_by_time": stopped}
+        s.trained = {**trained, "rows": int(len(self.rows))}
         return s.trained
 
     # ---- storage --------------------------------------------------------------------------
@@ -312,8 +195,7 @@ class NgramEncoder:
         d = Path(folder) / NGRAM_DIR
         d.mkdir(parents=True, exist_ok=True)
         (d / SETTINGS).unlink(missing_ok=True)
-        for name in (REPLIES_KEY, REPLIES):  # another table's reply vectors: attach_replies recomputes
-            (d / name).unlink(missing_ok=True)
+        self.drop_replies(folder)  # another table's reply vectors: attach_replies recomputes
         np.save(d / "rows.npy", self.rows.astype(np.int32))
         np.save(d / "vectors.npy", self.table.numpy().astype(np.float16))
         atomic_write_text(d / SETTINGS, json.dumps(asdict(self.settings), indent=1) + "\n")

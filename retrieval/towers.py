@@ -1,0 +1,182 @@
+"""What the ranker's own dual encoders share (``ngram``, retrieval.ngram; ``use``, retrieval.use):
+scoring a context's newest turn against candidate texts, and the stored replies' vectors.
+
+A subclass names its folder inside the index (``subdir``), its dimension (``dim``) and two
+encoders, ``encode_contexts`` and ``encode_replies`` (one function where contexts and replies
+share a table). It scores like the protocol's scorers, so ``dialogbert eval`` reports it alone,
+and :meth:`attach_replies` gives the chat service the stored replies' vectors, so a request
+encodes only its context.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from preprocess.schema import atomic_write_text
+
+REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
+REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
+REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
+
+
+class StoredReplyEncoder:
+    subdir = ""        # the folder inside an index that holds it
+    label = "encoder"  # how progress lines name it
+    dim = 0
+
+    replies: np.ndarray | None = None  # attach_replies: the stored replies' vectors
+
+    def encode_contexts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_replies(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def drop_replies(self, folder: str | Path) -> None:
+        """Remove ``folder/subdir``'s reply vectors: they belong to another table (a new fit)."""
+        for name in (REPLIES_KEY, REPLIES):
+            (Path(folder) / self.subdir / name).unlink(missing_ok=True)
+
+    def score(self, contexts, candidates: Sequence[Sequence[str]], rows=None) -> np.ndarray:
+        """(m, n) cosines of each context's newest turn (as the ranker's lexical features read it)
+        and its candidates, each distinct candidate text encoded once: the protocol's scorer
+        interface. ``rows`` (m, n): the candidates' rows in the index's store, when they are stored
+        replies (the chat service); their vectors are then read from :meth:`attach_replies`' store."""
+        from retrieval.baselines import context_text
+        from retrieval.index import MEMORY_TEXT_TURNS
+        Q = self.encode_contexts([context_text(c, MEMORY_TEXT_TURNS) for c in contexts])
+        rows = None if rows is None or self.replies is None else np.asarray(rows, dtype=np.int64)
+        if rows is not None and rows.shape == (len(contexts), len(candidates[0]) if len(candidates) else 0) \
+                and (rows.size == 0 or (rows.min() >= 0 and rows.max() < len(self.replies))):
+            R = np.asarray(self.replies[rows.ravel()], dtype=np.float32).reshape(*rows.shape, self.dim)
+        else:  # not stored replies (or rows this store does not have): encoded
+            from retrieval.examples import distinct
+            uniq, idx = distinct(candidates)
+            R = self.encode_replies(uniq)[idx]
+        return np.einsum("md,mnd->mn", Q, R)
+
+    def attach_replies(self, folder: str | Path, texts: Sequence[str]) -> None:
+        """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
+        ``folder/subdir/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
+        rows instead of encoding them. The file is written when missing (``dialogbert index`` does
+        it after training, and ``--add`` appends the new replies' vectors). The key, replies.json,
+        names the texts the vectors are of (their count and sha256): a store that has grown gets
+        the new rows appended here, vectors of other texts are recomputed, and saving a (re)trained
+        encoder removes them (:meth:`drop_replies`). Where the folder is read-only they are kept
+        in RAM instead, with a note."""
+        d = Path(folder) / self.subdir
+        old = self._stored(d, texts)
+        have = 0 if old is None else len(old)
+        if old is not None and have == len(texts):
+            self.replies = old
+            return
+        t0, tmp = time.time(), None
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
+            tmp = d / f".{REPLIES}.tmp-{os.getpid()}.npy"  # one per writing process (the umask's mode)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(texts), self.dim))
+            self._fill(out, texts, old, have)
+            out.flush()
+            del out
+            tmp.replace(d / REPLIES)
+            from retrieval.index import texts_sha256
+            atomic_write_text(d / REPLIES_KEY, json.dumps({"count": len(texts), "dim": self.dim,
+                                                           "texts_sha256": texts_sha256(texts)}) + "\n")
+            self.replies = np.load(d / REPLIES, mmap_mode="r")
+        except OSError as e:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            print(f"ranker: could not store the {self.label} reply vectors in {d} ({e}); they are kept in RAM")
+            self.replies = np.zeros((len(texts), self.dim), np.float16)
+            self._fill(self.replies, texts, old, have)
+        print(f"ranker: {self.label} vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
+              + (f" ({have} kept)" if have else ""))
+
+    def _stored(self, d: Path, texts: Sequence[str]) -> np.ndarray | None:
+        """``d/replies.npy`` memory-mapped when its key says it holds this encoder's vectors of
+        ``texts[:count]`` (a store that may have grown since); None when absent, other or damaged."""
+        from retrieval.index import texts_sha256
+        try:
+            key = json.loads((d / REPLIES_KEY).read_text("utf-8"))
+            count = int(key["count"])
+            if key["dim"] != self.dim or count > len(texts) or key["texts_sha256"] != texts_sha256(
+                    texts if count == len(texts) else texts[:count]):
+                return None
+            old = np.load(d / REPLIES, mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return old if old.shape == (count, self.dim) else None
+
+    def _fill(self, out: np.ndarray, texts: Sequence[str], old: np.ndarray | None, have: int) -> None:
+        """Rows [0, have) of ``out`` from ``old``, the rest encoded from ``texts``; in chunks."""
+        for i in range(0, have, REPLY_CHUNK):
+            out[i:min(have, i + REPLY_CHUNK)] = old[i:min(have, i + REPLY_CHUNK)]
+        for i in range(have, len(texts), REPLY_CHUNK):
+            out[i:i + REPLY_CHUNK] = self.encode_replies(texts[i:i + REPLY_CHUNK]).astype(np.float16)
+
+
+def in_batch_loss(a, r, scale: float, rid: np.ndarray):
+    """The symmetric multiple-negatives ranking loss of context vectors ``a`` against reply
+    vectors ``r`` (row i is pair i) at logit ``scale``; pairs with the same reply id (``rid``) are
+    no negatives of each other."""
+    import torch
+    F = torch.nn.functional
+    logits = a @ r.T * scale
+    same = torch.from_numpy(rid[:, None] == rid[None, :])
+    logits = logits.masked_fill(same & ~torch.eye(len(rid), dtype=torch.bool), -1e4)
+    y = torch.arange(len(rid))
+    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+
+
+def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale: float, opt, sched=None,
+                     desc: str = "training", show_progress: bool | None = None) -> dict:
+    """The ranker's own encoders' training loop: ``settings.epochs`` shuffles (seeded by
+    ``settings.seed``) of the pairs in batches of ``settings.batch_size``; ``vectors(ix)`` gives
+    the batch's (context, reply) vectors, :func:`in_batch_loss` is stepped by ``opt`` (and
+    ``sched``); a pair's in-batch twins by reply text are no negatives. Stops after
+    ``settings.max_minutes``. Returns what it measured: pairs, steps, epochs, final loss, minutes."""
+    import random
+    s = settings
+    reply_id: dict[str, int] = {}
+    rid = np.array([reply_id.setdefault(r, len(reply_id)) for _, r in pairs])
+    bs = min(s.batch_size, len(pairs))
+    steps_per_epoch = len(pairs) // bs
+    total = s.epochs * steps_per_epoch
+    bar = None
+    if show_progress if show_progress is not None else total >= 50:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=desc, unit="step")
+    t0, step, losses, stopped = time.time(), 0, [], False
+    for epoch in range(s.epochs):
+        order = list(range(len(pairs)))
+        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
+        for b in range(steps_per_epoch):
+            ix = order[b * bs:(b + 1) * bs]
+            loss = in_batch_loss(*vectors(ix), scale, rid[ix])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if time.time() - t0 > s.max_minutes * 60:
+                stopped = True
+                break
+        if stopped:
+            break
+    if bar is not None:
+        bar.close()
+    return {"pairs": len(pairs), "steps": step, "epochs": round(step / max(1, steps_per_epoch), 2),
+            "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+            "minutes": round((time.time() - t0) / 60, 2), "stopped_by_time": stopped}
