@@ -239,8 +239,9 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
                 rr = CrossEncoder.load(reranker or ranker.reranker)
             fs = FeatureScorer.for_ranker(idx, ranker, rr)
             from retrieval.ranker import HybridRetriever
-            if fs.ngram is not None:  # the ranker's own n-gram encoder, alone
-                systems[fs.ngram.name] = ev(fs.ngram)
+            for own in (fs.ngram, fs.use):  # the ranker's own encoders, alone
+                if own is not None:
+                    systems[own.name] = ev(own)
             ranked = ev(RankerScorer(fs, ranker))
             ranked.update(served_recall(HybridRetriever(fs, ranker).search, examples))
             systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ranked

