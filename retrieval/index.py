@@ -411,7 +411,13 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")
     if add and rows and ((out / NGRAM_DIR).is_dir() or (out / USE_DIR).is_dir()):
-        # the ranker's own encoders' reply vectors, now, not at serve
-        from retrieval.ranker import own_encoders
-        own_encoders(out, existing.texts + [r["text"] for r in rows])
+        # the reply vectors of the ranker's own encoders that it weighs, now, not at serve
+        from retrieval.ranker import Ranker, own_encoders
+        try:
+            ranker = Ranker.load(out, info)
+            if ranker is not None:
+                own_encoders(out, existing.texts + [r["text"] for r in rows],
+                             ngram="ngram" in ranker.active, use="use" in ranker.active)
+        except (ValueError, RuntimeError) as e:  # the index itself is complete; the chat service says more
+            print(f"index: the new replies' vectors for the ranker were not written ({e})")
     return out

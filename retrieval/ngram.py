@@ -183,7 +183,8 @@ class NgramEncoder(StoredReplyEncoder):
         def vectors(ix):
             return tuple(F.normalize(F.embedding_bag(flat, weight, offsets, mode="sum", sparse=True), dim=-1)
                          for flat, offsets in (_packed([feats[i][side] for i in ix]) for side in (0, 1)))
-        trained = train_in_batches(pairs, s, vectors, s.scale, opt, desc="n-gram encoder", show_progress=show_progress)
+        trained = train_in_batches(pairs, s, vectors, s.scale, opt, desc="n-gram encoder", show_progress=show_progress,
+                                   progress_from=200, window=50)
         # what is served is what is stored: the rows rounded to float16 now
         self.table = weight.detach().half().float()
         s.trained = {**trained, "rows": int(len(self.rows))}

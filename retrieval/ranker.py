@@ -305,8 +305,12 @@ def own_encoders(folder, texts: Sequence[str], ngram: bool = True, use: bool = T
         from retrieval.ngram import NgramEncoder
         out["ngram"] = NgramEncoder.load(folder)
     if use and (Path(folder) / USE_DIR).is_dir():
-        from retrieval.use import UseEncoder
-        out["use"] = UseEncoder.load(folder)
+        from retrieval.use import UseEncoder, UseUnavailable
+        try:
+            out["use"] = UseEncoder.load(folder)
+        except UseUnavailable as e:
+            raise UseUnavailable(f"{folder}: the ranker's USE towers (use/) cannot be loaded: {e}; or refit "
+                                 f"without them (`dialogbert index --no-use`)") from e
     for enc in out.values():
         if enc is not None:
             enc.attach_replies(folder, texts)
@@ -370,8 +374,8 @@ class FeatureScorer:
 
     @classmethod
     def for_ranker(cls, index, ranker: "Ranker", reranker=None) -> "FeatureScorer":
-        """:meth:`for_index` with only what ``ranker`` weighs: no TF-IDF, lexical memory or
-        n-gram encoder loaded for a feature it leaves out (the chat service and ``eval``)."""
+        """:meth:`for_index` with only what ``ranker`` weighs: no TF-IDF, lexical memory, n-gram
+        encoder or USE towers loaded for a feature it leaves out (the chat service and ``eval``)."""
         return cls.for_index(index, reranker, lexical="lexical" in ranker.active,
                              lexical_memory="lexical_neighbour" in ranker.active,
                              ngram="ngram" in ranker.active, use="use" in ranker.active)

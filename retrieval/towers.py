@@ -135,12 +135,15 @@ def in_batch_loss(a, r, scale: float, rid: np.ndarray):
 
 
 def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale: float, opt, sched=None,
-                     desc: str = "training", show_progress: bool | None = None) -> dict:
+                     desc: str = "training", show_progress: bool | None = None, progress_from: int = 50,
+                     window: int = 20) -> dict:
     """The ranker's own encoders' training loop: ``settings.epochs`` shuffles (seeded by
     ``settings.seed``) of the pairs in batches of ``settings.batch_size``; ``vectors(ix)`` gives
     the batch's (context, reply) vectors, :func:`in_batch_loss` is stepped by ``opt`` (and
     ``sched``); a pair's in-batch twins by reply text are no negatives. Stops after
-    ``settings.max_minutes``. Returns what it measured: pairs, steps, epochs, final loss, minutes."""
+    ``settings.max_minutes``. A progress bar from ``progress_from`` steps (unless ``show_progress``
+    says), with the mean loss of the last ``window`` steps, which is also the final loss reported.
+    Returns what it measured: pairs, steps, epochs, final loss, minutes."""
     import random
     s = settings
     reply_id: dict[str, int] = {}
@@ -149,7 +152,7 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     steps_per_epoch = len(pairs) // bs
     total = s.epochs * steps_per_epoch
     bar = None
-    if show_progress if show_progress is not None else total >= 50:
+    if show_progress if show_progress is not None else total >= progress_from:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc=desc, unit="step")
     t0, step, losses, stopped = time.time(), 0, [], False
@@ -168,8 +171,8 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
             step += 1
             if bar is not None:
                 bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                if step % window == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-window:]):.3f}")
             if time.time() - t0 > s.max_minutes * 60:
                 stopped = True
                 break
@@ -178,5 +181,5 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     if bar is not None:
         bar.close()
     return {"pairs": len(pairs), "steps": step, "epochs": round(step / max(1, steps_per_epoch), 2),
-            "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+            "final_loss": round(float(np.mean(losses[-window:])), 4) if losses else None,
             "minutes": round((time.time() - t0) / 60, 2), "stopped_by_time": stopped}

