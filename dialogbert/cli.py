@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ngram", action="store_true",
                    help="leave the bag-of-n-grams encoder out of the ranker (its training took 16 min for 106k chit-chat pairs on one core)")
     s.add_argument("--no-use", action="store_true",
-                   help="leave the fine-tuned multilingual USE towers out of the ranker (80 s an epoch "
+                   help="leave the fine-tuned multilingual USE towers out of the ranker (1 min an epoch "
                         "for 8.5k pairs on 2 cores; 15 min at most)")
     s.set_defaults(func=cmd_index)
 
