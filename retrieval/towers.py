@@ -134,16 +134,24 @@ def in_batch_loss(a, r, scale: float, rid: np.ndarray):
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 
-def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale: float, opt, sched=None,
+CALIBRATION_STEPS = 20  # steps timed before a learning-rate schedule is fitted to max_minutes
+
+
+def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale: float, opt, lr_at=None,
                      desc: str = "training", show_progress: bool | None = None, progress_from: int = 50,
                      window: int = 20) -> dict:
     """The ranker's own encoders' training loop: ``settings.epochs`` shuffles (seeded by
     ``settings.seed``) of the pairs in batches of ``settings.batch_size``; ``vectors(ix)`` gives
-    the batch's (context, reply) vectors, :func:`in_batch_loss` is stepped by ``opt`` (and
-    ``sched``); a pair's in-batch twins by reply text are no negatives. Stops after
-    ``settings.max_minutes``. A progress bar from ``progress_from`` steps (unless ``show_progress``
-    says), with the mean loss of the last ``window`` steps, which is also the final loss reported.
-    Returns what it measured: pairs, steps, epochs, final loss, minutes."""
+    the batch's (context, reply) vectors, :func:`in_batch_loss` is stepped by ``opt``; a pair's
+    in-batch twins by reply text are no negatives. Stops after ``settings.max_minutes``.
+
+    ``lr_at(step, total)``: the learning rate's factor at a step of ``total`` (a schedule that
+    decays to the end). Where the first CALIBRATION_STEPS steps show that all the epochs would
+    not fit in ``max_minutes``, ``total`` becomes the steps that do, so a run the clock stops
+    still ends its schedule (``planned_steps`` in what is returned). A progress bar from
+    ``progress_from`` steps (unless ``show_progress`` says), with the mean loss of the last
+    ``window`` steps, which is also the final loss reported. Returns what it measured: pairs,
+    steps, planned steps, epochs, final loss, minutes."""
     import random
     s = settings
     reply_id: dict[str, int] = {}
@@ -155,20 +163,30 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     if show_progress if show_progress is not None else total >= progress_from:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc=desc, unit="step")
+    base_lr = [g["lr"] for g in opt.param_groups]
+    planned = total
     t0, step, losses, stopped = time.time(), 0, [], False
     for epoch in range(s.epochs):
         order = list(range(len(pairs)))
         random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
         for b in range(steps_per_epoch):
             ix = order[b * bs:(b + 1) * bs]
+            if lr_at is not None:
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g["lr"] = lr * lr_at(step, planned)
             loss = in_batch_loss(*vectors(ix), scale, rid[ix])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if sched is not None:
-                sched.step()
             losses.append(loss.item())
             step += 1
+            if lr_at is not None and step == CALIBRATION_STEPS < planned:
+                fits = int(s.max_minutes * 60 / ((time.time() - t0) / step))
+                if fits < planned:
+                    planned = max(step + 1, fits)
+                    if bar is not None:
+                        bar.total = planned
+                        bar.refresh()
             if bar is not None:
                 bar.update(1)
                 if step % window == 0:
@@ -180,6 +198,6 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
             break
     if bar is not None:
         bar.close()
-    return {"pairs": len(pairs), "steps": step, "epochs": round(step / max(1, steps_per_epoch), 2),
+    return {"pairs": len(pairs), "steps": step, "planned_steps": planned, "epochs": round(step / max(1, steps_per_epoch), 2),
             "final_loss": round(float(np.mean(losses[-window:])), 4) if losses else None,
             "minutes": round((time.time() - t0) / 60, 2), "stopped_by_time": stopped}

