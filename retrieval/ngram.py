@@ -47,9 +47,8 @@ import torch
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import NGRAM_DIR
-from retrieval.towers import StoredReplyEncoder, train_in_batches
+from retrieval.towers import SETTINGS, StoredReplyEncoder, train_in_batches
 
-SETTINGS = "settings.json"
 MAX_PAIRS = 500_000  # training pairs kept (a uniform sample beyond: reservoir sampling); their hashed
                      # features stay in RAM during training (~250 MB at this many), and max_minutes
                      # stops the epochs of a sample this big on one CPU core anyway
@@ -193,10 +192,7 @@ class NgramEncoder(StoredReplyEncoder):
     # ---- storage --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/ngram/``; settings.json last, so a half-written folder is never read."""
-        d = Path(folder) / NGRAM_DIR
-        d.mkdir(parents=True, exist_ok=True)
-        (d / SETTINGS).unlink(missing_ok=True)
-        self.drop_replies(folder)  # another table's reply vectors: attach_replies recomputes
+        d = self.saving(folder)
         np.save(d / "rows.npy", self.rows.astype(np.int32))
         np.save(d / "vectors.npy", self.table.numpy().astype(np.float16))
         atomic_write_text(d / SETTINGS, json.dumps(asdict(self.settings), indent=1) + "\n")

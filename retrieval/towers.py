@@ -19,6 +19,7 @@ import numpy as np
 
 from preprocess.schema import atomic_write_text
 
+SETTINGS = "settings.json"     # an encoder folder's settings, written last by a save
 REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
 REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
 REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
@@ -36,6 +37,16 @@ class StoredReplyEncoder:
 
     def encode_replies(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
+
+    def saving(self, folder: str | Path) -> Path:
+        """``folder/subdir``, made ready for a save: its settings.json removed first (a save
+        writes it last, so a half-written folder is never read) and the old reply vectors with it
+        (they belong to another fit: :meth:`attach_replies` recomputes)."""
+        d = Path(folder) / self.subdir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / SETTINGS).unlink(missing_ok=True)
+        self.drop_replies(folder)
+        return d
 
     def drop_replies(self, folder: str | Path) -> None:
         """Remove ``folder/subdir``'s reply vectors: they belong to another table (a new fit)."""

