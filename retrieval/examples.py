@@ -76,27 +76,68 @@ def train_examples(shards: str | Path, fraction: float, valid: bool, context_tur
         yield from conversation_examples(conv, context_turns)
 
 
+class _Reservoir:
+    """Reservoir sampling of at most ``k`` (position, item) pairs, with a fixed seed."""
+
+    def __init__(self, k: int | None, seed: int = 0):
+        self.k, self.rng, self.seen, self.kept = k, random.Random(seed), 0, []
+
+    def offer(self, position: int, item) -> None:
+        if self.k is None or len(self.kept) < self.k:
+            self.kept.append((position, item))
+        else:
+            j = self.rng.randint(0, self.seen)
+            if j < self.k:
+                self.kept[j] = (position, item)
+        self.seen += 1
+
+    def in_order(self) -> list:
+        return sorted(self.kept, key=lambda p: p[0])
+
+
 def uniform_sample(items: Iterable, k: int | None, seed: int = 0) -> list:
     """A uniform sample of ``k`` of the items (all when None or fewer), in their order: reservoir
     sampling with a fixed seed, so bounded memory and the same sample every time."""
-    rng = random.Random(seed)
-    out: list[tuple[int, object]] = []
-    for seen, item in enumerate(items):
-        if k is None or len(out) < k:
-            out.append((seen, item))
-        else:
-            j = rng.randint(0, seen)
-            if j < k:
-                out[j] = (seen, item)
-    return [item for _, item in sorted(out, key=lambda p: p[0])]
+    pool = _Reservoir(k, seed)
+    for position, item in enumerate(items):
+        pool.offer(position, item)
+    return [item for _, item in pool.in_order()]
+
+
+def balanced_sample(items: Iterable, k: int | None, group, seed: int = 0) -> list:
+    """A sample of ``k`` items in which every group (``group(item)``) has an equal share, a group
+    with fewer items giving all of them and the rest shared among the others; each group's share
+    a uniform sample of it, all in the items' order. One reservoir of ``k`` per group (bounded
+    memory; the same sample every time). A single group gives exactly :func:`uniform_sample`'s."""
+    if k is None:
+        return list(items)
+    pools: dict = {}
+    for position, item in enumerate(items):
+        g = group(item)
+        if g not in pools:
+            pools[g] = _Reservoir(k, seed)
+        pools[g].offer(position, item)
+    left, keep = k, []
+    by_size = sorted(pools, key=lambda g: (len(pools[g].kept), str(g)))
+    for i, g in enumerate(by_size):
+        pool = pools[g].in_order()
+        share = min(len(pool), left // (len(by_size) - i))
+        keep += pool if share == len(pool) else uniform_sample(pool, share, seed)
+        left -= share
+    return [item for _, item in sorted(keep, key=lambda p: p[0])]
 
 
 def validation_examples(shards: str | Path, fraction: float, max_examples: int | None = None,
-                        context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
+                        context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None,
+                        by_source: bool = False) -> list[Example]:
     """Protocol examples of the validation carve-out (train-split conversations). With
     ``max_examples``, a uniform sample of that many (:func:`uniform_sample`), kept in shard order:
-    the first N in shard order would be whichever corpus of a mixed folder comes first."""
-    return uniform_sample(train_examples(shards, fraction, True, context_turns, sources), max_examples)
+    the first N in shard order would be whichever corpus of a mixed folder comes first. With
+    ``by_source``, each source of a mixed folder gets an equal share (:func:`balanced_sample`)."""
+    items = train_examples(shards, fraction, True, context_turns, sources)
+    if by_source:
+        return balanced_sample(items, max_examples, lambda e: e.source)
+    return uniform_sample(items, max_examples)
 
 
 def train_responses(shards: str | Path) -> list[str]:

@@ -221,6 +221,41 @@ def test_validation_carve_out_is_disjoint_from_training_and_from_test(tiny_shard
     assert [keyed.index(k) for k in sample] == sorted(keyed.index(k) for k in sample)
 
 
+def test_balanced_sample_gives_each_source_an_equal_share():
+    """The ranker's fitting examples of a mixed index: each group an equal share of k, a small
+    group all of its items and the rest split among the others, every share a fixed uniform
+    sample in the items' order; one group gives exactly uniform_sample's sample."""
+    from collections import Counter
+
+    from retrieval.examples import balanced_sample, uniform_sample
+    items = [("big", i) for i in range(600)] + [("small", i) for i in range(7)] + [("mid", i) for i in range(90)]
+    items = [items[i] for i in sorted(range(len(items)), key=lambda i: (i * 7919) % len(items))]  # interleaved
+    got = balanced_sample(items, 100, lambda x: x[0])
+    assert Counter(g for g, _ in got) == {"small": 7, "mid": 46, "big": 47}
+    assert got == balanced_sample(items, 100, lambda x: x[0])  # the same sample every time
+    assert [items.index(x) for x in got] == sorted(items.index(x) for x in got)  # in the items' order
+    assert len(set(got)) == len(got) and set(got) <= set(items)
+    assert {x for x in items if x[0] == "small"} <= set(got)
+    big = [x for x in got if x[0] == "big"]
+    assert big != [x for x in items if x[0] == "big"][:47]  # a sample, not the first ones
+    assert Counter(g for g, _ in balanced_sample(items, 1000, lambda x: x[0])) == {"big": 600, "mid": 90, "small": 7}
+    assert balanced_sample(items, None, lambda x: x[0]) == items
+    one = [("only", i) for i in range(500)]
+    assert balanced_sample(one, 60, lambda x: x[0]) == uniform_sample(one, 60)
+
+
+def test_validation_examples_by_source_balance_a_mixed_folder(tiny_shards):
+    from collections import Counter
+
+    from retrieval.examples import validation_examples
+    every = Counter(e.source for e in validation_examples(tiny_shards, 0.2))
+    assert len(every) == 2 and every["xpersona"] > 5 * every["chatbotdata"]  # multi-turn against pairs
+    k = 2 * min(every.values()) - 2
+    plain = Counter(e.source for e in validation_examples(tiny_shards, 0.2, k))
+    even = Counter(e.source for e in validation_examples(tiny_shards, 0.2, k, by_source=True))
+    assert even == {"chatbotdata": k // 2, "xpersona": k // 2} != plain
+
+
 def test_minilm_is_offered_as_a_starting_point_with_its_own_vocabulary():
     """`--init-from minilm` resolves to the pip package's folder; its uncased tokenizer is adopted
     with a warning (Korean would turn into jamo), keeps every original id, and gains the
