@@ -181,6 +181,7 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     assert trained["pairs"] == len(qa) - len(val)  # the carve-out is left out of its training
     scorer = FeatureScorer.for_index(index)
     assert "ngram" in scorer.available and ranker.fitted_on["examples"] == len(val)
+    assert ranker.fitted_on["sources"] == {val[0].source: len(val)}  # ranker.json says whose examples
     assert ranker.weights.get("ngram") and (folder / "ngram" / "replies.npy").exists()  # for the chat service
     assert scorer.ngram.replies.shape == (len(index.texts), scorer.ngram.dim)
     cands = draw_candidates([e.response for e in val], n=len(TOPICS), seed=1).texts
