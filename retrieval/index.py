@@ -44,6 +44,7 @@ MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
 RANKER_FILE = "ranker.json"  # the ranker fitted for this build (retrieval.ranker)
 NGRAM_DIR = "ngram"  # the ranker's n-gram encoder (retrieval.ngram)
 USE_DIR = "use"  # the ranker's fine-tuned USE towers (retrieval.use)
+OWN_ENCODER_DIRS = (NGRAM_DIR, USE_DIR)  # what a rebuild or a ranker refit removes as stale
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
 
@@ -385,7 +386,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
     if not add:  # a ranker fitted on the previous build does not fit this one: `dialogbert index` refits
         (out / RANKER_FILE).unlink(missing_ok=True)
-        for d in (NGRAM_DIR, USE_DIR):  # the ranker's own encoders of the old build
+        for d in OWN_ENCODER_DIRS:  # the ranker's own encoders of the old build
             shutil.rmtree(out / d, ignore_errors=True)
     for index_name, _, rows_name, _ in staged:
         (out / (rows_name + ".tmp")).replace(out / rows_name)
@@ -410,7 +411,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")
-    if add and rows and ((out / NGRAM_DIR).is_dir() or (out / USE_DIR).is_dir()):
+    if add and rows and any((out / d).is_dir() for d in OWN_ENCODER_DIRS):
         # the reply vectors of the ranker's own encoders that it weighs, now, not at serve
         from retrieval.ranker import Ranker, own_encoders
         try:

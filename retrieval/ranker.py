@@ -51,7 +51,7 @@ import numpy as np
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import MEMORY_TEXT_TURNS as LEXICAL_TURNS  # the turns the memory keeps as text
-from retrieval.index import NGRAM_DIR, RANKER_FILE, USE_DIR
+from retrieval.index import OWN_ENCODER_DIRS, RANKER_FILE, USE_DIR
 
 FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "use", "rerank")
 OWN_ENCODERS = ("ngram", "use")  # features scored by the ranker's own dual encoders (retrieval.towers)
@@ -659,7 +659,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             print(f"ranker: {note}")
     fraction = fraction or 0.1  # an encoder that was not fine-tuned here has seen none of them
     examples = validation_examples(shards, fraction, max_examples, sources=sources, by_source=True)
-    for d in (NGRAM_DIR, USE_DIR):  # stale: another fit, or not wanted
+    for d in OWN_ENCODER_DIRS:  # stale: another fit, or not wanted
         shutil.rmtree(Path(index_dir) / d, ignore_errors=True)
     if len({e.response for e in examples}) < 10 or len(examples) < 50:
         print(f"ranker: only {len(examples)} validation examples: ranking by the dual encoder alone")
