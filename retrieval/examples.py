@@ -122,7 +122,7 @@ def balanced_sample(items: Iterable, k: int | None, group, seed: int = 0) -> lis
     for i, g in enumerate(by_size):
         pool = pools[g].in_order()
         share = min(len(pool), left // (len(by_size) - i))
-        keep += pool if share == len(pool) else uniform_sample(pool, share, seed)
+        keep += uniform_sample(pool, share, seed)  # all of a pool no bigger than its share
         left -= share
     return [item for _, item in sorted(keep, key=lambda p: p[0])]
 
