@@ -627,7 +627,7 @@ def _resolved(path) -> str | None:
 
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
                   fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True,
-                  use: bool = True, use_settings=None) -> Ranker:
+                  use: bool = True, use_settings=None, ngram_settings=None) -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
@@ -640,7 +640,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     training conversations anyway, and ranker.json says so (its dual score is optimistic there,
     so the other features get too little weight); fine-tune with ``data.valid_fraction=0.1``.
     With ``ngram``, the n-gram encoder (retrieval.ngram) is first trained on the training pairs
-    less that carve-out and saved in ``index_dir/ngram/``, and with ``use`` the USE towers
+    less that carve-out and saved in ``index_dir/ngram/`` (``ngram_settings``: a ngram.NgramSettings),
+    and with ``use`` the USE towers
     (retrieval.use, when their package is installed; ``use_settings``: a use.UseSettings) in
     ``index_dir/use/``; without, an old one there is removed."""
     from retrieval.examples import validation_examples
@@ -680,7 +681,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
         # trained (and saved) now; what is in memory equals what a later load reads
         if ngram:
             from retrieval.ngram import train_for_index
-            scorer.ngram = train_for_index(index_dir, shards, fraction, sources)
+            scorer.ngram = train_for_index(index_dir, shards, fraction, sources, ngram_settings)
         if use:
             from retrieval.use import train_for_index
             scorer.use = train_for_index(index_dir, shards, fraction, sources, use_settings)

@@ -94,6 +94,80 @@ def test_unseen_ngrams_still_match_and_a_save_load_round_trip_is_exact(tmp_path)
         NgramEncoder.load(tmp_path)
 
 
+def test_heads_serve_the_mean_of_their_cosines_and_survive_a_save_load(tmp_path):
+    enc = NgramEncoder(_small(heads=3, epochs=2))
+    enc.fit(_pairs(64, seed=0), show_progress=False)
+    texts = ["비 와 우산", "챙겨 나가요", "Zyxwv 좋아", ""]
+    V = enc.encode(texts)
+    assert V.shape == (4, 3 * 64) and enc.dim == 3 * 64
+    assert np.allclose(np.linalg.norm(V, axis=1), 1, atol=1e-5)
+    H = V.reshape(4, 3, 64) * np.sqrt(3)  # each head a unit vector of its own
+    assert np.allclose(np.linalg.norm(H, axis=2), 1, atol=1e-5)
+    assert np.allclose(V @ V.T, np.einsum("ahd,bhd->ab", H, H) / 3, atol=1e-5)
+    assert not np.allclose(H[:, 0], H[:, 1])  # independent initialisations
+    enc.save(tmp_path)
+    back = NgramEncoder.load(tmp_path)
+    assert back.settings.heads == 3 and np.array_equal(back.encode(texts), V)
+    back.save(tmp_path)  # a loaded table (memory-mapped from that folder) saved over itself
+    assert np.array_equal(NgramEncoder.load(tmp_path).encode(texts), V)
+    # a folder saved before there were heads has none in its settings.json: one head
+    one = NgramEncoder(_small(heads=1, epochs=1))
+    one.fit(_pairs(32, seed=0), show_progress=False)
+    one.save(tmp_path / "old")
+    f = tmp_path / "old" / "ngram" / "settings.json"
+    f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "heads"}))
+    old = NgramEncoder.load(tmp_path / "old")
+    assert old.settings.heads == 1 and np.array_equal(old.encode(texts), one.encode(texts))
+
+
+def test_the_heads_loss_is_the_mean_of_each_heads_own_loss():
+    import torch
+
+    from retrieval.towers import in_batch_loss
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 3, 8, generator=g), dim=-1).requires_grad_()
+    r = torch.nn.functional.normalize(torch.randn(6, 3, 8, generator=g), dim=-1)
+    rid = np.array([0, 1, 2, 2, 3, 4])  # pairs 2 and 3 share a reply: no negatives of each other
+    loss = in_batch_loss(a, r, 10.0, rid)
+    each = [in_batch_loss(a[:, h], r[:, h], 10.0, rid) for h in range(3)]
+    assert torch.allclose(loss, sum(each) / 3)
+    loss.backward()
+    only0 = a.detach().clone().requires_grad_()
+    in_batch_loss(only0[:, 0], r[:, 0], 10.0, rid).backward()
+    assert torch.allclose(a.grad[:, 0], only0.grad[:, 0] / 3)  # a head's gradient is its own loss's
+
+
+def test_row_adam_updates_as_sparse_adam_does():
+    import torch
+
+    from retrieval.ngram import RowAdam, _packed
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(40, 6, generator=g)
+    target = torch.randn(5, 6, generator=g)
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(0, 30, size=rng.integers(1, 6)) for _ in range(5)] for _ in range(8)]
+    ref = torch.nn.Parameter(start.clone())
+    opt = torch.optim.SparseAdam([ref], lr=0.05)
+    mine = RowAdam(start.clone(), lr=0.05)
+    for bags in batches:
+        flat, offsets = _packed(bags)
+        loss = ((F.embedding_bag(flat, ref, offsets, mode="sum", sparse=True) - target) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows, local = np.unique(flat.numpy(), return_inverse=True)
+        leaf = mine.gather(rows)
+        ((F.embedding_bag(torch.from_numpy(local.reshape(-1)), leaf, offsets, mode="sum") - target) ** 2).sum().backward()
+        mine.step()
+    assert torch.allclose(mine.table, ref.detach(), atol=1e-5)
+    assert not torch.allclose(mine.table, start)
+    touched = np.unique(np.concatenate([b for bags in batches for b in bags]))
+    untouched = np.setdiff1d(np.arange(40), touched)
+    assert len(untouched) >= 10
+    assert torch.equal(mine.table[untouched], start[untouched])  # rows no batch used stay as they were
+
+
 def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_path, capsys):
     enc = NgramEncoder(_small(epochs=2))
     enc.fit(_pairs(64, seed=0), show_progress=False)
@@ -105,7 +179,7 @@ def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_pat
     hashed = enc.score(contexts, cands)
     enc.attach_replies(tmp_path, texts)
     d = tmp_path / "ngram"
-    assert np.load(d / "replies.npy").shape == (len(texts), 64)
+    assert np.load(d / "replies.npy").shape == (len(texts), enc.dim)
     assert json.loads((d / "replies.json").read_text())["count"] == len(texts)
     assert np.abs(enc.score(contexts, cands, rows=rows) - hashed).max() < 2e-3  # float16 rows
     assert np.array_equal(enc.score(contexts, cands), hashed)  # texts without rows are still hashed
@@ -121,7 +195,7 @@ def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_pat
     out = capsys.readouterr().out
     assert "vectors of 2 stored replies" in out and f"({len(texts)} kept)" in out
     now = np.load(d / "replies.npy")
-    assert now.shape == (len(grown), 64) and np.array_equal(now[:len(texts)], before)
+    assert now.shape == (len(grown), enc.dim) and np.array_equal(now[:len(texts)], before)
     assert np.allclose(now[len(texts):], enc.encode(grown[len(texts):]), atol=2e-3)
     # other texts in the same rows: recomputed, not trusted
     changed = ["다른 답"] + grown[1:]
@@ -131,9 +205,9 @@ def test_stored_reply_vectors_score_as_hashing_does_and_follow_the_store(tmp_pat
     (d / "replies.json").write_text("{not json")
     back.attach_replies(tmp_path, changed)
     assert json.loads((d / "replies.json").read_text())["count"] == len(changed)
-    np.save(d / "replies.npy", np.zeros((3, 64), np.float16))  # truncated under a valid key
+    np.save(d / "replies.npy", np.zeros((3, enc.dim), np.float16))  # truncated under a valid key
     back.attach_replies(tmp_path, changed)
-    assert np.load(d / "replies.npy").shape == (len(changed), 64)
+    assert np.load(d / "replies.npy").shape == (len(changed), enc.dim)
     # rows the store does not have, or a shape that is not the candidates': hashed, not misread
     bad = rows.copy()
     bad[0, 0] = -1
