@@ -335,3 +335,23 @@ def test_stored_candidates_reuse_the_memory_tfidf_rows(memory_index):
                     scales={"dual": 1.0, "lexical": 1.0, "lexical_neighbour": 1.0}, neighbours=3)
     (hits,) = HybridRetriever(fs, ranker).search(ctx, k=1)
     assert hits[0][1]["text"] == "맛있는 거 드세요" and sizes and max(sizes) == 1
+
+
+def test_the_grid_search_scores_each_combination_as_the_protocol_ranks_it():
+    import itertools
+
+    from retrieval.ranker import WEIGHT_GRID, _grid_best, _objective
+    rng = np.random.default_rng(0)
+    z = {f: rng.normal(size=(60, 10)) for f in ("dual", "a", "b")}
+    for f in z:
+        z[f][:4] = 0.0  # rows where every candidate ties the true one: rank 10 (ties against the system)
+    z["a"][:, 5] = z["a"][:, 0]
+    z["b"][:, 5] = z["b"][:, 0]
+    best = None
+    for combo in itertools.product(WEIGHT_GRID, repeat=2):  # one combination at a time, the first of equals kept
+        obj = _objective(z["dual"] + combo[0] * z["a"] + combo[1] * z["b"])
+        if best is None or obj > best[0] + 1e-9:
+            best = (obj, combo)
+    got = _grid_best(z, ["a", "b"])
+    assert got[1] == best[1] and abs(got[0] - best[0]) < 1e-6
+    assert _grid_best(z, [])[0] == pytest.approx(_objective(z["dual"]))  # dual alone
