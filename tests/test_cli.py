@@ -31,3 +31,21 @@ def test_missing_shards_folder_is_a_clear_error(tmp_path, capsys):
     code = main(["tokenizer", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "tok")])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_index_passes_the_ngram_heads_to_the_ranker_fit_and_refuses_zero(monkeypatch, tmp_path, capsys):
+    import retrieval.index
+    import retrieval.ranker
+    calls = {}
+    monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **k: calls.setdefault("built", a))
+    monkeypatch.setattr(retrieval.ranker, "fit_for_index", lambda *a, **k: calls.setdefault("fit", k))
+    args = ["index", "--model", "m", "--shards", "s", "--out", str(tmp_path / "idx")]
+    assert main(args + ["--ngram-heads", "2"]) == 0
+    assert calls["fit"]["ngram_settings"].heads == 2
+    calls.clear()
+    assert main(args) == 0
+    from retrieval.ngram import NgramSettings
+    assert calls["fit"]["ngram_settings"].heads == NgramSettings().heads == 4
+    calls.clear()
+    assert main(args + ["--ngram-heads", "0"]) == 2
+    assert "--ngram-heads must be at least 1" in capsys.readouterr().err and not calls  # nothing built

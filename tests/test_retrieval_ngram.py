@@ -118,6 +118,8 @@ def test_heads_serve_the_mean_of_their_cosines_and_survive_a_save_load(tmp_path)
     f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "heads"}))
     old = NgramEncoder.load(tmp_path / "old")
     assert old.settings.heads == 1 and np.array_equal(old.encode(texts), one.encode(texts))
+    with pytest.raises(ValueError, match="at least one head"):
+        NgramEncoder(_small(heads=0))
 
 
 def test_the_heads_loss_is_the_mean_of_each_heads_own_loss():
