@@ -21,7 +21,7 @@ weights fitted on one half and scored on the other, 10 halvings), R10@1 alone / 
 8 heads 0.700 / 0.753; separately trained seeds averaged the same way: 3 seeds 0.69-0.71 /
 0.745-0.753, 5 seeds 0.714 / 0.757. A wider single table is not the same: 512 and 1,024
 dimensions scored 0.703 and 0.708 alone but no better in the ranker. Training time grows with
-the heads (ChatbotData's 8.5k pairs, 5 epochs, one core: 14 s at 1 head, 40 s at 4).
+the heads (ChatbotData's 8.5k pairs, 5 epochs, one core: 14 s at 1 head, 26-40 s at 4).
 
 Measured on the same carve-out before the heads (one head; one standard error ~0.017, and seed
 to seed the encoder alone moves by ~0.02): 256 dimensions and 5 epochs scored 0.68 alone,
@@ -33,7 +33,7 @@ context and reply still matches (zeroing those rows lost 0.016).
 ``dialogbert index`` trains it on the same training pairs the dual encoder was fine-tuned on
 (the training split less the validation carve-out; ``--ngram-heads N``) and stores it in the
 index folder's ``ngram/``: settings.json, the trained rows' bucket ids and their vectors in
-float16 (69,529 rows x 4 heads x 256, 142 MB, for ChatbotData), and the stored replies' own
+float16 (69,529 rows x 4 heads x 256, 136 MiB, for ChatbotData), and the stored replies' own
 vectors (replies.npy, float16, memory-mapped when served: 2 bytes x heads x dim per reply), so
 a chat request hashes only its context (:meth:`attach_replies`).
 
@@ -193,15 +193,7 @@ class NgramEncoder(StoredReplyEncoder):
         s = self.settings
         if len(pairs) < 2:
             raise ValueError(f"the n-gram encoder needs at least 2 training pairs, got {len(pairs)}")
-        seen = np.zeros(s.buckets, dtype=bool)
-        feats = []  # each pair's (context, reply) feature buckets, hashed once for all epochs
-        for c, r in pairs:
-            fc, fr = np.asarray(self.ids(c), np.int32), np.asarray(self.ids(r), np.int32)
-            seen[fc] = seen[fr] = True
-            feats.append((fc, fr))
-        self.set_rows(np.flatnonzero(seen))
-        lookup = self.lookup.astype(np.int32)
-        feats = [(lookup[fc], lookup[fr]) for fc, fr in feats]  # buckets -> table rows
+        feats = self.table_rows(pairs)
         opt = RowAdam(self.table, lr=s.lr)
         F = torch.nn.functional
 
@@ -219,6 +211,19 @@ class NgramEncoder(StoredReplyEncoder):
         self.table = self.table.half()
         s.trained = {**trained, "rows": int(len(self.rows))}
         return s.trained
+
+    def table_rows(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each pair's (context, reply) feature rows, hashed once for all epochs; the table is
+        made anew (set_rows) with a row for every feature bucket of the pairs."""
+        seen = np.zeros(self.settings.buckets, dtype=bool)
+        feats = []
+        for c, r in pairs:
+            fc, fr = np.asarray(self.ids(c), np.int32), np.asarray(self.ids(r), np.int32)
+            seen[fc] = seen[fr] = True
+            feats.append((fc, fr))
+        self.set_rows(np.flatnonzero(seen))
+        lookup = self.lookup.astype(np.int32)
+        return [(lookup[fc], lookup[fr]) for fc, fr in feats]  # buckets -> table rows
 
     # ---- storage --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -256,7 +261,8 @@ class RowAdam:
     the update of torch's SparseAdam): :meth:`gather` gives the batch's rows as a dense leaf
     tensor, the loss's backward fills its gradient, :meth:`step` updates those rows' moments and
     values in place. Same arithmetic as SparseAdam without its sparse gradient, whose
-    coalescing and masking took most of a step (2.5x faster at 256 dimensions, measured).
+    coalescing and masking took most of a step (measured on ChatbotData's pairs: 1.6x faster
+    at one head of 256 dimensions, 2.3x at five).
     The table is updated in place."""
 
     def __init__(self, table: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):

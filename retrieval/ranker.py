@@ -719,7 +719,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
         print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}, temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "
               f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f}"
-              + (f"; held-out halves: {', '.join(f'{k} {v:.3f}' for k, v in cv.items())})" if cv else ")"))
+              + (f"; held out, mean of {CV_HALVINGS} halvings: {', '.join(f'{k} {v:.3f}' for k, v in cv.items())})"
+                 if cv else ")"))
     ranker.fitted_on.update({"model_sha256": index.info.get("model_sha256"), "count": index.info.get("count")})
     ranker.save(index_dir)
     return ranker
