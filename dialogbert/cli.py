@@ -61,16 +61,15 @@ def cmd_finetune(a) -> int:
 
 
 def cmd_index(a) -> int:
-    if a.ngram_heads is not None and a.ngram_heads < 1:
-        raise ValueError(f"--ngram-heads must be at least 1, got {a.ngram_heads}")
     from retrieval.index import build_index
+    from retrieval.ngram import NgramSettings
+    # settings first: a bad --ngram-heads is refused before the index is built
+    ngram_settings = NgramSettings() if a.ngram_heads is None else NgramSettings(heads=a.ngram_heads)
     build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
     if not a.add and not a.no_ranker:
         from retrieval.ranker import fit_for_index
-        from retrieval.ngram import NgramSettings
         fit_for_index(a.out, a.shards, reranker_dir=a.reranker, ngram=not a.no_ngram,
-                      use=not a.no_use,
-                      ngram_settings=NgramSettings() if a.ngram_heads is None else NgramSettings(heads=a.ngram_heads))
+                      use=not a.no_use, ngram_settings=ngram_settings)
     return 0
 
 

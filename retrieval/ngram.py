@@ -77,6 +77,11 @@ class NgramSettings:
     max_minutes: float = 20.0  # training stops after this long, whatever the epoch
     trained: dict = field(default_factory=dict)  # what training measured (pairs, steps, loss, minutes)
 
+    def __post_init__(self):
+        if self.heads < 1 or self.dim < 1:
+            raise ValueError(f"the n-gram encoder needs at least one head and dimension, "
+                             f"got heads={self.heads}, dim={self.dim}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "NgramSettings":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
@@ -110,8 +115,6 @@ class NgramEncoder(StoredReplyEncoder):
     def __init__(self, settings: NgramSettings | None = None, rows: np.ndarray | None = None,
                  table: torch.Tensor | np.ndarray | None = None):
         self.settings = s = settings or NgramSettings()
-        if s.heads < 1 or s.dim < 1:
-            raise ValueError(f"the n-gram encoder needs at least one head and dimension, got heads={s.heads}, dim={s.dim}")
         self.dim = s.dim * s.heads  # the vector's width: the heads side by side
         self._unseen: dict[int, np.ndarray] = {}
         self.set_rows(np.zeros(0, np.int64) if rows is None else rows, table)

@@ -144,9 +144,9 @@ def in_batch_loss(a, r, scale: float, rid: np.ndarray):
         a, r = a[:, None], r[:, None]
     logits = torch.einsum("bhd,chd->hbc", a, r) * scale  # (heads, batch, batch)
     same = torch.from_numpy(rid[:, None] == rid[None, :])
-    logits = logits.masked_fill(same & ~torch.eye(len(rid), dtype=torch.bool), -1e4).flatten(0, 1)
-    y = torch.arange(len(rid)).repeat(a.shape[1])
-    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.view(a.shape[1], len(rid), -1).transpose(1, 2).flatten(0, 1), y)) / 2
+    logits = logits.masked_fill(same & ~torch.eye(len(rid), dtype=torch.bool), -1e4)
+    y = torch.arange(len(rid)).repeat(a.shape[1])  # each head's rows, one after the other
+    return (F.cross_entropy(logits.flatten(0, 1), y) + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), y)) / 2
 
 
 CALIBRATION_STEPS = 20  # steps timed before a learning-rate schedule is fitted to max_minutes

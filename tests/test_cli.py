@@ -48,4 +48,4 @@ def test_index_passes_the_ngram_heads_to_the_ranker_fit_and_refuses_zero(monkeyp
     assert calls["fit"]["ngram_settings"].heads == NgramSettings().heads == 4
     calls.clear()
     assert main(args + ["--ngram-heads", "0"]) == 2
-    assert "--ngram-heads must be at least 1" in capsys.readouterr().err and not calls  # nothing built
+    assert "at least one head" in capsys.readouterr().err and not calls  # nothing built

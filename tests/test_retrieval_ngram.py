@@ -119,7 +119,7 @@ def test_heads_serve_the_mean_of_their_cosines_and_survive_a_save_load(tmp_path)
     old = NgramEncoder.load(tmp_path / "old")
     assert old.settings.heads == 1 and np.array_equal(old.encode(texts), one.encode(texts))
     with pytest.raises(ValueError, match="at least one head"):
-        NgramEncoder(_small(heads=0))
+        _small(heads=0)
 
 
 def test_the_heads_loss_is_the_mean_of_each_heads_own_loss():
