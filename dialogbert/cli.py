@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dialogbert import MissingPackage
+
 
 def _overrides(values: list[str]) -> list[str]:
     bad = [v for v in values if "=" not in v]
@@ -64,7 +66,8 @@ def cmd_index(a) -> int:
     from retrieval.index import build_index
     from retrieval.ngram import NgramSettings
     # settings first: a bad --ngram-heads is refused before the index is built
-    ngram_settings = NgramSettings() if a.ngram_heads is None else NgramSettings(heads=a.ngram_heads)
+    ngram_settings = NgramSettings(**({} if a.ngram_heads is None else {"heads": a.ngram_heads}),
+                                   morphemes=not a.no_morphemes)
     build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
     if not a.add and not a.no_ranker:
         from retrieval.ranker import fit_for_index
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-heads", type=int, default=None, metavar="N",
                    help="independently initialised tables of the n-gram encoder, their cosines averaged "
                         "(default 4; the training time grows with N: 40 s for ChatbotData's 8.5k pairs at 4, 14 s at 1)")
+    s.add_argument("--no-morphemes", action="store_true",
+                   help="the n-gram encoder without Korean morphemes and their pretrained neighbours "
+                        "(retrieval/morphemes.py; they need kiwipiepy and ~280 MB more RAM when serving)")
     s.add_argument("--no-use", action="store_true",
                    help="leave the fine-tuned multilingual USE towers out of the ranker (1 min an epoch "
                         "for 8.5k pairs on 2 cores; 15 min at most)")
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, MissingPackage) as e:  # each names its fix
         print(f"dialogbert {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dialogbert import MissingPackage
 from preprocess.schema import atomic_write_text
 from retrieval.index import USE_DIR
 from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
@@ -53,7 +54,7 @@ BRANCH_DIM = 256
 MAX_TOKENS = 128                # a longer text keeps its first 128 pieces
 
 
-class UseUnavailable(RuntimeError):
+class UseUnavailable(MissingPackage):
     pass
 
 

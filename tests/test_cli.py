@@ -33,7 +33,7 @@ def test_missing_shards_folder_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_index_passes_the_ngram_heads_to_the_ranker_fit_and_refuses_zero(monkeypatch, tmp_path, capsys):
+def test_index_passes_the_ngram_heads_and_morphemes_to_the_ranker_fit_and_refuses_zero_heads(monkeypatch, tmp_path, capsys):
     import retrieval.index
     import retrieval.ranker
     calls = {}
@@ -46,6 +46,10 @@ def test_index_passes_the_ngram_heads_to_the_ranker_fit_and_refuses_zero(monkeyp
     assert main(args) == 0
     from retrieval.ngram import NgramSettings
     assert calls["fit"]["ngram_settings"].heads == NgramSettings().heads == 4
+    assert calls["fit"]["ngram_settings"].morphemes is NgramSettings().morphemes is True
+    calls.clear()
+    assert main(args + ["--no-morphemes"]) == 0
+    assert calls["fit"]["ngram_settings"].morphemes is False
     calls.clear()
     assert main(args + ["--ngram-heads", "0"]) == 2
     assert "at least one head" in capsys.readouterr().err and not calls  # nothing built
