@@ -74,7 +74,11 @@ def _kiwi():
             from kiwipiepy import Kiwi
         except ImportError as e:
             raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); `pip install -r requirements.txt`") from e
-        _KIWI = Kiwi(model_type="cong")
+        try:
+            _KIWI = Kiwi(model_type="cong")
+        except (ImportError, OSError, RuntimeError, ValueError) as e:  # kiwipiepy_model missing or damaged
+            raise MorphemesUnavailable(f"{PACKAGE} could not load its CoNg model ({e}); reinstall it: "
+                                       f"`pip install --force-reinstall -r requirements.txt`") from e
     return _KIWI
 
 
@@ -90,6 +94,11 @@ class Morphemes:
             raise ValueError(f"expand must be >= 0, got {expand}")
         self.expand, self.min_similarity = expand, min_similarity
         self._similar: dict[int, list[str]] = {}
+
+    def load(self) -> "Morphemes":
+        """Load the analyser now (~3 s) rather than at the first text (the chat service's first request)."""
+        _kiwi()
+        return self
 
     def neighbours(self, morpheme_id: int) -> list[str]:
         """``m:FORM/TAG`` of the ``expand`` nearest morphemes with cosine >= ``min_similarity``."""

@@ -297,7 +297,10 @@ class NgramEncoder(StoredReplyEncoder):
             raise ValueError(f"{d}: rows.npy ({len(rows)}) and vectors.npy {vecs.shape} do not match "
                              f"settings.json (dim {settings.dim} x {settings.heads} heads, {settings.buckets} buckets); rebuild it "
                              f"with `dialogbert index`")
-        return cls(settings, rows, vecs)
+        enc = cls(settings, rows, vecs)
+        if enc.morphemes is not None:
+            enc.morphemes.load()
+        return enc
 
 
 class RowAdam:
