@@ -54,12 +54,15 @@ def available() -> bool:
     return True
 
 
+MISSING_FIX = "`pip install -r requirements.txt`, or leave the morphemes out (`dialogbert index --no-morphemes`)"
+
+
 def version() -> str:
     """The analyser's version (``kiwipiepy`` x.y.z): its morphemes and neighbours belong to it."""
     try:
         import kiwipiepy
     except ImportError as e:
-        raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); `pip install -r requirements.txt`") from e
+        raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); {MISSING_FIX}") from e
     return kiwipiepy.__version__
 
 
@@ -73,7 +76,7 @@ def _kiwi():
         try:
             from kiwipiepy import Kiwi
         except ImportError as e:
-            raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); `pip install -r requirements.txt`") from e
+            raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); {MISSING_FIX}") from e
         try:
             _KIWI = Kiwi(model_type="cong")
         except (ImportError, OSError, RuntimeError, ValueError) as e:  # kiwipiepy_model missing or damaged

@@ -311,8 +311,7 @@ def own_encoders(folder, texts: Sequence[str], ngram: bool = True, use: bool = T
             out["ngram"] = NgramEncoder.load(folder)
         except MorphemesUnavailable as e:
             raise MorphemesUnavailable(f"{folder}: the ranker's n-gram encoder (ngram/) was trained with Korean "
-                                       f"morphemes, which cannot be read: {e}; or refit without them "
-                                       f"(`dialogbert index --no-morphemes`)") from e
+                                       f"morphemes: {e}") from e
     if use and (Path(folder) / USE_DIR).is_dir():
         from retrieval.use import UseEncoder, UseUnavailable
         try:
