@@ -17,10 +17,11 @@ so a question worded with a synonym the training pairs never used still lands on
 Symbols, numbers, Latin text, Hanja and web tokens get none: an English text's features are the
 n-grams alone, and a text without Hangul never reaches the analyser.
 
-Measured on the ChatbotData validation carve-out (897 examples; R10@1 of the n-gram encoder alone,
-4 heads, seeds 0 / 1): the character n-grams 0.706 / 0.701; with the morphemes 0.721; with the
-3 / 5 nearest neighbours of each content morpheme (cosine >= 0.5 / 0.55) 0.730 / 0.735 (0.739 /
-0.750 with seed 1); 8 neighbours (>= 0.5) 0.751. docs/retrieval.md has the ranker's figures.
+Chosen on the ChatbotData validation carve-out (897 examples; the n-gram encoder with 4 heads,
+R10@1 alone / in the ranker, its weights fitted on one half and scored on the other): character
+n-grams 0.706 / 0.756; with the morphemes and 3, 5 or **8 neighbours** (cosine >= 0.5, 0.55,
+**0.5**) 0.729 / 0.764, 0.739 / 0.770, **0.750 / 0.779**; 12 or 16 neighbours no better.
+docs/retrieval.md has the test figures ("Morphemes and their pretrained neighbours").
 
 The nearest-morpheme search scans the model's vocabulary (about 7 ms a morpheme), so each
 morpheme's neighbours are looked up once per process and kept; loading the model takes ~3 s and
@@ -111,7 +112,8 @@ class Morphemes:
                 near = _kiwi().most_similar_morphemes(int(morpheme_id), top_n=self.expand)
             except (ValueError, IndexError, RuntimeError):  # a morpheme the embeddings do not cover
                 near = []
-            got = [f"m:{s.form}/{s.tag}" for s in near if s.score >= self.min_similarity]
+            got = [f"m:{s.form}/{s.tag}" for s in near
+                   if s.score >= self.min_similarity and s.form and _base_tag(s.tag).startswith(KOREAN_TAGS)]
             if len(self._similar) > 500_000:
                 self._similar.clear()
             self._similar[morpheme_id] = got
@@ -129,6 +131,8 @@ class Morphemes:
                 if not base.startswith(KOREAN_TAGS):
                     continue
                 feats.append(f"m:{tok.form}/{tok.tag}")
-                if self.expand and base in CONTENT_TAGS:
+                # an out-of-vocabulary morpheme (a new name, a typo) has a placeholder id that
+                # stands for every such morpheme of its tag: no neighbours of its own
+                if self.expand and base in CONTENT_TAGS and not tok.oov:
                     feats.extend(self.neighbours(tok.id))
         return out

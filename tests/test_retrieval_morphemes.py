@@ -26,6 +26,14 @@ def test_conjugations_share_their_stem_and_content_morphemes_bring_their_neighbo
     assert Morphemes(min_similarity=1.01).features(["헤어졌어"]) == [alone]
 
 
+def test_an_unknown_word_is_a_feature_without_neighbours():
+    """A made-up name is out of the analyser's vocabulary: its placeholder id stands for every such
+    word, so it brings no neighbours (they would be the same junk for all of them)."""
+    made_up, known = Morphemes().features(["퓨럴깁이 왔어", "헤어졌어"])
+    assert made_up[0].startswith("m:퓨럴깁/") and made_up[1] == "m:이/JKS"  # no neighbours between
+    assert all(f.split("/")[0] != "m:" for f in made_up + known)  # no empty forms
+
+
 def test_text_without_korean_morphemes_gets_no_features():
     assert Morphemes().features(["hello there, 123 :)", "", "ㅋㅋㅋ ㅠㅠ", "https://example.com"]) == [[], [], [], []]
     with pytest.raises(ValueError, match="expand must be >= 0"):
