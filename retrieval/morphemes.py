@@ -20,7 +20,9 @@ n-grams alone, and a text without Hangul never reaches the analyser.
 Chosen on the ChatbotData validation carve-out (897 examples; the n-gram encoder with 4 heads,
 R10@1 alone / in the ranker, its weights fitted on one half and scored on the other): character
 n-grams 0.706 / 0.756; with the morphemes and 3, 5 or **8 neighbours** (cosine >= 0.5, 0.55,
-**0.5**) 0.729 / 0.764, 0.739 / 0.770, **0.750 / 0.779**; 12 or 16 neighbours no better.
+**0.5**) 0.729 / 0.764, 0.739 / 0.770, **0.750 / 0.779**; 12 or 16 neighbours no better (measured
+before out-of-vocabulary morphemes lost their placeholder's neighbours: 8 neighbours then 0.743 /
+0.764).
 docs/retrieval.md has the test figures ("Morphemes and their pretrained neighbours").
 
 The nearest-morpheme search scans the model's vocabulary (about 7 ms a morpheme), so each

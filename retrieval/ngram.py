@@ -15,9 +15,8 @@ morphemes (헤어졌어 -> 헤어지/VV 었/EP 어/EF) are features too, and so 
 morphemes (CoNg cosine >= 0.5) of each content morpheme under the embeddings of the Kiwi
 analyser's language model (retrieval.morphemes): 헤어지 brings 이별, 작별, 결별, so a question worded
 with a synonym the training pairs never used still reaches trained rows. That is Korean
-knowledge from far more text than the corpus holds, at the cost of the n-grams. On the
-ChatbotData carve-out (seed 0) it lifted the encoder alone from 0.706 to 0.750 and the ranker
-from 0.756 to 0.779 (docs/retrieval.md). Text without Hangul gets no such features: an English
+knowledge from far more text than the corpus holds. On ChatbotData test (seed 0) it lifted the
+encoder alone from 0.719 to 0.748 and the ranker from 0.743 to 0.758 (docs/retrieval.md). Text without Hangul gets no such features: an English
 corpus's encoder is the same as without them.
 
 **Heads.** The encoder is ``heads`` such tables (4 by default), each initialised from its own
