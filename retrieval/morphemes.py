@@ -43,18 +43,12 @@ KOREAN_TAGS = ("N", "V", "M", "I", "J", "E", "X")
 # whose neighbours are added: nouns, verbs, adjectives, adverbs, roots (not particles or endings)
 CONTENT_TAGS = ("NNG", "NNP", "VV", "VA", "MAG", "XR")
 PACKAGE = "kiwipiepy"
+EXPAND = 8             # nearest morphemes added for each content morpheme (chosen on the carve-out, above)
+MIN_SIMILARITY = 0.5   # ... whose CoNg cosine is at least this
 
 
 class MorphemesUnavailable(MissingPackage):
     """kiwipiepy (and its model package) is not installed."""
-
-
-def available() -> bool:
-    try:
-        import kiwipiepy  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 MISSING_FIX = "`pip install -r requirements.txt`, or leave the morphemes out (`dialogbert index --no-morphemes`)"
@@ -76,10 +70,8 @@ def _kiwi():
     """One CoNg Kiwi a process (its model takes ~3 s and ~280 MB to load)."""
     global _KIWI
     if _KIWI is None:
-        try:
-            from kiwipiepy import Kiwi
-        except ImportError as e:
-            raise MorphemesUnavailable(f"{PACKAGE} is not installed ({e}); {MISSING_FIX}") from e
+        version()  # raises, naming the fix, where kiwipiepy is missing
+        from kiwipiepy import Kiwi
         try:
             _KIWI = Kiwi(model_type="cong")
         except (ImportError, OSError, RuntimeError, ValueError) as e:  # kiwipiepy_model missing or damaged
@@ -95,7 +87,7 @@ def _base_tag(tag) -> str:
 class Morphemes:
     """``features(texts)``: each text's morpheme feature strings (see the module's doc)."""
 
-    def __init__(self, expand: int = 8, min_similarity: float = 0.5):
+    def __init__(self, expand: int = EXPAND, min_similarity: float = MIN_SIMILARITY):
         if expand < 0:
             raise ValueError(f"expand must be >= 0, got {expand}")
         self.expand, self.min_similarity = expand, min_similarity

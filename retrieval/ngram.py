@@ -64,6 +64,7 @@ import torch
 
 from preprocess.schema import atomic_write_text
 from retrieval.index import NGRAM_DIR
+from retrieval.morphemes import EXPAND, MIN_SIMILARITY
 from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
 
 HASH_CHUNK = 4096  # pairs whose texts go through the morpheme analyser at once when training
@@ -86,8 +87,8 @@ class NgramSettings:
     lr: float = 3e-3
     max_minutes: float = 20.0  # training stops after this long, whatever the epoch
     morphemes: bool = True     # Korean morphemes and their pretrained neighbours as features too (retrieval.morphemes)
-    expand: int = 8            # nearest morphemes added for each content morpheme
-    min_similarity: float = 0.5   # ... whose CoNg cosine is at least this
+    expand: int = EXPAND       # nearest morphemes added for each content morpheme (retrieval.morphemes)
+    min_similarity: float = MIN_SIMILARITY  # ... whose CoNg cosine is at least this
     analyser: str = ""         # the morpheme analyser's version the table was trained with (set by fit)
     trained: dict = field(default_factory=dict)  # what training measured (pairs, steps, loss, minutes)
 
@@ -95,8 +96,6 @@ class NgramSettings:
         if self.heads < 1 or self.dim < 1:
             raise ValueError(f"the n-gram encoder needs at least one head and dimension, "
                              f"got heads={self.heads}, dim={self.dim}")
-        if self.expand < 0:
-            raise ValueError(f"the n-gram encoder's morpheme expansion must be >= 0, got {self.expand}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "NgramSettings":
@@ -134,12 +133,12 @@ class NgramEncoder(StoredReplyEncoder):
         self.settings = s = settings or NgramSettings()
         self.dim = s.dim * s.heads  # the vector's width: the heads side by side
         self._unseen: dict[int, np.ndarray] = {}
-        self.morphemes = None
+        self.morphemes, self.analyser = None, ""
         if s.morphemes:
             from retrieval.morphemes import Morphemes, version
-            analyser = version()  # raises where the analyser is missing, naming the fix
-            if s.analyser and s.analyser != analyser:
-                raise ValueError(f"this n-gram encoder was trained with kiwipiepy {s.analyser}, but {analyser} "
+            self.analyser = version()  # raises where the analyser is missing, naming the fix
+            if s.analyser and s.analyser != self.analyser:
+                raise ValueError(f"this n-gram encoder was trained with kiwipiepy {s.analyser}, but {self.analyser} "
                                  f"is installed: its morphemes may differ; install kiwipiepy=={s.analyser} or "
                                  f"rebuild the index with `dialogbert index`")
             self.morphemes = Morphemes(s.expand, s.min_similarity)
@@ -154,9 +153,6 @@ class NgramEncoder(StoredReplyEncoder):
         self.table = table
         self.lookup = np.full(s.buckets, -1, dtype=np.int64)
         self.lookup[self.rows] = np.arange(len(self.rows))
-
-    def ids(self, text: str) -> list[int]:
-        return self.ids_of([text])[0]
 
     def ids_of(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's feature buckets: its n-grams (:func:`grams`) and, with
@@ -247,9 +243,7 @@ class NgramEncoder(StoredReplyEncoder):
         # what is served is what is stored: the rows rounded to float16 now
         self.table = self.table.half()
         s.trained = {**trained, "rows": int(len(self.rows))}
-        if self.morphemes is not None:
-            from retrieval.morphemes import version
-            s.analyser = version()
+        s.analyser = self.analyser  # "" without morphemes
         return s.trained
 
     def table_rows(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
