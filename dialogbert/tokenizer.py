@@ -127,8 +127,8 @@ def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """The tokenizer of an outside checkpoint we continue from (``model.init_from``).
 
     Our own tokenizers must pass :func:`check_tokenizer`; an outside BERT's is taken as it is, so
-    its vocabulary keeps matching its embeddings, with two repairs: the placeholders and specials
-    it lacks are added as special tokens (the embedding matrix grows by those rows, see
+    its vocabulary keeps matching its embeddings, with two repairs: the placeholders it lacks, and
+    the specials whose role it does not fill (XLM-R's ``<s>`` is a [CLS]), are added as special tokens (the embedding matrix grows by those rows, see
     train.copy_compatible_weights), and a lowercasing one is accepted with a warning, since it is
     fine for English but turns Korean into jamo/[UNK]."""
     import warnings
@@ -140,8 +140,9 @@ def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
         warnings.warn(f"{p}: its tokenizer lowercases and strips accents: fine for English, but Korean "
                       f"turns into jamo/[UNK]; for Korean, continue from a cased model or train ours",
                       stacklevel=2)
-    missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
-               and t != UNK]
+    roles = {PAD: tok.pad_token, CLS: tok.cls_token, SEP: tok.sep_token, MASK: tok.mask_token}
+    missing = [t for t in SPECIAL_TOKENS if t != UNK and roles.get(t) is None
+               and tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
     return tok
