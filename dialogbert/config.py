@@ -75,6 +75,7 @@ class TrainSection:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    encoder_lr_ratio: float = 1.0  # < 1: a warm-started encoder (bert.*) learns at lr * this, new heads at lr
     grad_accum: int = 1
     clip: float = 1.0
     eval_every: int = 100

@@ -7,7 +7,8 @@ previous turns and the candidate is the newest turn, encoded by
 candidate is the true turn t (``next_turn_label`` 0); otherwise (label 1) it is a turn of
 ANOTHER conversation drawn from a ring buffer of recent turns or, with share
 ``same_conv_negative_share``, a later non-adjacent turn (t+2 or later) of the same
-conversation when one exists. With ``negatives_by_source`` that other conversation is of the
+conversation when one exists, or, with share ``copy_negative_share``, a copy or near-copy of a
+turn of the context itself (:func:`near_copy`). With ``negatives_by_source`` that other conversation is of the
 same source (``Conversation.source``: one corpus or export format): in a mixed corpus a turn of
 another corpus gives itself away by its style, so the head can learn which corpus a turn is from
 instead of whether it answers. Measured on the Korean mix (ChatbotData, XPersona-ko, chatterbot;
@@ -66,6 +67,7 @@ class DataConfig:
     next_turn: bool = True
     same_conv_negative_share: float = 0.25  # of the negatives: share from a later non-adjacent turn
     negatives_by_source: bool = False  # True: the other negatives are turns of the same source only
+    copy_negative_share: float = 0.0  # of the negatives: share that copies a context turn (half near-copies)
     shuffle_buffer: int = 2048      # examples buffered for shuffling + length bucketing
     min_context_turns: int = 1
     dialog_ids: bool = True         # False: speaker and turn ids all 0 (the ablation without them)
@@ -76,8 +78,9 @@ class DataConfig:
                              f"(a context and a candidate); raise max_turns or set next_turn=False")
         if not 0.0 <= self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability={self.mlm_probability} must be in [0, 1)")
-        if not 0.0 <= self.same_conv_negative_share <= 1.0:
-            raise ValueError(f"same_conv_negative_share={self.same_conv_negative_share} must be in [0, 1]")
+        for key in ("same_conv_negative_share", "copy_negative_share"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1]")
         if self.batch_size < 1 or self.shuffle_buffer < 1 or self.min_context_turns < 1:
             raise ValueError("batch_size, shuffle_buffer and min_context_turns must be >= 1")
 
@@ -88,6 +91,17 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown data config keys {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+def near_copy(rng: random.Random, ids: list[int]) -> list[int]:
+    """A context turn as a wrong next turn: half the time the copy itself, otherwise with one token
+    dropped or repeated. A bot that ranks by overlap with the context prefers exactly these; the
+    next-turn head learns that repeating the other speaker is not an answer."""
+    ids = list(ids)
+    if len(ids) < 2 or rng.random() < 0.5:
+        return ids
+    i = rng.randrange(len(ids))
+    return ids[:i] + ids[i + 1:] if rng.random() < 0.5 else ids[:i + 1] + ids[i:]
 
 
 def _seed(*parts) -> int:
@@ -274,8 +288,12 @@ class PretrainStream:
         return f
 
     def _negative(self, rng: random.Random, ids: list[list[int]], t: int, recent: list,
-                  elsewhere: list | None = None) -> list[int] | None:
+                  elsewhere: list | None = None, lo: int = 0) -> list[int] | None:
         true = ids[t]
+        if ids[lo:t] and rng.random() < self.cfg.copy_negative_share:
+            cand = near_copy(rng, rng.choice(ids[lo:t]))
+            if cand and cand != true:
+                return cand
         later = range(t + 2, len(ids))
         if len(later) and rng.random() < self.cfg.same_conv_negative_share:
             for _ in range(8):
@@ -313,7 +331,7 @@ class PretrainStream:
                     lo = max(0, t - (c.max_turns - 1))
                     cand, label = ids[t], 0
                     if rng.random() < 0.5:
-                        neg = self._negative(rng, ids, t, recent, elsewhere)
+                        neg = self._negative(rng, ids, t, recent, elsewhere, lo)
                         if neg is not None:
                             cand, label = neg, 1
                     yield self._encode(ids[lo:t] + [cand], speakers[lo:t + 1]), label

@@ -57,22 +57,26 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices, none on biases, LayerNorm weights and embeddings' norms."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, encoder_lr_ratio: float = 1.0) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases, LayerNorm weights and embeddings' norms.
+    With ``encoder_lr_ratio`` != 1 the pretrained encoder (``bert.*``) learns at that share of the
+    learning rate (its ``lr_mult``) while what starts fresh (the heads, the turn embedding) learns
+    at the full rate: new heads on a warm-started BERT then move without dragging it along."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+        encoder = encoder_lr_ratio != 1.0 and name.startswith("bert.")
+        groups.setdefault((no_decay, encoder), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr_mult": encoder_lr_ratio if encoder else 1.0}
+            for (no_decay, encoder), ps in sorted(groups.items())]
 
 
 def build_optimizer(model: nn.Module, train) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr,
-                             betas=(train.beta1, train.beta2), eps=train.eps)
+    return torch.optim.AdamW(param_groups(model, train.weight_decay, getattr(train, "encoder_lr_ratio", 1.0)),
+                             lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
 
 
 def _is_dist() -> bool:
@@ -161,7 +165,7 @@ class TorchEngine(Engine):
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
 
     def _at_boundary(self) -> bool:
         return (self.micro_step + 1) % self.grad_accum == 0
@@ -329,7 +333,7 @@ class DeepSpeedEngine(Engine):
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:  # the wrapped optimizer steps with these groups
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
 
     def forward(self, batch):
         return self.engine(**self.to_device(batch))

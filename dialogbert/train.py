@@ -93,7 +93,7 @@ def _bert_key(key: str) -> str:
 
 def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torch.Tensor],
                             grow_vocab: bool = False) -> dict[str, list[str]]:
-    """Copy every weight whose name and shape match; grow/shrink token-type and position
+    """Copy every weight whose name and shape match; grow/shrink token-type, position and turn
     embeddings by rows (new token-type rows start as row 0 plus noise, so speakers begin as
     BERT's segment A); leave the rest (e.g. the turn embedding) as initialised. ``grow_vocab``
     (the source's own tokenizer, extended by added tokens, is used): the word embeddings and
@@ -112,7 +112,7 @@ def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torc
             if value.shape == param.shape:
                 param.copy_(value)
                 report["copied"].append(key)
-            elif (key.endswith(("token_type_embeddings.weight", "position_embeddings.weight"))
+            elif (key.endswith(("token_type_embeddings.weight", "position_embeddings.weight", "turn_embeddings.weight"))
                   or (grow_vocab and key.endswith("word_embeddings.weight") and value.shape[0] < param.shape[0])) \
                     and value.ndim == 2 and value.shape[1] == param.shape[1]:
                 n = min(value.shape[0], param.shape[0])

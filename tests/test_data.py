@@ -357,3 +357,36 @@ def test_eval_set_spans_the_whole_split(in_source_order):
     assert all(seen.count(s) >= 8 for s in SOURCES), seen  # not just the first corpus
     again = eval_batches(d, tok, cfg, split=None, max_examples=48)
     assert all(_equal(a, b) for a, b in zip(ev, again))
+
+
+def test_copy_negatives_repeat_a_context_turn(synth):
+    """copy_negative_share=1: every negative is a context turn, itself or with one token dropped or
+    repeated (what a bot ranking by overlap with the context would pick)."""
+    import random
+
+    from dialogbert.data import near_copy
+    d, tok, convs = synth
+    cfg = DataConfig(max_turns=8, shuffle_buffer=64, copy_negative_share=1.0, mlm=False)
+    exact = near = 0
+    for f, label in PretrainStream(d, tok, cfg, split=None, seed=0).examples(0):
+        if label != 1:
+            continue
+        ids, tids = torch.tensor(f["input_ids"]), torch.tensor(f["turn_ids"])
+        cand = ids[tids == 1][:-1].tolist()  # the candidate's tokens, less its [SEP]
+        context = [ids[tids == k][:-1].tolist() for k in sorted(set(tids.tolist()) - {0, 1})]
+        if cand in context:
+            exact += 1
+        else:
+            assert any(abs(len(cand) - len(c)) == 1 and (cand in near_copies(c)) for c in context), cand
+            near += 1
+    assert exact > 20 and near > 20
+    rng = random.Random(0)
+    assert near_copy(rng, [5]) == [5]
+    assert {len(near_copy(rng, [1, 2, 3, 4])) for _ in range(50)} == {3, 4, 5}
+    with pytest.raises(ValueError, match="copy_negative_share"):
+        DataConfig(copy_negative_share=1.5)
+
+
+def near_copies(ids: list[int]) -> list[list[int]]:
+    return ([ids[:i] + ids[i + 1:] for i in range(len(ids))]
+            + [ids[:i + 1] + ids[i:] for i in range(len(ids))])

@@ -341,3 +341,38 @@ def test_word_embeddings_grow_only_with_their_own_tokenizer():
     other = copy_compatible_weights(model, src)
     assert any(r.startswith("bert.embeddings.word_embeddings.weight") for r in other["ignored"])
     assert not torch.equal(model.bert.embeddings.word_embeddings.weight[:90], src["embeddings.word_embeddings.weight"])
+
+
+def test_turn_embeddings_keep_their_rows_across_max_turns():
+    """A warm start's turn embedding (e5's are zero: no turn information yet) is copied row by row
+    into a model with fewer or more turns, not dropped for a fresh random one."""
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
+    from dialogbert.train import copy_compatible_weights
+
+    cfg = DialogBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=32, max_turns=8)
+    src = {"turn_embeddings.weight": torch.zeros(17, 16)}
+    model = DialogBertForPreTraining(cfg)
+    report = copy_compatible_weights(model, src)
+    assert "turn_embeddings.weight (17, 16)->(9, 16)" in report["resized"]
+    assert torch.equal(model.turn_embeddings.weight, torch.zeros(9, 16))
+
+
+def test_encoder_lr_ratio_slows_the_pretrained_encoder_only():
+    from dialogbert.engine import TorchEngine, param_groups
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
+
+    model = DialogBertForPreTraining(DialogBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                      num_attention_heads=2, intermediate_size=32,
+                                                      max_position_embeddings=32))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.01, encoder_lr_ratio=0.1)
+    for g in groups:
+        encoder = {names[id(p)].startswith("bert.") for p in g["params"]}
+        assert len(encoder) == 1 and g["lr_mult"] == (0.1 if encoder.pop() else 1.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(param_groups(model, 0.01)) == 2  # without a ratio: the two decay groups as before
+    engine = TorchEngine(model, TrainSection(lr=1e-3, encoder_lr_ratio=0.1, device="cpu"))
+    engine.set_lr(1e-3)
+    lrs = {names[id(g["params"][0])].startswith("bert."): g["lr"] for g in engine.optimizer.param_groups}
+    assert lrs == {True: pytest.approx(1e-4), False: pytest.approx(1e-3)}
