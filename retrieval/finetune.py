@@ -81,6 +81,7 @@ class FtTrain:
     symmetric: bool = True         # dual: context->response and response->context losses
     hard_negatives: bool = False   # another turn of the same conversation as a negative
     grad_clip: float = 1.0
+    length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
     save_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 25
@@ -128,9 +129,22 @@ def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
     return pairs
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
+                window: int = 0) -> list[list[int]]:
+    """The epoch's batches: a seeded shuffle cut into ``batch_size`` rows. With ``lengths`` and
+    ``window`` > 0, each run of ``window`` batches of the shuffle is sorted by length before it is
+    cut, and the batches are shuffled again: a batch then pads to a length near its own rows'
+    (the transformer's cost is the padded tokens), while each batch's in-batch negatives are
+    still drawn from the whole corpus."""
+    rng = random.Random(seed * 1_000_003 + epoch)
     perm = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+    rng.shuffle(perm)
+    if lengths is not None and window > 0:
+        span = batch_size * window
+        perm = [i for s in range(0, n, span) for i in sorted(perm[s:s + span], key=lambda i: lengths[i])]
+        batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        return batches or [perm]
     return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
 
 
@@ -256,12 +270,13 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     max_steps, t0 = T.max_steps, time.time()
     budget = T.max_minutes * 60
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
-    order = batch_order(len(pairs), bs, seed, epoch)
+    lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs] if T.length_window else None
+    order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window)
     recent: list[float] = []
     while step < max_steps:
         if bi >= len(order):
             epoch, bi = epoch + 1, 0
-            order = batch_order(len(pairs), bs, seed, epoch)
+            order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window)
         batch = [pairs[i] for i in order[bi]]
         bi += 1
         lr = lr_at(step, T)

@@ -49,6 +49,22 @@ def tiny_shards(tmp_path_factory) -> Path:
     return out
 
 
+def save_random_dialogbert(out: Path, hidden: int = 64, layers: int = 2, pretraining: bool = True) -> Path:
+    """A randomly initialised DialogBERT (seed 0) with the tiny tokenizer, saved into ``out``: the
+    heads too when ``pretraining`` (a checkpoint to fine-tune), else the encoder alone."""
+    import torch
+
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining, DialogBertModel
+    from dialogbert.tokenizer import load_tokenizer
+    tok = load_tokenizer(copy_tiny_tokenizer(out))
+    torch.manual_seed(0)
+    cfg = DialogBertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                           intermediate_size=2 * hidden, max_position_embeddings=128, max_turns=8, num_speakers=4,
+                           pad_token_id=tok.pad_token_id)
+    (DialogBertForPreTraining if pretraining else DialogBertModel)(cfg).save_pretrained(out)
+    return out
+
+
 def copy_tiny_tokenizer(out: Path) -> Path:
     """The tokenizer fixture (tests/fixtures/tiny-tokenizer: WordPiece, 2,000 pieces, trained once
     on ``tiny_shards``' conversations with ``train_tokenizer``) copied into ``out``. A committed

@@ -12,20 +12,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_shards, tmp_path_factory):
-    import torch
-
-    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
-    from conftest import copy_tiny_tokenizer
-    from dialogbert.tokenizer import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-dialogbert")
-    tok = load_tokenizer(copy_tiny_tokenizer(out))
-    torch.manual_seed(0)
-    cfg = DialogBertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=128, max_position_embeddings=128, max_turns=8, num_speakers=4,
-                           pad_token_id=tok.pad_token_id)
-    DialogBertForPreTraining(cfg).save_pretrained(out)
-    return out
+    from conftest import save_random_dialogbert
+    return save_random_dialogbert(tmp_path_factory.mktemp("tiny-dialogbert"))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def test_finetune_index_evaluate_beats_random(finetuned, tiny_shards, tmp_path):
     assert type(AutoModel.from_pretrained(finetuned)).__name__ == "DialogBertModel"
     idx_dir = build_index(finetuned, tiny_shards, tmp_path / "index")
     rep = evaluate(finetuned, tiny_shards, tmp_path / "report", index_dir=idx_dir)
-    sys_ = rep["systems"][finetuned.name]
+    sys_ = rep["systems"]["encoder"]
     rand = rep["systems"]["random"]
     assert rep["sizes"]["test_examples"] >= 200
     assert sys_["MRR"] > rand["MRR"] + 0.1, sys_
@@ -295,3 +283,19 @@ def test_peer_encoder_loads_from_its_pip_package_offline():
     assert np.allclose(np.linalg.norm(r, axis=1), 1.0, atol=1e-5)
     s = (c @ r.T)[0]
     assert s[0] > s[1] + 0.1, s
+
+
+def test_length_window_batches_cover_every_pair_once_and_pad_less():
+    import random
+
+    from retrieval.finetune import batch_order
+    rng = random.Random(3)
+    lengths = [rng.randrange(5, 400) for _ in range(3200)]
+    plain = batch_order(len(lengths), 32, seed=0, epoch=1)
+    bucketed = batch_order(len(lengths), 32, seed=0, epoch=1, lengths=lengths, window=20)
+    assert sorted(i for b in bucketed for i in b) == list(range(3200))
+    assert all(len(b) == 32 for b in bucketed)
+    padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded(bucketed) < 0.7 * padded(plain)
+    assert bucketed == batch_order(len(lengths), 32, seed=0, epoch=1, lengths=lengths, window=20)  # resumable
+    assert bucketed != batch_order(len(lengths), 32, seed=0, epoch=2, lengths=lengths, window=20)
