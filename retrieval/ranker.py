@@ -586,6 +586,19 @@ def _held_out(choice, feats: dict, names: Sequence[str], rows: np.ndarray) -> fl
     return _objective(sum(ws.get(f, 0.0) * _at(feats, f, t_of, rows) / scales[f] for f in names))
 
 
+def contributions(feats: dict, weights: dict[str, float], t_of: dict, scales: dict) -> dict[str, float]:
+    """R10@1 on the fitting examples of the dual encoder alone, of the fitted ranker, and of the
+    fitted ranker without each other feature (its weight set to 0, the others kept): what each
+    feature adds beside the dialog model (in-sample: the weights were fitted on these examples)."""
+    from retrieval.metrics import ranks
+    r10 = lambda scores: round(float(np.mean(ranks(scores) <= 1)), 4)
+    z = {f: _at(feats, f, t_of) / scales[f] for f in weights}
+    full = sum(w * z[f] for f, w in weights.items())
+    out = {"dual alone": r10(feats["dual"]), "ranker": r10(full)}
+    out.update({f"without {f}": r10(full - w * z[f]) for f, w in weights.items() if f != "dual"})
+    return out
+
+
 def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
                rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "", method: str = "auto") -> Ranker:
     """Weights (and the neighbour temperatures) on ``examples`` (never the test split), each
@@ -630,6 +643,7 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
             "sources": dict(sorted(Counter(e.source for e in examples).items()))}
     if cv:
         info["cross_validated"] = cv
+    info["contributions"] = contributions(feats, weights, t_of, scales)
     return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
                   temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,
                   reranker=_resolved(getattr(scorer.reranker, "path", None)), fitted_on=info)
@@ -726,6 +740,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
               f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f}"
               + (f"; held out, mean of {CV_HALVINGS} halvings: {', '.join(f'{k} {v:.3f}' for k, v in cv.items())})"
                  if cv else ")"))
+        print("ranker: R10@1 on them: " + ", ".join(f"{k} {v:.3f}" for k, v in ranker.fitted_on["contributions"].items()))
     ranker.fitted_on.update({"model_sha256": index.info.get("model_sha256"), "count": index.info.get("count")})
     ranker.save(index_dir)
     return ranker

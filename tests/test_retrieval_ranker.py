@@ -157,6 +157,10 @@ def test_fit_gives_weight_to_the_informative_feature_only(monkeypatch):
     assert r.fitted_on["method"] == "logit" and "cross_validated" not in r.fitted_on
     assert w["neighbour"] > 2 * w["dual"] > 0 and abs(w.get("lexical", 0.0)) < 0.1 * w["neighbour"]
     assert r.fitted_on["fitted"] > r.fitted_on["dual_only"] + 0.3
+    # what each feature adds: without the informative one the ranker falls to about the dual alone
+    c = r.fitted_on["contributions"]
+    assert c["ranker"] > c["dual alone"] + 0.2 and c["without neighbour"] < c["ranker"] - 0.2
+    assert set(c) == {"dual alone", "ranker"} | {f"without {f}" for f in w if f != "dual"}
     assert set(r.scales) == set(r.weights)
     # the default: both cross-validated on two halves, the better one refitted on all
     r = fit_ranker(StubFeatures(feats), exs, exclude_own=False)
