@@ -8,7 +8,7 @@ import pytest
 
 from dialogbert.cli import build_parser, main
 
-STAGES = ["preprocess", "tokenizer", "pretrain", "finetune", "index", "eval", "ablate", "serve", "demo"]
+STAGES = ["preprocess", "tokenizer", "base", "pretrain", "finetune", "index", "eval", "adversarial", "ablate", "serve", "demo"]
 
 
 def test_help_lists_every_subcommand():
@@ -53,3 +53,16 @@ def test_index_passes_the_ngram_heads_and_morphemes_to_the_ranker_fit_and_refuse
     calls.clear()
     assert main(args + ["--ngram-heads", "0"]) == 2
     assert "at least one head" in capsys.readouterr().err and not calls  # nothing built
+
+
+def test_base_needs_a_corpus_or_full_and_names_what_is_missing(tmp_path, capsys):
+    assert main(["base", "--out", str(tmp_path / "base")]) == 2
+    assert "--shards" in capsys.readouterr().err and not (tmp_path / "base").exists()
+
+
+def test_e5_resolves_to_the_converted_folder(monkeypatch, tmp_path):
+    from dialogbert import e5
+    from dialogbert.peers import resolve_model
+    monkeypatch.setattr(e5, "cached", lambda weights=None: tmp_path / "converted")
+    assert resolve_model("e5") == resolve_model("multilingual-e5-small") == str(tmp_path / "converted")
+    assert resolve_model(str(tmp_path / "mine")) == str(tmp_path / "mine")
