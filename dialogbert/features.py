@@ -38,10 +38,13 @@ def relative_speakers(speakers: Sequence[str], num_speakers: int) -> list[int]:
 
 def encode_dialog(tokenizer, turns: Sequence[DialogTurn], max_length: int = 256,
                   max_turns: int = 16, num_speakers: int = 4, max_turn_tokens: int = 64,
-                  token_ids: Sequence[Sequence[int]] | None = None) -> dict[str, list[int]]:
+                  token_ids: Sequence[Sequence[int]] | None = None,
+                  prefix_ids: Sequence[int] = ()) -> dict[str, list[int]]:
     """Encode turns (oldest first) into ``input_ids``, ``token_type_ids``, ``turn_ids``,
     ``attention_mask`` (python lists, unpadded). ``token_ids`` may give the turns already
-    tokenized (without special tokens), which saves the tokenizer call in tight loops."""
+    tokenized (without special tokens), which saves the tokenizer call in tight loops.
+    ``prefix_ids`` go right after [CLS] with turn and speaker id 0, never cut: e5's ``query: `` /
+    ``passage: `` marks, which make a context and a reply of the same words two inputs."""
     if not turns:
         raise ValueError("encode_dialog needs at least one turn")
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -49,7 +52,8 @@ def encode_dialog(tokenizer, turns: Sequence[DialogTurn], max_length: int = 256,
         texts = [turn_text(t) for _, t in turns]
         token_ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     speakers = relative_speakers([s for s, _ in turns], num_speakers)
-    budget = max_length - 1  # room after [CLS]
+    prefix_ids = list(prefix_ids)
+    budget = max_length - 1 - len(prefix_ids)  # room after [CLS] and the prefix
     kept: list[tuple[list[int], int, int]] = []  # (ids, turn id, speaker id), newest first
     for back, i in enumerate(range(len(turns) - 1, -1, -1)):
         ids = list(token_ids[i][:max_turn_tokens])
@@ -61,7 +65,7 @@ def encode_dialog(tokenizer, turns: Sequence[DialogTurn], max_length: int = 256,
             need = len(ids) + 1
         kept.append((ids, back + 1, speakers[i]))
         budget -= need
-    input_ids, types, turn_ids = [cls_id], [0], [0]
+    input_ids, types, turn_ids = [cls_id, *prefix_ids], [0] * (1 + len(prefix_ids)), [0] * (1 + len(prefix_ids))
     for ids, tid, sid in reversed(kept):
         n = len(ids) + 1
         input_ids += ids + [sep_id]

@@ -38,6 +38,8 @@ class EncoderSettings:
     max_length: int = 128           # tokens per input ([CLS] + turns + [SEP]s)
     max_turn_tokens: int = 64       # each turn cut to this many tokens (its start kept)
     zero_dialog_ids: bool = False   # ablation: speaker and turn ids all 0 (train and eval alike)
+    context_prefix: str = ""        # text after [CLS] of every context (e5: "query:")
+    response_prefix: str = ""       # ... of every reply (e5: "passage:"): a reply that repeats the context is another input
     kind: str = "dual"              # "dual" (this module) or "cross" (retrieval.rerank.CrossEncoder)
 
     @classmethod
@@ -123,19 +125,21 @@ class Encoder:
         return model_hash(self.path)
 
     # ---- features -----------------------------------------------------------------------
-    def featurize(self, items: Sequence[Turns], keep: int | None = None) -> list[dict[str, list[int]]]:
+    def featurize(self, items: Sequence[Turns], keep: int | None = None, prefix: str = "") -> list[dict[str, list[int]]]:
         """encode_dialog over many turn lists (the newest ``keep`` turns of each, by default
-        ``context_turns``), tokenizing each distinct turn text once."""
+        ``context_turns``), tokenizing each distinct turn text once; ``prefix`` (a setting's
+        context or response prefix) after [CLS]."""
         s = self.settings
         keep = s.context_turns if keep is None else keep
         items = [list(t)[-keep:] if keep else list(t) for t in items]
         texts = sorted({turn_text(text) for turns in items for _, text in turns})
         ids = dict(zip(texts, self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])) if texts else {}
+        prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         feats = []
         for turns in items:
             f = encode_dialog(self.tokenizer, turns, max_length=s.max_length, max_turns=self.max_turns,
                               num_speakers=max(2, self.num_speakers), max_turn_tokens=s.max_turn_tokens,
-                              token_ids=[ids[turn_text(t)] for _, t in turns])
+                              token_ids=[ids[turn_text(t)] for _, t in turns], prefix_ids=prefix_ids)
             if not self.is_dialog or s.zero_dialog_ids:
                 f["token_type_ids"] = [0] * len(f["input_ids"])
                 f["turn_ids"] = [0] * len(f["input_ids"])
@@ -165,9 +169,10 @@ class Encoder:
         return {k: v.to(dev) for k, v in pad_batch(feats, pad_id).items()}
 
     # ---- encode -------------------------------------------------------------------------
-    def encode(self, items: Sequence[Turns], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+    def encode(self, items: Sequence[Turns], batch_size: int = 64, show_progress: bool | None = None,
+               prefix: str = "") -> np.ndarray:
         """Turn lists (oldest first) -> float32 (n, d), L2-normalised, in input order."""
-        return self.run(self.featurize(items), (self.dim,), batch_size, show_progress, "encode")
+        return self.run(self.featurize(items, prefix=prefix), (self.dim,), batch_size, show_progress, "encode")
 
     def run(self, feats: list[dict], shape: tuple[int, ...], batch_size: int = 64,
             show_progress: bool | None = None, desc: str = "encode") -> np.ndarray:
@@ -192,8 +197,14 @@ class Encoder:
         self.model.train(was_training)
         return out
 
+    def context_features(self, contexts: Sequence[Turns]) -> list[dict[str, list[int]]]:
+        return self.featurize(contexts, prefix=self.settings.context_prefix)
+
+    def response_features(self, texts: Sequence[str], speaker: str = "R") -> list[dict[str, list[int]]]:
+        return self.featurize([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix)
+
     def encode_contexts(self, contexts: Sequence[Turns], **kw) -> np.ndarray:
-        return self.encode(contexts, **kw)
+        return self.encode(contexts, prefix=self.settings.context_prefix, **kw)
 
     def encode_responses(self, texts: Sequence[str], speaker: str = "R", **kw) -> np.ndarray:
-        return self.encode([[(speaker, t)] for t in texts], **kw)
+        return self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)

@@ -64,6 +64,8 @@ class FtModel:
     kind: str = "dual"             # "dual" encoder, or "cross" (the re-ranker, retrieval.rerank)
     pooling: str = "mean"          # dual: "mean" over non-pad tokens or "cls"
     zero_dialog_ids: bool = False  # ablation: speaker/turn ids all 0 in fine-tuning and evaluation
+    context_prefix: str = ""       # dual: text after [CLS] of contexts ("query:" for e5) ...
+    response_prefix: str = ""      # ... and of replies ("passage:"), kept in retrieval.json for serving
 
 
 @dataclass
@@ -80,6 +82,7 @@ class FtTrain:
     learn_scale: bool = False
     symmetric: bool = True         # dual: context->response and response->context losses
     hard_negatives: bool = False   # another turn of the same conversation as a negative
+    copy_negatives: bool = False   # each context's newest turn as a negative (a bot must not echo it)
     grad_clip: float = 1.0
     length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
     save_every: int = 200
@@ -232,7 +235,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             state = json.loads((ck / "trainer_state.json").read_text("utf-8"))
             print(f"finetune: resuming from {ck} (step {state['step']})")
     settings = EncoderSettings(pooling=M.pooling, context_turns=D.context_turns, max_length=D.max_length,
-                               max_turn_tokens=D.max_turn_tokens, zero_dialog_ids=M.zero_dialog_ids)
+                               max_turn_tokens=D.max_turn_tokens, zero_dialog_ids=M.zero_dialog_ids,
+                               context_prefix=M.context_prefix, response_prefix=M.response_prefix)
     enc = (CrossEncoder if cross else Encoder).load(start_from, strict_kind=False, **asdict(settings))
     enc.path = None
     model = enc.model
@@ -328,10 +332,12 @@ def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ra
             alts = [t for j, t in enumerate(p["conv_turns"]) if j != p["turn"] and t != p["response"]]
             if alts:
                 resp_texts.append(rng.choice(alts))
+    if T.copy_negatives:  # the newest context turn, repeated, as a wrong reply
+        resp_texts += [p["context"][-1][1] for p in batch if p["context"][-1][1] != p["response"]]
     same = torch.tensor([[j != i and resp_texts[j] == resp_texts[i] for j in range(len(resp_texts))]
                          for i in range(len(batch))])
-    c = enc.forward(enc.pad(enc.featurize(ctx_items)))
-    r = enc.forward(enc.pad(enc.featurize([[("R", t)] for t in resp_texts])))
+    c = enc.forward(enc.pad(enc.context_features(ctx_items)))
+    r = enc.forward(enc.pad(enc.response_features(resp_texts)))
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
     return mnr_loss(c, r, scale, same, T.symmetric), scale
 
