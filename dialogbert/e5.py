@@ -292,7 +292,6 @@ def _save_folder(out: Path, sd: dict, tokenizer, bert_cfg: dict, source: dict,
                  max_turns: int, num_speakers: int, seed: int = 0) -> Path:
     """Write a DialogBertModel folder whose dialog embeddings leave e5's function unchanged."""
     import torch
-    from safetensors.torch import save_file
 
     from dialogbert.modeling import DialogBertConfig, DialogBertModel
     vocab = len(tokenizer)

@@ -390,3 +390,16 @@ def test_copy_negatives_repeat_a_context_turn(synth):
 def near_copies(ids: list[int]) -> list[list[int]]:
     return ([ids[:i] + ids[i + 1:] for i in range(len(ids))]
             + [ids[:i + 1] + ids[i:] for i in range(len(ids))])
+
+
+def test_encode_dialog_prefix_follows_cls_and_is_never_cut(tok):
+    turns = [("A", "안녕 오늘 뭐해"), ("B", "밥 먹어")]
+    prefix = tok("query:", add_special_tokens=False)["input_ids"]
+    plain = encode_dialog(tok, turns, max_length=128)
+    f = encode_dialog(tok, turns, max_length=128, prefix_ids=prefix)
+    n = len(prefix)
+    assert f["input_ids"] == [tok.cls_token_id, *prefix, *plain["input_ids"][1:]]
+    assert f["turn_ids"][:1 + n] == [0] * (1 + n) and f["token_type_ids"][:1 + n] == [0] * (1 + n)
+    assert f["turn_ids"][1 + n:] == plain["turn_ids"][1:]
+    short = encode_dialog(tok, turns, max_length=n + 4, prefix_ids=prefix)  # room for 3 tokens of turns
+    assert len(short["input_ids"]) <= n + 4 and short["input_ids"][1:1 + n] == prefix

@@ -299,3 +299,17 @@ def test_length_window_batches_cover_every_pair_once_and_pad_less():
     assert padded(bucketed) < 0.7 * padded(plain)
     assert bucketed == batch_order(len(lengths), 32, seed=0, epoch=1, lengths=lengths, window=20)  # resumable
     assert bucketed != batch_order(len(lengths), 32, seed=0, epoch=2, lengths=lengths, window=20)
+
+
+def test_context_and_reply_prefixes_make_an_echo_another_input(tiny_model):
+    from retrieval.encoder import Encoder
+    enc = Encoder.load(tiny_model, context_prefix="query:", response_prefix="passage:")
+    (ctx,) = enc.context_features([[("A", "오늘 뭐 먹었어?")]])
+    (rep,) = enc.response_features(["오늘 뭐 먹었어?"])
+    q = enc.tokenizer("query:", add_special_tokens=False)["input_ids"]
+    p = enc.tokenizer("passage:", add_special_tokens=False)["input_ids"]
+    assert ctx["input_ids"][1:1 + len(q)] == q and rep["input_ids"][1:1 + len(p)] == p
+    assert ctx["input_ids"][1 + len(q):] == rep["input_ids"][1 + len(p):]  # the same words after the marks
+    v = enc.encode_contexts([[("A", "오늘 뭐 먹었어?")]])
+    w = enc.encode_responses(["오늘 뭐 먹었어?"])
+    assert float((v @ w.T)[0, 0]) < 0.9999  # no longer the same input, so no longer the same vector
