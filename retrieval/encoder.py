@@ -13,7 +13,6 @@ whether speaker/turn ids are zeroed) live in ``retrieval.json`` beside the weigh
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -54,15 +53,12 @@ class EncoderSettings:
 
 def model_hash(folder: str | Path) -> str:
     """sha256 of the weights file (model.safetensors, else pytorch_model.bin)."""
+    from preprocess.pipeline import file_sha256
     folder = Path(folder)
     for name in ("model.safetensors", "pytorch_model.bin"):
         p = folder / name
         if p.exists():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
+            return file_sha256(p)
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin: not a model folder")
 
 
