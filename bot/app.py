@@ -7,6 +7,8 @@ fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or
 ``RETRIEVER`` (any object with ``search(contexts, k)``, see :class:`Retriever`; tests inject one);
 ``CONTEXT_TURNS`` (turns of history fed to the encoder, default 5), ``TOP_K`` (candidates ranked,
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
+``SESSION_IDLE_SECONDS`` (a session unused this long is forgotten, default 1800), ``SESSION_CLOCK``
+(the monotonic clock the sessions use, default ``time.monotonic``; tests inject one),
 ``MAX_MESSAGE_CHARS`` (default 1000).
 
 Routes: ``GET /`` the chat page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply",
@@ -21,9 +23,10 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
 
@@ -42,33 +45,74 @@ class Retriever(Protocol):
 
 
 class Sessions:
-    """Per-session dialogue history, bounded in number (LRU) and in length (deque)."""
+    """Per-session dialogue history, bounded in number and in length, forgotten when idle.
 
-    def __init__(self, max_sessions: int, max_turns: int):
-        self.max_sessions, self.max_turns = max_sessions, max_turns
-        self._data: OrderedDict[str, deque] = OrderedDict()
+    At most ``max_sessions`` sessions (the least recently used one is dropped on every path that
+    adds one), each keeping its last ``max_turns`` turns; a session not used for ``idle_seconds``
+    is dropped (checked on every call, oldest first, so the cost is one comparison per call plus
+    one per expired session). ``clock`` is a monotonic clock in seconds (injectable for tests).
+    One lock guards everything: Flask serves requests on several threads."""
+
+    def __init__(self, max_sessions: int, max_turns: int, idle_seconds: float = 1800.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if max_sessions < 1 or max_turns < 1 or idle_seconds <= 0:
+            raise ValueError(f"Sessions needs max_sessions >= 1, max_turns >= 1 and idle_seconds > 0 "
+                             f"(got {max_sessions}, {max_turns}, {idle_seconds}): set MAX_SESSIONS / "
+                             f"SESSION_IDLE_SECONDS in the app config")
+        self.max_sessions, self.max_turns, self.idle_seconds = max_sessions, max_turns, idle_seconds
+        self._clock = clock
+        # sid -> [last use, turns], in order of last use (oldest first)
+        self._data: OrderedDict[str, list] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _expire(self) -> float:
+        now = self._clock()
+        data, limit = self._data, now - self.idle_seconds
+        while data:
+            sid, (last, _) = next(iter(data.items()))
+            if last > limit:
+                break
+            del data[sid]
+        return now
+
     def history(self, sid: str) -> list[tuple[str, str]]:
+        """The session's turns, oldest first ([] for an unknown or expired session; creates nothing)."""
         with self._lock:
-            turns = self._data.get(sid)
-            if turns is None:
-                turns = self._data[sid] = deque(maxlen=self.max_turns)
+            now = self._expire()
+            entry = self._data.get(sid)
+            if entry is None:
+                return []
+            entry[0] = now
+            self._data.move_to_end(sid)
+            return list(entry[1])
+
+    def extend(self, sid: str, turns: Sequence[tuple[str, str]]) -> None:
+        """Add (speaker, text) turns, creating the session (and dropping the least recently used
+        ones beyond ``max_sessions``) if needed."""
+        with self._lock:
+            now = self._expire()
+            entry = self._data.get(sid)
+            if entry is None:
+                entry = self._data[sid] = [now, deque(maxlen=self.max_turns)]
                 while len(self._data) > self.max_sessions:
                     self._data.popitem(last=False)
-            self._data.move_to_end(sid)
-            return list(turns)
+            else:
+                entry[0] = now
+                self._data.move_to_end(sid)
+            entry[1].extend(turns)
 
     def append(self, sid: str, speaker: str, text: str) -> None:
-        with self._lock:
-            self._data.setdefault(sid, deque(maxlen=self.max_turns)).append((speaker, text))
+        self.extend(sid, ((speaker, text),))
 
     def reset(self, sid: str) -> None:
         with self._lock:
+            self._expire()
             self._data.pop(sid, None)
 
     def __len__(self) -> int:
-        return len(self._data)
+        with self._lock:
+            self._expire()
+            return len(self._data)
 
 
 def is_servable(text: str) -> bool:
@@ -143,7 +187,8 @@ def reset():
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, MAX_MESSAGE_CHARS=1000,
+    app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
+                      SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000,
                       INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
     app.config.update(config or {})
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
@@ -154,7 +199,8 @@ def create_app(config: dict | None = None) -> Flask:
         from retrieval.ranker import HybridRetriever
         app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
                                                        app.config["RERANKER_DIR"])
-    app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10))
+    app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10),
+                                      app.config["SESSION_IDLE_SECONDS"], app.config["SESSION_CLOCK"])
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

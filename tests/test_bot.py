@@ -138,3 +138,100 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
         assert body["reply"] in stored
         for leak in leaks:
             assert leak not in json.dumps(body, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------
+# sessions: bounded on every path, expiring when idle, safe under threads
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_session_bound_holds_for_many_clients(leaky):
+    app = create_app({"RETRIEVER": leaky, "MAX_SESSIONS": 50})
+    client = app.test_client()
+    sids = [f"client-{i:05d}" for i in range(400)]
+    for sid in sids:
+        assert client.post("/api/chat", json={"message": "안녕", "session_id": sid}).status_code == 200
+    sessions = app.config["SESSIONS"]
+    assert len(sessions) == 50
+    assert sessions.history(sids[0]) == []                 # the least recently used went first
+    assert [s for s, _ in sessions.history(sids[-1])] == ["U", "B"]
+    # reading or resetting sessions that do not exist creates none
+    for sid in sids[:200]:
+        client.post("/api/reset", json={"session_id": sid})
+        sessions.history(sid + "x")
+    assert len(sessions) == 50
+
+
+def test_reading_a_session_keeps_it_from_eviction(leaky):
+    app = create_app({"RETRIEVER": leaky, "MAX_SESSIONS": 3})
+    sessions = app.config["SESSIONS"]
+    for sid in ("a", "b", "c"):
+        sessions.append(sid, "U", sid)
+    sessions.history("a")          # "a" is now the most recently used
+    sessions.append("d", "U", "d")
+    assert sessions.history("b") == [] and sessions.history("a") == [("U", "a")]
+
+
+def test_idle_session_expires(leaky):
+    clock = FakeClock()
+    app = create_app({"RETRIEVER": leaky, "SESSION_IDLE_SECONDS": 600, "SESSION_CLOCK": clock})
+    client = app.test_client()
+    sessions = app.config["SESSIONS"]
+    client.post("/api/chat", json={"message": "안녕", "session_id": "idle-session"})
+    clock.now += 599
+    client.post("/api/chat", json={"message": "뭐해?", "session_id": "idle-session"})
+    assert len(leaky.contexts[-1]) == 3                  # still there: each use restarts the wait
+    clock.now += 599
+    client.post("/api/chat", json={"message": "hello", "session_id": "other-session"})
+    assert len(sessions) == 2
+    clock.now += 2
+    assert len(sessions) == 1                            # "idle-session" unused for 601 s
+    assert sessions.history("idle-session") == []
+    client.post("/api/chat", json={"message": "다시 왔어", "session_id": "idle-session"})
+    assert len(leaky.contexts[-1]) == 1                  # starts afresh
+
+
+def test_sessions_reject_a_nonsense_config(leaky):
+    with pytest.raises(ValueError, match="SESSION_IDLE_SECONDS"):
+        create_app({"RETRIEVER": leaky, "SESSION_IDLE_SECONDS": 0})
+
+
+def test_concurrent_appends_keep_the_bound():
+    import sys
+    import threading
+
+    from bot.app import Sessions
+
+    sessions = Sessions(max_sessions=64, max_turns=4)
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(1500):
+                sid = f"t{k}-{i % 700}"
+                sessions.append(sid, "U", str(i))
+                sessions.history(f"t{(k + 1) % 8}-{i % 700}")
+                if i % 50 == 0:
+                    sessions.reset(f"t{k}-{i - 1}")
+        except Exception as e:  # pragma: no cover - the failure being tested for
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    assert len(sessions) == 64
+    assert all(len(entry[1]) <= 4 for entry in sessions._data.values())
