@@ -9,10 +9,15 @@ fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
 ``SESSION_IDLE_SECONDS`` (a session unused this long is forgotten, default 1800), ``SESSION_CLOCK``
 (the monotonic clock the sessions use, default ``time.monotonic``; tests inject one),
-``MAX_MESSAGE_CHARS`` (default 1000).
+``MAX_MESSAGE_CHARS`` (default 1000), ``MAX_CONTENT_LENGTH`` (Flask's request body limit, default 64 KiB).
 
 Routes: ``GET /`` the chat page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply",
-"session_id", "candidates"}; ``POST /api/reset`` {"session_id"}; ``GET /healthz``.
+"session_id", "candidates"}; ``POST /api/reset`` {"session_id"}; ``GET /healthz``. Every error under
+``/api/`` is JSON ``{"error": "..."}`` with its status (400 for a body that is not a JSON object or a
+message that is not clean text: lone surrogates, control characters other than tab and newline; 413
+for a body over MAX_CONTENT_LENGTH or a message over MAX_MESSAGE_CHARS; 404, 405, 500). A message is
+checked before anything is kept, and kept only once its reply exists: a bad or failed request
+leaves its session as it was.
 
 Personal data never leaves: the user's message is anonymized before it is kept as context, and
 every candidate reply passes the anonymizer's detectors (and carries no placeholder) before it
@@ -28,7 +33,8 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, abort, current_app, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from preprocess.anonymize import anonymize, contains_pii
 
@@ -36,6 +42,8 @@ USER, BOT = "U", "B"
 FALLBACK_REPLY = {"ko": "음, 잘 모르겠어요. 다르게 말해 줄래요?", "en": "Hmm, I'm not sure. Could you say it another way?"}
 _PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
+# surrogates (never text on their own) and control characters other than tab, newline, CR
+_NOT_TEXT = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class Retriever(Protocol):
@@ -147,48 +155,82 @@ def healthz():
     return jsonify(status="ok", sessions=len(current_app.config["SESSIONS"]))
 
 
+def _json_object(example: str) -> dict:
+    """The request's JSON body, which must be an object; anything else is a 400 (a JSON error
+    naming ``example``). Nesting too deep for the parser is a 400 too, not a RecursionError."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
+    if not isinstance(body, dict):
+        abort(400, description=f"send a JSON object like {example}")
+    return body
+
+
+def _check_text(text: str) -> None:
+    """Refuse text that is not clean Unicode (a lone surrogate cannot even be encoded as UTF-8 and
+    breaks the tokenizer) before any of it is kept."""
+    bad = _NOT_TEXT.search(text)
+    if bad:
+        abort(400, description=f"the message holds a character that is not text (U+{ord(bad.group()):04X} "
+                               f"at position {bad.start()}): send plain UTF-8 text")
+
+
 @bp.post("/api/chat")
 def chat():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("message"), str):
-        return jsonify(error='send JSON like {"message": "안녕", "session_id": "..."}'), 400
+    body = _json_object('{"message": "안녕", "session_id": "..."}')
+    if not isinstance(body.get("message"), str):
+        abort(400, description='send JSON like {"message": "안녕", "session_id": "..."}')
+    _check_text(body["message"])
     message = " ".join(body["message"].split())
     if not message:
-        return jsonify(error="the message is empty"), 400
+        abort(400, description="the message is empty")
     limit = current_app.config["MAX_MESSAGE_CHARS"]
     if len(message) > limit:
-        return jsonify(error=f"the message is longer than {limit} characters"), 413
+        abort(413, description=f"the message is longer than {limit} characters")
     sid = body.get("session_id")
     if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", sid):
         sid = secrets.token_urlsafe(12)
     sessions: Sessions = current_app.config["SESSIONS"]
-    # The user's own personal data is not kept, not even in memory.
-    sessions.append(sid, USER, anonymize(message))
+    # The user's own personal data is not kept, not even in memory; and nothing is kept until the
+    # reply exists, so a request that fails leaves the session as it was.
+    turn = (USER, anonymize(message))
     history = sessions.history(sid)
-    context = history[-current_app.config["CONTEXT_TURNS"]:]
+    context = (history + [turn])[-current_app.config["CONTEXT_TURNS"]:]
     hits = _retriever().search([context], current_app.config["TOP_K"])[0]
     candidates = [(row["text"], score) for score, row in hits]
     reply = choose_reply(candidates, history)
     if reply is None:
         reply = FALLBACK_REPLY["ko" if _HANGUL.search(message) else "en"]
-    sessions.append(sid, BOT, reply)
+    sessions.extend(sid, (turn, (BOT, reply)))
     shown = [{"text": t, "score": round(float(s), 4)} for t, s in candidates if is_servable(t)][:5]
     return jsonify(reply=reply, session_id=sid, candidates=shown)
 
 
 @bp.post("/api/reset")
 def reset():
-    body = request.get_json(silent=True) or {}
-    sid = body.get("session_id")
+    sid = _json_object('{"session_id": "..."}').get("session_id")
     if isinstance(sid, str):
         current_app.config["SESSIONS"].reset(sid)
     return jsonify(ok=True)
 
 
+def _api_error(e: HTTPException):
+    """Errors under /api/ as JSON {"error": ...} with their status; elsewhere Flask's own page."""
+    if not request.path.startswith("/api/"):
+        return e
+    if isinstance(e, InternalServerError):
+        # the cause is in the log (Flask logs it before calling this); the client learns only that
+        description = "the server failed on this request; it was not kept, try again"
+    else:
+        description = e.description
+    return jsonify(error=description), e.code
+
+
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
-                      SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000,
+                      SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
     app.config.update(config or {})
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
@@ -199,6 +241,7 @@ def create_app(config: dict | None = None) -> Flask:
         from retrieval.ranker import HybridRetriever
         app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
                                                        app.config["RERANKER_DIR"])
+    app.register_error_handler(HTTPException, _api_error)
     app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10),
                                       app.config["SESSION_IDLE_SECONDS"], app.config["SESSION_CLOCK"])
     app.json.ensure_ascii = False

@@ -235,3 +235,115 @@ def test_concurrent_appends_keep_the_bound():
     assert not errors
     assert len(sessions) == 64
     assert all(len(entry[1]) <= 4 for entry in sessions._data.values())
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: refused with a JSON error before anything is kept; the session goes on normally
+
+class TokenizingRetriever(FakeRetriever):
+    """Encodes every context turn as UTF-8 first, as a real tokenizer must (a lone surrogate fails)."""
+
+    def search(self, contexts, k):
+        for context in contexts:
+            for _, text in context:
+                text.encode("utf-8")
+        return super().search(contexts, k)
+
+
+def _post_raw(client, path, data: str):
+    return client.post(path, data=data.encode("utf-8", "surrogatepass"), content_type="application/json")
+
+
+@pytest.mark.parametrize("raw", [
+    '{"message": "hi \\ud800", "session_id": "poisoned-1"}',          # lone high surrogate, JSON escape
+    '{"message": "hi \\udfff there", "session_id": "poisoned-1"}',    # lone low surrogate
+    '{"message": "hi \\u0000", "session_id": "poisoned-1"}',          # NUL
+    '{"message": "bell \\u0007 and \\u001b[31m", "session_id": "poisoned-1"}',
+    '{"message": "C1 \\u0085\\u009b", "session_id": "poisoned-1"}',
+])
+def test_text_that_is_not_text_is_refused_and_the_session_goes_on(raw):
+    retriever = TokenizingRetriever([("좋아요, 내일 봐요!", 0.9), ("그럼 다음에 봐요", 0.8)])
+    app = create_app({"RETRIEVER": retriever})
+    client = app.test_client()
+    assert client.post("/api/chat", json={"message": "안녕", "session_id": "poisoned-1"}).status_code == 200
+    r = _post_raw(client, "/api/chat", raw)
+    assert r.status_code == 400
+    assert "not text" in r.get_json()["error"]
+    assert [s for s, _ in app.config["SESSIONS"].history("poisoned-1")] == ["U", "B"]   # nothing kept
+    for message in ("뭐해?", "hello again"):
+        ok = client.post("/api/chat", json={"message": message, "session_id": "poisoned-1"})
+        assert ok.status_code == 200 and ok.get_json()["session_id"] == "poisoned-1"
+    assert [t for s, t in retriever.contexts[-1] if s == "U"] == ["안녕", "뭐해?", "hello again"][-3:]
+
+
+def test_tabs_and_newlines_are_text(leaky):
+    client = create_app({"RETRIEVER": leaky}).test_client()
+    r = client.post("/api/chat", json={"message": "첫 줄\n둘째\t줄\r\n"})
+    assert r.status_code == 200
+    assert leaky.contexts[-1][-1][1] == "첫 줄 둘째 줄"
+
+
+def test_a_failed_search_leaves_the_session_as_it_was(leaky):
+    class Flaky(FakeRetriever):
+        fail = False
+
+        def search(self, contexts, k):
+            if self.fail:
+                raise RuntimeError("index went away")
+            return super().search(contexts, k)
+
+    retriever = Flaky(leaky.candidates)
+    app = create_app({"RETRIEVER": retriever})
+    client = app.test_client()
+    client.post("/api/chat", json={"message": "안녕", "session_id": "flaky-session"})
+    retriever.fail = True
+    r = client.post("/api/chat", json={"message": "내 비밀 얘기", "session_id": "flaky-session"})
+    assert r.status_code == 500 and r.is_json
+    assert "index went away" not in r.get_json()["error"]    # no internals to the client
+    retriever.fail = False
+    assert client.post("/api/chat", json={"message": "다시", "session_id": "flaky-session"}).status_code == 200
+    assert [t for s, t in retriever.contexts[-1] if s == "U"] == ["안녕", "다시"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/reset"])
+@pytest.mark.parametrize("raw", [DEEP, '{"message": ' + DEEP + "}", "[1, 2]", '"hello"', "5", "null", "{",
+                                 '{"message": "hi"'])
+def test_bodies_that_are_not_json_objects_get_a_json_4xx(leaky, path, raw):
+    client = create_app({"RETRIEVER": leaky}).test_client()
+    r = _post_raw(client, path, raw)
+    assert 400 <= r.status_code < 500 and r.is_json and r.get_json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/reset"])
+def test_too_deep_json_under_the_size_limit_is_a_400(leaky, path):
+    # 30,000 levels fit in 64 KiB, so this reaches the parser (RecursionError), not the size limit
+    deep = "[" * 30_000 + "]" * 30_000
+    client = create_app({"RETRIEVER": leaky}).test_client()
+    for raw in (deep, '{"message": "hi", "session_id": ' + deep + "}"):
+        r = _post_raw(client, path, raw)
+        assert r.status_code == 400 and r.is_json and r.get_json()["error"]
+    assert client.post("/api/chat", json={"message": "hi"}).status_code == 200
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("get", "/api/chat", 405), ("get", "/api/reset", 405), ("post", "/api/nothing", 404),
+    ("get", "/api/", 404),
+])
+def test_every_api_error_is_json(leaky, method, path, status):
+    client = create_app({"RETRIEVER": leaky}).test_client()
+    r = getattr(client, method)(path)
+    assert r.status_code == status and r.is_json and r.get_json()["error"]
+
+
+def test_a_body_over_the_size_limit_is_a_json_413(leaky):
+    client = create_app({"RETRIEVER": leaky, "MAX_CONTENT_LENGTH": 1024}).test_client()
+    r = client.post("/api/chat", json={"message": "x" * 900, "padding": "y" * 2000})
+    assert r.status_code == 413 and r.is_json and r.get_json()["error"]
+
+
+def test_errors_outside_the_api_stay_pages(leaky):
+    r = create_app({"RETRIEVER": leaky}).test_client().get("/nothing-here")
+    assert r.status_code == 404 and not r.is_json
