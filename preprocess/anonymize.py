@@ -30,6 +30,21 @@ gate, space-separated groups of characters, each group must occur ("#" any digit
 letter). One regex pass computes a bit mask of the trigger characters in a text; the rows it
 activates are cached per mask, so a typical chat line runs two or three regexes in all.
 
+A row's ``pattern`` is a compiled regex, or an object with the same ``finditer`` that wraps a
+library or a word list: ``LibraryPhones`` (Google's libphonenumber, the ``phonenumbers`` package:
+numbers valid in their country's numbering plan and grouped as that country groups them, for
+``PHONE_REGIONS``' national formats and any ``+``-prefixed international one) and ``EnglishNames``
+(given names after "I'm", "my name is", "hi", "thanks", ...; the US census given-name list of the
+``names`` package tells names from words in lower case).
+
+English rows: SSN (``123-45-6789``; area 000, 666 and 9xx, group 00, serial 0000 are not SSNs;
+9 digits in a row only near "SSN"/"social security") -> ``[RRN]``, the national-number
+placeholder; IBAN (mod-97 check) -> ``[ACCOUNT]``; phone numbers: libphonenumber, plus NANP-shaped
+``555-867-5309`` / ``(415) 555-2671`` (fictional and unassigned numbers too, which libphonenumber
+rejects), ``+``/``00`` and 8-15 digits, and ``867-5309`` near "call"/"text"/"number";
+street addresses (``221B Baker Street``, ``12 Main St.``: a number, capitalised words, a street
+type) and a ZIP code after a state code (``CA 94043``) -> ``[POSTCODE]``.
+
 Placeholders: ``[PHONE] [EMAIL] [URL] [RRN] [CARD] [ACCOUNT] [ADDRESS] [POSTCODE] [BIZNO] [LICENSE]
 [PASSPORT] [PLATE] [IP] [NAME] [MENTION]`` (preprocess.schema.PLACEHOLDERS). ``[MENTION]`` is used for
 ``@handles`` and messenger IDs (a handle is not necessarily a person's name); ``[NAME]`` for names.
@@ -44,6 +59,11 @@ cues become ``[MENTION]``; names in system lines and surname + 1-2 syllables bef
 
 Overlaps: the first row in table order wins (same placeholder: the spans merge); participant
 names come last.
+
+Known limits (English): names with no cue ("Ethan said so"), after "I'm" in lower case when the
+name is also a word ("i'm will"), or in a cue that ends its sentence ("Hey! Adam!"); a capitalised
+word that closes a greeting is taken for a name ("HEY APPLE!"); a 3-3-4 grouped order number is
+taken for a phone number.
 
 Known limits: numbers written with native numerals (하나 둘 셋) or split by words; names that are
 neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines); addresses without a
@@ -63,6 +83,8 @@ __all__ = ["Detector", "Span", "DETECTORS", "Anonymizer", "anonymize", "find_pii
 
 CUE_BEFORE = 24
 CUE_AFTER = 16
+# national formats libphonenumber reads (international ones, after +, it reads for any country)
+PHONE_REGIONS = ("US",)
 
 
 @dataclass(frozen=True)
@@ -275,6 +297,186 @@ def _person_ok(s: str) -> bool:
     return not (_stop(s, _NAME_STOP) or s[:2] in _NAME_STOP or s[-1] in "날글솜맵")
 
 
+# --- English ----------------------------------------------------------------------------------
+
+def _ssn_ok(s: str) -> bool:
+    """US SSN: area 001-899 but not 666, group 01-99, serial 0001-9999."""
+    d = re.sub(r"\D", "", s)
+    return len(d) == 9 and d[:3] not in ("000", "666") and d[0] != "9" and d[3:5] != "00" and d[5:] != "0000"
+
+
+def _iban_ok(s: str) -> bool:
+    """ISO 13616: 15-34 characters, and the number (letters as 10..35, the first four moved to the
+    end) is 1 mod 97."""
+    iban = s.replace(" ", "").upper()
+    if not 15 <= len(iban) <= 34:
+        return False
+    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
+
+
+def _intl_ok(s: str) -> bool:
+    """A number after + or 00: 8 to 15 digits (E.164 allows 15 with the country code)."""
+    return 8 <= len(re.sub(r"\D", "", s)) <= 15
+
+
+class _Found:
+    """A match found by a library, in the shape of re.Match (span, group) as _scan_text reads it."""
+    __slots__ = ("_span", "_text")
+
+    def __init__(self, start: int, end: int, text: str):
+        self._span, self._text = (start, end), text
+
+    def span(self, group: int = 0) -> tuple[int, int]:
+        return self._span
+
+    def group(self, group: int = 0) -> str:
+        return self._text
+
+
+class LibraryPhones:
+    """Google's libphonenumber (the ``phonenumbers`` package) as a DETECTORS pattern:
+    ``finditer(text)`` runs its PhoneNumberMatcher once per region. Leniency STRICT_GROUPING: the
+    number must be valid in its numbering plan (a real US area code and exchange, a UK number's
+    length) and its digits grouped as that country groups them; VALID alone also took a Korean
+    business number (``220-81-62517``) and a count (``1 2 3 ... 10``) for US numbers. A number
+    written with ``+`` and its country code is found whatever the region; ``regions`` decides
+    which national formats are read (Korean ones are the digit view's)."""
+
+    def __init__(self, regions: tuple[str, ...]):
+        import phonenumbers
+        self.regions = regions
+        self._matcher, self._leniency = phonenumbers.PhoneNumberMatcher, phonenumbers.Leniency.STRICT_GROUPING
+
+    def finditer(self, text: str):
+        for region in self.regions:
+            for m in self._matcher(text, region, leniency=self._leniency):
+                yield _Found(m.start, m.end, m.raw_string)
+
+
+def _given_names() -> frozenset[str]:
+    """US given names (the 1990 census lists shipped in the ``names`` package, 5,163 names), lower case."""
+    from names import FILES
+    out = set()
+    for key in ("first:male", "first:female"):
+        with open(FILES[key], encoding="ascii") as f:
+            out.update(line.split()[0].lower() for line in f if line.strip())
+    return frozenset(out)
+
+
+_GIVEN = _given_names()
+# Listed names that are also ordinary words: they count only when capitalised ("Hi Mark" but not
+# "i'm will..."). Picked by hand, starting from the listed names that the English sample corpus
+# (data/sample/chitchat-en) uses in lower case mid-sentence.
+_GIVEN_WORDS = frozenset(
+    "will may june april august hope grace faith rose dawn mark bill art pat sandy ray rich frank ivy lily "
+    "daisy crystal amber ruby pearl jade penny holly cherry candy ginger misty stormy brandy chase hunter "
+    "miles wade reed dean don jack earl carol sue dale glen cliff hall page summer winter autumn spring "
+    "chance joy star drew eve clay son van ward temple forest sun moon kit lane dot bee ping sang hung min "
+    "ta un al ed ma ha in my so an see long many else ok soon song brain season marvel hang numbers marry "
+    "carry patience charity liberty kitty desire glory bell rod windy manual era genie meta destiny olive "
+    "tad soo chia wen jae rico vida celeste maple".split())
+# Never a name after "I'm", a greeting or "my name is": how people are, what they are, whom they greet.
+_EN_NOT_NAMES = frozenset(
+    # function words
+    "a an the this that these those it its there here where what when who whom whose why how which if "
+    "so as at by for from in into of off on onto out over to up with about after again all also always "
+    "and any are back be been being both but can could did do does doing done each either else even ever "
+    "every few first going gonna gotta had has have having he her him his i im is just kinda kind sorta "
+    "like more most much must my myself never next no nor not now oh once one only or other our own "
+    "quite rather really same she should since some still such than then they though too very was we "
+    "well were whatever will would yes yet you your yours yall ya yo ye u ur "
+    # whom one greets or thanks
+    "all everyone everybody anyone guys guy girls gals folks people team friend friends buddy bud dude "
+    "dudes bro bros bruh man men mate pal sir madam maam mister miss lady ladies gentlemen boss fam love "
+    "babe baby honey dear sweetie darling stranger again mom dad mum mama papa grandma grandpa sis bestie "
+    "partner neighbor neighbour bot robot human world god lord jesus "
+    # how one is
+    "happy sad tired sleepy hungry thirsty bored busy fine good great okay alright sick ill sorry sure "
+    "glad new old young single married engaged pregnant ready free late early home alone excited nervous "
+    "scared afraid worried confused curious interested jealous lucky stuck lost serious kidding joking "
+    "honest cool awesome amazing fantastic terrible awful horrible bad better best worse worst pretty "
+    "super totally literally actually probably definitely almost exhausted stressed fun funny weird "
+    "crazy lazy normal fat tall short big small rich poor broke famous right wrong "
+    # what one is
+    "american canadian mexican korean japanese chinese filipino vietnamese thai indian british english "
+    "irish scottish welsh french german italian spanish portuguese russian polish dutch swedish norwegian "
+    "danish finnish greek turkish brazilian argentinian australian african asian european latino latina "
+    "hispanic mormon christian catholic muslim jewish hindu buddhist atheist lds vegan vegetarian gay "
+    "straight bi trans male female boy girl woman student teacher nurse doctor engineer freshman "
+    "sophomore junior senior major minor member fan half part pre post pro ex originally currently "
+    "still trying looking thinking hoping planning working studying learning getting coming leaving "
+    "staying feeling living moving "
+    # when
+    "january february march july september october november december monday tuesday wednesday "
+    "thursday friday saturday sunday morning afternoon evening night today tomorrow tonight yesterday "
+    "later soon sometime anytime whenever maybe sometimes "
+    # what one says
+    "wow umm um uh uhh oh ohh ah ahh aww haha hahaha lol lmao omg idk btw tbh imo jk xd yeah yea yep yup "
+    "nope nah hmm hm well welp yay ugh adieu byee byeee cya ttyl mr mrs ms mx dr prof".split())
+_ADJ_ENDING = re.compile(r"(?:ed|ing|ful|ous|ive|ish|ese|ian|ean|ican|ic|less|able|ible|ly|y|ist|ism)$")
+
+
+class EnglishNames:
+    """Given names after the cues English speakers introduce or address someone with, as a
+    DETECTORS pattern (one regex pass; how sure a cue is decides what may follow it):
+
+    * "my name is X", "my name's X", "I'm called X", "they call me X": any X but a known word
+      ("my name is not important");
+    * "I'm X", "I am X", "call me X", "hi X", "hey, X", "thanks X", "bye X", "nice to meet you X"
+      (after a title any X: "Goodbye Mr. Stark"): X a listed given name (capitalised where
+      the name is also a word: "Hi Mark", not "I'm miss..."), or a capitalised word that closes
+      the phrase ("Hey Jaezo!", "I'm Deandra.") and is neither a known word nor shaped like an
+      adjective or a nationality ("I'm Happy", "I'm Korean", "Hey Sorry I ...").
+
+    A capitalised word right after the name goes with it ("I'm Blake Walker"). A cue that ends its
+    sentence ("Hello! Wow, ...") is no cue for the next one."""
+
+    # run over the text in lower case (one pattern for "Hi", "hi" and "HI"; offsets are the same)
+    _CUE = (r"(?=[imtcghybdwsn])(?:"
+            r"(?P<sure>\b(?:my\s+name(?:['’]s|\s+is|s)|the\s+name['’]s|i(?:['’]m|\s+am)\s+called|they\s+call\s+me)"
+            r"\s+(?:(?:actually|just|really|also)\s+)?)"
+            r"|\b(?:i(?:['’]?m|\s+am)|call\s+me|h(?:i|ey|ello|iya|eya|owdy)|yo|th(?:anks|ank\s+you|x)|bye|goodbye|"
+            r"good\s?(?:night|morning)|morning|dear|welcome|congrat(?:s|ulations)|cheers|see\s+y(?:a|ou)|"
+            r"nice\s+to\s+meet\s+you|sorry),?\s+(?P<title>(?:mr|mrs|ms|mx|dr|miss|prof)\.?\s+)?)")
+    # the name is read in a lookahead, so the next match may start at it ("hey im kyle", "Hi, I'm Ethan")
+    _RE = re.compile(_CUE + r"(?=(?P<name>[a-z]+(?:-[a-z]+)?)(?![a-z0-9])(?!['’][a-z]{2})"
+                     r"(?P<last>\s+[a-z]+(?:-[a-z]+)?(?![a-z0-9'’]))?"
+                     r"(?P<close>\s*(?:[,.!?;:)~]|$)|\s+(?:btw|by\s+the\s+way|here|and|but|from|nice)\b)?)")
+
+    def finditer(self, text: str):
+        low = text.lower()
+        if len(low) != len(text):      # a character whose lower case is longer (rare): keep offsets
+            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        # most lines hold no cue: one search, and no generator, for them
+        return () if self._RE.search(low) is None else self._names(text, low)
+
+    def _names(self, text: str, low: str):
+        for m in self._RE.finditer(low):
+            w = m.group("name")
+            if len(w) < 2 or w in _EN_NOT_NAMES:
+                continue
+            start, end = m.span("name")
+            word = text[start:end]
+            capitalised = word[0].isupper()
+            a, b = m.span("last")
+            surname = a >= 0 and capitalised and _TITLE_CASE.fullmatch(text[a:b].strip()) is not None \
+                and m.group("last").strip() not in _EN_NOT_NAMES
+            closes = m.group("close") is not None and (a < 0 or surname)
+            title = m.group("title") is not None and text[m.start("title")].isupper()
+            if not (m.group("sure") is not None or title
+                    or (w in _GIVEN and (capitalised or w not in _GIVEN_WORDS))
+                    or (closes and not _ADJ_ENDING.search(w) and (_NAME_SHAPE.fullmatch(word) or (
+                        word.isupper() and text[m.start():start].isupper())))):      # "HI SAILOR"
+                continue
+            if surname:
+                end = b                 # "Blake Walker": the surname goes with the name
+            yield _Found(start, end, text[start:end])
+
+
+_TITLE_CASE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
+_NAME_SHAPE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?|[A-Z]{2,3}")    # "Jaezo", "Mary-Jo", "BK"; not "SOOOOO"
+
+
 # ---------------------------------------------------------------------------------------------
 # the table
 
@@ -324,6 +526,19 @@ _SURNAMES = ("김 이 박 최 정 강 조 윤 장 임 한 오 서 신 권 황 �
              "호 음 빈 동 온 시 범 좌 팽 승 간 상 갈 단 견 당 화 창 옥 순 빙 종 풍 라 량 려 로 리 륙").split()
 _SURNAME_RE = "(?:남궁|제갈|선우|황보|독고|사공|서문|동방|[" + "".join(sorted(set(_SURNAMES))) + "])"
 
+# what libphonenumber can find for PHONE_REGIONS = ("US",): a number after + (or 00, 011), or a
+# NANP-shaped one (area code and exchange [2-9]xx); it costs ~50 us a line, so the rest never meets it
+_LIB_PHONE_CTX = _D(r"(?:\+|(?<!\d)0(?:0|11)[\s.-]?)[\s(]?[1-9]|(?<!\d)\(?[2-9]\d\d\)?[\s.-]{0,2}[2-9]\d\d[\s.-]?\d{4}(?!\d)")
+_SSN_CTX = _D(r"\d{3}[- ]\d\d[- ]\d{4}")
+_NANP_CTX = _D(r"\d{3}[\s.)-]{1,2}\d{3}[\s.-]\d{4}")
+_STREET_CTX = _D(r"\d[A-Za-z]?\s+(?:[A-Z]|\d{1,3}(?:st|nd|rd|th)\s)")
+_US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM "
+              "NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
+_STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Parkway|Pkwy|Place|Pl|"
+           r"Way|Terrace|Ter|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Crescent|Close|Alley|Plaza|Loop|Pike)")
+_PHONE_CUE_EN = _D(r"(?i:call|phone|cell|text|number|tel\b|reach|contact|whatsapp)")
+_SSN_CUE = _D(r"(?i:ssn|social\s+security|social\s+sec|tax\s+id|itin)")
+
 DETECTORS: tuple[Detector, ...] = (
     # --- text view ---------------------------------------------------------------------------
     Detector("[EMAIL]", _D(r"(?<![A-Za-z0-9.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,12}(?![A-Za-z0-9-])"),
@@ -364,6 +579,25 @@ DETECTORS: tuple[Detector, ...] = (
              _person_ok, group=1, needs="름함", name="name-cue"),
     Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
              _person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
+    # --- English: national numbers, IBAN, phones, street addresses, given names -----------------
+    Detector("[RRN]", _D(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"), _ssn_ok, needs="#", context=_SSN_CTX, name="ssn"),
+    Detector("[RRN]", _D(r"(?<!\d)\d{9}(?!\d)"), _ssn_ok, needs="#", cue=_SSN_CUE, context=_D(r"\d{9}"), name="ssn-cued"),
+    Detector("[ACCOUNT]", _D(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4})"
+                             r"(?: (?=[A-Z]{0,3}\d)[A-Z0-9]{4}){1,6}(?: (?=[A-Z]{0,2}\d)[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"),
+             _iban_ok, needs="# A", context=_D(r"[A-Z]{2}\d\d"), name="iban"),
+    Detector("[PHONE]", LibraryPhones(PHONE_REGIONS), needs="#", context=_LIB_PHONE_CTX, name="phone-lib"),
+    Detector("[PHONE]", _D(r"(?<![\w+.-])(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)"),
+             needs="#", context=_NANP_CTX, name="phone-nanp"),
+    Detector("[PHONE]", _D(r"(?<![\w+])(?:\+|\b00(?=[1-9]))\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}(?![\w-]|\.\d)"), _intl_ok,
+             needs="#", context=_D(r"\+\s?\(?\d|00[1-9]"), name="phone-plus"),
+    Detector("[PHONE]", _D(r"(?<![\w.-])\d{3}-\d{4}(?![\w-]|\.\d)"), needs="#", cue=_PHONE_CUE_EN, context=_D(r"\d{3}-\d{4}"), name="phone-local"),
+    Detector("[ADDRESS]", _D(rf"(?<![\w-])\d{{1,5}}[A-Za-z]?(?:-\d{{1,4}})?\s+(?:(?:[NSEW]\.?|North|South|East|West)\s+)?"
+                             rf"(?:(?:[A-Z][a-z]+|\d{{1,3}}(?:st|nd|rd|th))\s+){{1,3}}(?:{_STREET}|(?i:street|avenue|road|boulevard|lane|drive|parkway))\b"
+                             rf"(?:\s+(?:NW|NE|SW|SE)\b)?(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*#?[A-Za-z0-9-]+)?"),
+             needs="# A", context=_STREET_CTX, name="street-en"),
+    Detector("[POSTCODE]", _D(rf"(?<![A-Za-z])(?:{'|'.join(_US_STATES)})\s+(\d{{5}}(?:-\d{{4}})?)(?![\d-])"),
+             group=1, needs="# A", context=_D(r"[A-Z]{2}\s+\d{5}"), name="zip-us"),
+    Detector("[NAME]", EnglishNames(), needs="A", name="name-en"),
     # --- digit view (pattern: digits only, validator: grouped "010-1234-5678") ------------------
     Detector("[PHONE]", _D(r"01[016789]\d{7,8}"), view="digits", name="mobile"),
     Detector("[PHONE]", _D(r"82(?:0?1[016789]\d{7,8}|0?(?:2|[3-6][1-5]|70)\d{7,8})"), view="digits", name="phone-intl"),

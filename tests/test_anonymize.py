@@ -200,7 +200,10 @@ def test_contains_pii_ignores_placeholders():
 
 def test_table_shape():
     assert all(d.placeholder in PLACEHOLDERS for d in DETECTORS)
-    assert all(isinstance(d.pattern, re.Pattern) for d in DETECTORS)
+    # every row is a compiled regex, except the rows that wrap a library or a word list
+    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en"}
+    assert all(callable(getattr(d.pattern, "finditer", None)) for d in DETECTORS)
+    assert len({d.name for d in DETECTORS}) == len(DETECTORS)
     assert all(d.view in ("text", "digits") for d in DETECTORS)
 
 
@@ -386,3 +389,150 @@ def test_planted_email_never_survives(data):
 def test_filler_is_clean(text):
     assert not contains_pii(text)
     assert anonymize(text) == text
+
+
+# --------------------------------------------------------------------------------------------
+# English: (input, expected output) with no participants' names, so only the detectors act
+
+EN_PII_CASES = [
+    # --- given names in self-introductions and addressing
+    ("I'm Ethan", "I'm [NAME]"),
+    ("my name's brian!", "my name's [NAME]!"),
+    ("my name is Sarah", "my name is [NAME]"),
+    ("Hi Ethan, how was work?", "Hi [NAME], how was work?"),
+    ("thanks, Sarah", "thanks, [NAME]"),
+    ("Hey Jaezo! I'm doing pretty good", "Hey [NAME]! I'm doing pretty good"),
+    ("i'm ethan btw", "i'm [NAME] btw"),
+    ("Okay. I'm Max, I'm fourteen.", "Okay. I'm [NAME], I'm fourteen."),
+    ("I'm Deandra. I'm new.", "I'm [NAME]. I'm new."),
+    ("Oh yeah haha my names actually romeo, sorry", "Oh yeah haha my names actually [NAME], sorry"),
+    ("The name's Blake Walker nice to meet you", "The name's [NAME] nice to meet you"),
+    ("I'm Ty, but my friends call me BK.", "I'm [NAME], but my friends call me [NAME]."),
+    ("Nice to meet you Alena", "Nice to meet you [NAME]"),
+    ("hey adam, long time no see", "hey [NAME], long time no see"),
+    ("Goodbye Mr. Stark", "Goodbye Mr. [NAME]"),
+    ("I'm Mark", "I'm [NAME]"),
+    ("HI SAILOR", "HI [NAME]"),
+    ("I'm Jaezo Smith.", "I'm [NAME]."),
+    ("Hi, I'm Ethan!", "Hi, I'm [NAME]!"),
+    ("hey im kyle", "hey im [NAME]"),
+    ("thanks Mr Smith!", "thanks Mr [NAME]!"),
+    # --- phones: US, NANP-shaped (also fictional 555 numbers), international
+    ("call me at 555-867-5309 tonight", "call me at [PHONE] tonight"),
+    ("(415) 555-2671", "[PHONE]"),
+    ("+1 415 555 2671", "[PHONE]"),
+    ("+44 20 7946 0958", "[PHONE]"),
+    ("my cell is 415.555.2671.", "my cell is [PHONE]."),
+    ("text 4155552671 when you land", "text [PHONE] when you land"),
+    ("1-800-275-2273 is their hotline", "[PHONE] is their hotline"),
+    ("office +33 1 42 68 53 00, mobile +49 151 23456789", "office [PHONE], mobile [PHONE]"),
+    ("+44 7700 900123", "[PHONE]"),
+    ("call 867-5309", "call [PHONE]"),
+    ("dial 0044 20 7946 0958", "dial [PHONE]"),
+    ("+91 98765 43210 on whatsapp", "[PHONE] on whatsapp"),
+    # --- US social security numbers (the national number: [RRN])
+    ("my SSN is 123-45-6789", "my SSN is [RRN]"),
+    ("ssn 123 45 6789", "ssn [RRN]"),
+    ("social security number 078051121", "social security number [RRN]"),
+    # --- IBAN (mod-97)
+    ("IBAN DE89 3704 0044 0532 0130 00 thanks", "IBAN [ACCOUNT] thanks"),
+    ("send it to GB82 WEST 1234 5698 7654 32", "send it to [ACCOUNT]"),
+    ("DE89370400440532013000", "[ACCOUNT]"),
+    ("FR14 2004 1010 0505 0001 3M02 606", "[ACCOUNT]"),
+    # --- street addresses (and a ZIP code after a state)
+    ("1600 Amphitheatre Parkway", "[ADDRESS]"),
+    ("I live at 221B Baker Street", "I live at [ADDRESS]"),
+    ("meet me at 12 Main St.", "meet me at [ADDRESS]."),
+    ("1600 Pennsylvania Avenue NW, Washington, DC 20500", "[ADDRESS], Washington, DC [POSTCODE]"),
+    ("350 5th Ave, Apt 4B", "[ADDRESS]"),
+    ("it's 42 North Elm Rd, Springfield", "it's [ADDRESS], Springfield"),
+]
+
+EN_SURVIVE = [
+    # not names
+    "I'm Happy", "I'm Korean", "I'm tired", "Hi there", "I'm sure", "I'm fine", "I'm fine, thanks!",
+    "Hey guys!", "Thanks so much!", "call me later", "my name is not important", "I'm Pre Dental!",
+    "Hey Sorry I need to go", "Hello! Wow, what a cool prompt!", "Thanks! See ya!", "I'm from Utah",
+    "I'm going home", "Hi, What's up?", "I'm so tired", "Hey, how are you?", "Thanks, man!", "Hi everyone",
+    "I am American.", "I'm Exhausted.", "Im Mormon", "i'm will be there", "I'll mark it", "I may go",
+    "Hello Old sport", "Yes I am XD", "I'm Catholic", "I'm a student", "I am SOOOOO EXCITED!!",
+    "goodbye mr president", "Hi Dr. Who", "Howdy pa'dna",
+    # not numbers worth hiding
+    "2024-05-06", "05/06/2024", "$1,299.99", "it costs 12,500 won", "at 10:30-11:45", "7:45pm",
+    "order #20240506-0012", "Order 1234567890123", "version 1.2.3.4", "v2.10.3", "room 101", "in 1999",
+    "since 2010", "score 3-2", "1 2 3 4 5 6 7 8 9 10", "2,000,000 views", "call me at 7:30", "pi is 3.14159265",
+    "20 min 30 sec", "I have 2 cats and 3 dogs",
+    # not SSNs (invalid area, group or serial) and not IBANs (bad check digits)
+    "000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000",
+    # not addresses
+    "I walked 3 miles down the road", "top 10 places", "5th Avenue is busy", "Route 66", "the 2 Main reasons",
+]
+
+
+@pytest.mark.parametrize("text,expected", EN_PII_CASES)
+def test_english_pii_replaced(text, expected):
+    assert Anonymizer().anonymize(text)[0] == expected
+    assert not contains_pii(expected)
+
+
+@pytest.mark.parametrize("text", EN_SURVIVE)
+def test_english_lookalikes_survive(text):
+    assert Anonymizer().anonymize(text)[0] == text
+    assert not contains_pii(text)
+
+
+def test_english_cases_cover_each_kind():
+    counts = Counter(re.findall(r"\[[A-Z]+\]", " ".join(e for _, e in EN_PII_CASES)))
+    for ph in ("[NAME]", "[PHONE]", "[RRN]", "[ACCOUNT]", "[ADDRESS]"):
+        assert counts[ph] >= 3, ph
+
+
+@pytest.mark.parametrize("iban,ok", [
+    ("DE89 3704 0044 0532 0130 00", True), ("DE89 3704 0044 0532 0130 01", False),
+    ("GB82 WEST 1234 5698 7654 32", True), ("GB83 WEST 1234 5698 7654 32", False),
+    ("NL91ABNA0417164300", True), ("NL91ABNA0417164301", False), ("DE89 3704", False),
+])
+def test_iban_check_digits(iban, ok):
+    row = next(d for d in DETECTORS if d.name == "iban")
+    assert (row.pattern.fullmatch(iban) is not None and row.validator(iban)) == ok
+
+
+@pytest.mark.parametrize("ssn,ok", [
+    ("123-45-6789", True), ("001-01-0001", True), ("899-99-9999", True), ("000-45-6789", False),
+    ("666-45-6789", False), ("900-45-6789", False), ("999-45-6789", False), ("123-00-6789", False),
+    ("123-45-0000", False),
+])
+def test_ssn_rules(ssn, ok):
+    row = next(d for d in DETECTORS if d.name == "ssn")
+    assert row.pattern.fullmatch(ssn) and row.validator(ssn) == ok
+
+
+def test_participant_names_and_english_cues_agree():
+    # a participant's name is replaced everywhere; the cues also catch a stranger's
+    out = Anonymizer(["Chris Park"]).anonymize("Hi Chris, I'm Ethan. Park is my last name")[0]
+    assert out == "Hi [NAME], I'm [NAME]. [NAME] is my last name"
+
+
+EN_FILLER = ["ok see you soon", "lol that's funny", "I'll be there at 7:30", "what's up", "thanks!",
+             "my number is", "call me:", "this is my cell", "text me", "reach me at", "or", "(work)"]
+
+
+@st.composite
+def world_phone(draw):
+    """A valid number from libphonenumber's own examples, written as people write it."""
+    import phonenumbers as pn
+    region = draw(st.sampled_from(["US", "CA", "GB", "DE", "FR", "JP", "AU", "IN", "BR", "ES", "IT", "MX", "SG"]))
+    kind = draw(st.sampled_from([pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE]))
+    number = pn.example_number_for_type(region, kind)
+    fmt = draw(st.sampled_from(["INTERNATIONAL", "E164"] + (["NATIONAL"] if region in ("US", "CA") else [])))
+    return pn.format_number(number, getattr(pn.PhoneNumberFormat, fmt)), str(number.national_number)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_planted_world_phone_never_survives(data):
+    raw, national = data.draw(world_phone())
+    before, after = data.draw(st.sampled_from(EN_FILLER)), data.draw(st.sampled_from(EN_FILLER))
+    out = anonymize(f"{before} {raw} {after}")
+    assert raw not in out and national not in re.sub(r"\D", "", out), out
+    assert not contains_pii(out)
