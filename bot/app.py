@@ -19,9 +19,11 @@ for a body over MAX_CONTENT_LENGTH or a message over MAX_MESSAGE_CHARS; 404, 405
 checked before anything is kept, and kept only once its reply exists: a bad or failed request
 leaves its session as it was.
 
-Personal data never leaves: the user's message is anonymized before it is kept as context, and
-every candidate reply passes the anonymizer's detectors (and carries no placeholder) before it
-can be returned, whatever the index holds.
+Personal data never leaves: the user's message is anonymized (Korean and English detectors,
+preprocess.anonymize) before it is kept as context or searched with, and every candidate reply
+passes the same detectors (and carries no placeholder) before it can be returned, whatever the
+index holds: a reply that fails is passed over for the next candidate. After a message that held
+personal data, a reply claiming to have saved or remembered it is passed over too.
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ USER, BOT = "U", "B"
 FALLBACK_REPLY = {"ko": "음, 잘 모르겠어요. 다르게 말해 줄래요?", "en": "Hmm, I'm not sure. Could you say it another way?"}
 _PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
+# a reply that says the bot kept what it was told
+_STORE_CLAIM = re.compile(r"저장|기억(?:할|해\s?둘|해\s?놓|하고\s?있)|적어\s?(?:둘|놓|뒀)|메모(?:할|했|해\s?둘)|"
+                          r"(?i:\bsav(?:ed|e it|ing it)\b|\bstored?\b|\bnoted\b|\bwrote (?:it|that) down|"
+                          r"\bremember(?:ed)? (?:it|that|this)\b|\bi'?ll remember\b|\bgot it down\b)")
 # surrogates (never text on their own) and control characters other than tab, newline, CR
 _NOT_TEXT = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -128,14 +134,19 @@ def is_servable(text: str) -> bool:
     return bool(text.strip()) and not _PLACEHOLDER.search(text) and not contains_pii(text)
 
 
-def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tuple[str, str]]) -> str | None:
-    """The best-scoring servable candidate that the bot has not said in this session yet."""
+def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tuple[str, str]],
+                 user_gave_pii: bool = False) -> str | None:
+    """The best-scoring servable candidate that the bot has not said in this session yet. When the
+    user's message held personal data (it reached the bot as placeholders), a candidate that
+    claims to save or remember something ("저장했어요", "I'll remember that") is not chosen either:
+    the bot keeps no such data and must not say it does."""
     said = {t for s, t in history if s == BOT}
-    servable = [(t, s) for t, s in candidates if is_servable(t)]
-    for text, _ in servable:
+    servable = [t for t, _ in candidates if is_servable(t)
+                and not (user_gave_pii and _STORE_CLAIM.search(t))]
+    for text in servable:
         if text not in said:
             return text
-    return servable[0][0] if servable else None
+    return servable[0] if servable else None
 
 
 def _retriever() -> Retriever:
@@ -199,7 +210,7 @@ def chat():
     context = (history + [turn])[-current_app.config["CONTEXT_TURNS"]:]
     hits = _retriever().search([context], current_app.config["TOP_K"])[0]
     candidates = [(row["text"], score) for score, row in hits]
-    reply = choose_reply(candidates, history)
+    reply = choose_reply(candidates, history, user_gave_pii=bool(_PLACEHOLDER.search(turn[1])))
     if reply is None:
         reply = FALLBACK_REPLY["ko" if _HANGUL.search(message) else "en"]
     sessions.extend(sid, (turn, (BOT, reply)))

@@ -347,3 +347,75 @@ def test_a_body_over_the_size_limit_is_a_json_413(leaky):
 def test_errors_outside_the_api_stay_pages(leaky):
     r = create_app({"RETRIEVER": leaky}).test_client().get("/nothing-here")
     assert r.status_code == 404 and not r.is_json
+
+
+# --------------------------------------------------------------------------------------------
+# English personal data: kept out of the session, never served
+
+@pytest.fixture
+def leaky_en():
+    return FakeRetriever([
+        ("Hi, I'm Ethan!", 0.99),
+        ("my name's brian!", 0.985),
+        ("call me at (415) 555-2671", 0.98),
+        ("my SSN is 123-45-6789 lol", 0.97),
+        ("wire it to DE89 3704 0044 0532 0130 00", 0.96),
+        ("I live at 221B Baker Street", 0.95),
+        ("+44 20 7946 0958 is my uk number", 0.94),
+        ("Sounds good, see you tomorrow!", 0.90),
+        ("Sure, why not?", 0.80),
+    ])
+
+
+def test_english_personal_data_is_never_served(leaky_en):
+    client = create_app({"RETRIEVER": leaky_en}).test_client()
+    first = client.post("/api/chat", json={"message": "what's your name?"})
+    body = first.get_json()
+    assert body["reply"] == "Sounds good, see you tomorrow!"
+    assert [c["text"] for c in body["candidates"]] == ["Sounds good, see you tomorrow!", "Sure, why not?"]
+    second = client.post("/api/chat", json={"message": "and your number?", "session_id": body["session_id"]})
+    assert second.get_json()["reply"] == "Sure, why not?"      # the next clean one, not a leaking one
+    for r in (first, second):
+        text = r.get_data(as_text=True)
+        for leak in ("Ethan", "brian", "415", "6789", "DE89", "Baker", "7946"):
+            assert leak not in text
+
+
+def test_english_personal_data_the_user_sends_is_not_kept(leaky_en):
+    app = create_app({"RETRIEVER": leaky_en})
+    client = app.test_client()
+    message = "Hi, I'm Ethan, text me at +1 415 555 2671 or 555-867-5309, I live at 12 Main St."
+    sid = client.post("/api/chat", json={"message": message}).get_json()["session_id"]
+    expected = "Hi, I'm [NAME], text me at [PHONE] or [PHONE], I live at [ADDRESS]."
+    assert leaky_en.contexts[-1][-1] == ("U", expected)                  # what the encoder saw
+    assert app.config["SESSIONS"].history(sid)[0] == ("U", expected)     # what is kept
+    client.post("/api/chat", json={"message": "my SSN is 123-45-6789, IBAN GB82 WEST 1234 5698 7654 32",
+                                   "session_id": sid})
+    kept = " ".join(t for _, t in app.config["SESSIONS"].history(sid))
+    for leak in ("Ethan", "415", "867", "Main", "6789", "GB82", "WEST"):
+        assert leak not in kept
+    assert "[RRN]" in kept and "[ACCOUNT]" in kept
+
+
+def test_english_guard():
+    for text in ("I'm Ethan", "thanks, Sarah", "(415) 555-2671", "SSN 123-45-6789", "12 Main St.",
+                 "DE89 3704 0044 0532 0130 00"):
+        assert not is_servable(text), text
+    for text in ("I'm fine, thanks!", "Hi there", "see you at 7:30", "I'm Korean", "room 101"):
+        assert is_servable(text), text
+
+
+@pytest.mark.parametrize("message,candidates,expected", [
+    ("내 번호 010-1234-5678 저장해 줘", [("네, 저장했어요!", 0.99), ("기억할게요", 0.95), ("알겠어요", 0.9)], "알겠어요"),
+    ("save my number 555-867-5309", [("Saved it!", 0.99), ("Noted.", 0.97), ("I'll remember that", 0.96),
+                                      ("Sounds good", 0.9)], "Sounds good"),
+    ("I'm Ethan, remember me?", [("I'll remember that", 0.99), ("Nice to meet you!", 0.9)], "Nice to meet you!"),
+])
+def test_the_bot_never_claims_to_keep_personal_data(message, candidates, expected):
+    client = create_app({"RETRIEVER": FakeRetriever(candidates)}).test_client()
+    assert client.post("/api/chat", json={"message": message}).get_json()["reply"] == expected
+
+
+def test_a_claim_to_remember_is_fine_without_personal_data():
+    client = create_app({"RETRIEVER": FakeRetriever([("기억할게요", 0.99), ("알겠어요", 0.9)])}).test_client()
+    assert client.post("/api/chat", json={"message": "내일 3시에 보자"}).get_json()["reply"] == "기억할게요"
