@@ -555,7 +555,14 @@ DETECTORS: tuple[Detector, ...] = (
              _ip_ok, needs=". #", context=_IP_CTX, name="ipv4"),
     Detector("[NAME]", _D(r"(?:^|(?<=[\s,]))(?!채팅방|방장|부방장|관리자)([^\s,@\[\]]{1,20}?)님(?=(?:이|을|과|께서|의)?[\s,.]|$)", re.M),
              context=_SYSTEM_KO, group=1, needs="님", name="system-ko"),
-    Detector("[NAME]", _D(r"^(\S.{0,38}?)(?= (?:joined|left|invited|removed|has (?:joined|left))\b)", re.M),
+    # a whole line in the messenger's words: "X joined this chatroom.", "X has left.", "X invited Y."
+    # (not "What is left?" or "we invited them")
+    Detector("[NAME]", _D(r"^(?!(?:I|He|She|They|We|You|It|Who|What|Everyone|Everybody|Someone|Somebody|Nobody|One)\b)"
+                          r"(\S[^.!?\n]{0,38}?)(?= (?:(?:joined|left) (?:this|the) (?:chat ?room|chat|group|conversation|room|"
+                          r"open ?chat)|has (?:joined|left)(?: (?:this|the) (?:chat ?room|chat|group|conversation|room))?)\.?$"
+                          r"| (?:invited|removed) (?!(?:me|you|him|her|us|them|it|my|your|his|our|their|the|a|an|all|everyone|some)\b)"
+                          r"[^.!?\n]{1,120}?(?: (?:to|from) (?:this|the) (?:chat ?room|chat|group))?\.$)",
+                          re.M),
              context=_SYSTEM_EN, group=1, needs="A", name="system-en"),
     Detector("[MENTION]", _D(r"(?<![\w.@])@[0-9A-Za-z가-힣][\w가-힣.\-]{1,29}(?<!\.)"), needs="@", name="mention"),
     Detector("[MENTION]", _D(r"(?:카톡|카카오톡|아이디|인스타|인스타그램|라인|텔레그램|트위터|디엠)\s*(?:아이디|id|ID)?\s*(?:은|는|:|=)?\s*:?\s*([A-Za-z][A-Za-z0-9._-]{2,29})(?![A-Za-z0-9])"),

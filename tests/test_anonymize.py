@@ -115,6 +115,9 @@ PII_CASES = [
     ("홍길동님이 김철수님, 이영희님을 초대하였습니다.", "[NAME]님이 [NAME]님, [NAME]님을 초대하였습니다."),
     ("최서연님이 나갔습니다.", "[NAME]님이 나갔습니다."),
     ("Jane Doe joined this chatroom.", "[NAME] joined this chatroom."),
+    ("Tom #2 left this chatroom.", "[NAME] left this chatroom."),
+    ("Jenny Park invited Tom #2 and 하늘.", "[NAME] invited Tom #2 and 하늘."),  # invitees: the pipeline masks them
+    ("Lee Jisoo has left.", "[NAME] has left."),
     ("내 이름은 이서준이야", "내 이름은 [NAME]이야"),
     ("저는 남궁민수입니다", "저는 [NAME]입니다"),
     ("정우성씨 팬이에요", "[NAME]씨 팬이에요"),
@@ -464,6 +467,10 @@ EN_SURVIVE = [
     "20 min 30 sec", "I have 2 cats and 3 dogs",
     # not SSNs (invalid area, group or serial) and not IBANs (bad check digits)
     "000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000",
+    # not system lines ("X left this chatroom.") but sentences that say left / joined / invited
+    "What is left?", "I have 6 toes on my left foot", "Niiiice. I still have some left.", "Guessing you left",
+    "i grabbed some snacks and left", "Oh my and you just joined in! That's actually really awesome",
+    "Then one of my friends invited me.", "My mom invited my aunt.", "Yes I have 1 year left.",
     # not addresses
     "I walked 3 miles down the road", "top 10 places", "5th Avenue is busy", "Route 66", "the 2 Main reasons",
 ]
