@@ -24,6 +24,9 @@ preprocess.anonymize) before it is kept as context or searched with, and every c
 passes the same detectors (and carries no placeholder) before it can be returned, whatever the
 index holds: a reply that fails is passed over for the next candidate. After a message that held
 personal data, a reply claiming to have saved or remembered it is passed over too.
+
+The reply is in the language of the user's newest message (Korean or English, detect_lang): the best
+candidate in that language, the best overall only when none of the candidates is.
 """
 from __future__ import annotations
 
@@ -39,11 +42,11 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, request, send_f
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from preprocess.anonymize import anonymize, contains_pii
+from preprocess.pipeline import detect_lang
 
 USER, BOT = "U", "B"
 FALLBACK_REPLY = {"ko": "음, 잘 모르겠어요. 다르게 말해 줄래요?", "en": "Hmm, I'm not sure. Could you say it another way?"}
 _PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
-_HANGUL = re.compile(r"[\uac00-\ud7a3]")
 # a reply that says the bot kept what it was told
 _STORE_CLAIM = re.compile(r"저장|기억(?:할|해\s?둘|해\s?놓|하고\s?있)|적어\s?(?:둘|놓|뒀)|메모(?:할|했|해\s?둘)|"
                           r"(?i:\bsav(?:ed|e it|ing it)\b|\bstored?\b|\bnoted\b|\bwrote (?:it|that) down|"
@@ -135,14 +138,19 @@ def is_servable(text: str) -> bool:
 
 
 def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tuple[str, str]],
-                 user_gave_pii: bool = False) -> str | None:
-    """The best-scoring servable candidate that the bot has not said in this session yet. When the
-    user's message held personal data (it reached the bot as placeholders), a candidate that
-    claims to save or remember something ("저장했어요", "I'll remember that") is not chosen either:
-    the bot keeps no such data and must not say it does."""
+                 user_gave_pii: bool = False, lang: str | None = None) -> str | None:
+    """The best-scoring servable candidate that the bot has not said in this session yet. With
+    ``lang`` ("ko" or "en": the language of the user's newest message, detect_lang), the choice is
+    among the candidates in that language, and among all of them only when none is: the reply
+    follows the user's language even where the session began in another. When the user's message
+    held personal data (it reached the bot as placeholders), a candidate that claims to save or
+    remember something ("저장했어요", "I'll remember that") is not chosen either: the bot keeps no
+    such data and must not say it does."""
     said = {t for s, t in history if s == BOT}
     servable = [t for t, _ in candidates if is_servable(t)
                 and not (user_gave_pii and _STORE_CLAIM.search(t))]
+    if lang in FALLBACK_REPLY:
+        servable = [t for t in servable if detect_lang([t]) == lang] or servable
     for text in servable:
         if text not in said:
             return text
@@ -210,9 +218,10 @@ def chat():
     context = (history + [turn])[-current_app.config["CONTEXT_TURNS"]:]
     hits = _retriever().search([context], current_app.config["TOP_K"])[0]
     candidates = [(row["text"], score) for score, row in hits]
-    reply = choose_reply(candidates, history, user_gave_pii=bool(_PLACEHOLDER.search(turn[1])))
+    lang = detect_lang([turn[1]])
+    reply = choose_reply(candidates, history, user_gave_pii=bool(_PLACEHOLDER.search(turn[1])), lang=lang)
     if reply is None:
-        reply = FALLBACK_REPLY["ko" if _HANGUL.search(message) else "en"]
+        reply = FALLBACK_REPLY["ko" if lang == "ko" else "en"]
     sessions.extend(sid, (turn, (BOT, reply)))
     shown = [{"text": t, "score": round(float(s), 4)} for t, s in candidates if is_servable(t)][:5]
     return jsonify(reply=reply, session_id=sid, candidates=shown)

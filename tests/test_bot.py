@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bot.app import create_app, choose_reply, is_servable
+from preprocess.pipeline import detect_lang
 
 
 class FakeRetriever:
@@ -419,3 +420,50 @@ def test_the_bot_never_claims_to_keep_personal_data(message, candidates, expecte
 def test_a_claim_to_remember_is_fine_without_personal_data():
     client = create_app({"RETRIEVER": FakeRetriever([("기억할게요", 0.99), ("알겠어요", 0.9)])}).test_client()
     assert client.post("/api/chat", json={"message": "내일 3시에 보자"}).get_json()["reply"] == "기억할게요"
+
+
+# --------------------------------------------------------------------------------------------
+# the reply follows the language of the user's newest message
+
+@pytest.fixture
+def mixed():
+    # Korean and English candidates interleaved; scores alone would always answer in Korean
+    return FakeRetriever([
+        ("좋아요, 내일 봐요!", 0.99),
+        ("Sounds good, see you tomorrow!", 0.95),
+        ("그럼 다음에 봐요", 0.90),
+        ("Sure, why not?", 0.85),
+        ("ㅋㅋㅋ 그래", 0.80),
+    ])
+
+
+def test_the_reply_follows_the_language_of_each_message(mixed):
+    client = create_app({"RETRIEVER": mixed}).test_client()
+    sid = None
+    replies = []
+    for message in ("오늘 진짜 힘들었어", "I had a terrible day at work", "내일 만날까?", "ok, see you",
+                    "ㅋㅋ", "what about friday?"):
+        body = client.post("/api/chat", json={"message": message, "session_id": sid}).get_json()
+        sid = body["session_id"]
+        replies.append(body["reply"])
+    # one session that began in Korean; each reply in the newest message's language, not yet said
+    assert replies == ["좋아요, 내일 봐요!", "Sounds good, see you tomorrow!", "그럼 다음에 봐요", "Sure, why not?",
+                       "ㅋㅋㅋ 그래", "Sounds good, see you tomorrow!"]   # all English ones said: the best again
+
+
+def test_the_best_overall_when_no_candidate_is_in_the_language(mixed):
+    only_ko = FakeRetriever([(t, s) for t, s in mixed.candidates if detect_lang([t]) == "ko"])
+    client = create_app({"RETRIEVER": only_ko}).test_client()
+    assert client.post("/api/chat", json={"message": "How was your day?"}).get_json()["reply"] == "좋아요, 내일 봐요!"
+    # a message in neither language (or digits only) takes the best candidate, whatever its language
+    client = create_app({"RETRIEVER": mixed}).test_client()
+    for message in ("12345", "今日はどうだった?"):
+        assert client.post("/api/chat", json={"message": message}).get_json()["reply"] == "좋아요, 내일 봐요!"
+
+
+def test_the_language_choice_keeps_the_personal_data_guard():
+    retriever = FakeRetriever([("Hi, I'm Ethan!", 0.99), ("저는 민준이에요", 0.9), ("Nice to meet you!", 0.8)])
+    client = create_app({"RETRIEVER": retriever}).test_client()
+    assert client.post("/api/chat", json={"message": "who are you?"}).get_json()["reply"] == "Nice to meet you!"
+    assert choose_reply([("좋아요", 0.9), ("Sure", 0.8)], [], lang="en") == "Sure"
+    assert choose_reply([("좋아요", 0.9), ("Sure", 0.8)], [], lang="other") == "좋아요"
