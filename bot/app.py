@@ -9,15 +9,24 @@ fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
 ``SESSION_IDLE_SECONDS`` (a session unused this long is forgotten, default 1800), ``SESSION_CLOCK``
 (the monotonic clock the sessions use, default ``time.monotonic``; tests inject one),
-``MAX_MESSAGE_CHARS`` (default 1000), ``MAX_CONTENT_LENGTH`` (Flask's request body limit, default 64 KiB).
+``MAX_MESSAGE_CHARS`` (default 1000), ``MAX_CONTENT_LENGTH`` (Flask's request body limit, default 64 KiB),
+``RATE_LIMIT`` (requests to /api/chat per client address, Flask-Limiter's notation such as
+"30/minute" or "5/second;100/hour", counted in memory, per process; default "30/minute"; empty: no
+limit).
 
 Routes: ``GET /`` the chat page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply",
 "session_id", "candidates"}; ``POST /api/reset`` {"session_id"}; ``GET /healthz``. Every error under
 ``/api/`` is JSON ``{"error": "..."}`` with its status (400 for a body that is not a JSON object or a
 message that is not clean text: lone surrogates, control characters other than tab and newline; 413
-for a body over MAX_CONTENT_LENGTH or a message over MAX_MESSAGE_CHARS; 404, 405, 500). A message is
+for a body over MAX_CONTENT_LENGTH or a message over MAX_MESSAGE_CHARS; 429 over RATE_LIMIT, with
+Retry-After; 404, 405, 500). A message is
 checked before anything is kept, and kept only once its reply exists: a bad or failed request
 leaves its session as it was.
+
+Every response carries SECURITY_HEADERS (a Content-Security-Policy that allows only the service's own
+origin: the page's script and style are files under static/, never inline). Each request is logged
+to the ``dialogbert.access`` logger as method, path, status, bytes and milliseconds: never a body,
+a query string, a session id or a client address.
 
 Personal data never leaves: the user's message is anonymized (Korean and English detectors,
 preprocess.anonymize) before it is kept as context or searched with, and every candidate reply
@@ -30,6 +39,7 @@ candidate in that language, the best overall only when none of the candidates is
 """
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import threading
@@ -38,7 +48,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from flask import Blueprint, Flask, abort, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from preprocess.anonymize import anonymize, contains_pii
@@ -53,6 +63,15 @@ _STORE_CLAIM = re.compile(r"저장|기억(?:할|해\s?둘|해\s?놓|하고\s?있
                           r"\bremember(?:ed)? (?:it|that|this)\b|\bi'?ll remember\b|\bgot it down\b)")
 # surrogates (never text on their own) and control characters other than tab, newline, CR
 _NOT_TEXT = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+SECURITY_HEADERS = {
+    # only this origin: scripts, styles, fetches; no plugins, no <base>, never inside a frame
+    "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+ACCESS_LOG = logging.getLogger("dialogbert.access")
 
 
 class Retriever(Protocol):
@@ -242,28 +261,66 @@ def _api_error(e: HTTPException):
     if isinstance(e, InternalServerError):
         # the cause is in the log (Flask logs it before calling this); the client learns only that
         description = "the server failed on this request; it was not kept, try again"
+    elif e.code == 429:  # Flask-Limiter's RateLimitExceeded: the description is the limit
+        description = f"too many messages from this address (at most {e.description}); wait and send again"
     else:
         description = e.description
     return jsonify(error=description), e.code
+
+
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def _finish(response):
+    """Security headers on every response, and one access-log line without any of the request's text."""
+    response.headers.update(SECURITY_HEADERS)
+    started = g.get("started")
+    ACCESS_LOG.info("%s %s %d %dB %.1fms", request.method, request.path, response.status_code,
+                    response.content_length or 0, 1000 * (time.perf_counter() - started) if started else -1.0)
+    return response
+
+
+def _rate_limiter(app: Flask):
+    """Flask-Limiter over /api/chat alone: RATE_LIMIT per client address, in this process's memory
+    (each process counts for itself). None when RATE_LIMIT is empty."""
+    rate = app.config["RATE_LIMIT"]
+    if not rate:
+        return None
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+    from limits import parse_many
+    try:
+        parse_many(rate)
+    except ValueError:
+        raise ValueError(f"RATE_LIMIT {rate!r} is not a rate: write it like '30/minute' or "
+                         f"'5/second;100/hour' (`dialogbert serve --rate-limit`), or leave it empty for none")
+    return Limiter(get_remote_address, app=app, default_limits=[rate], storage_uri="memory://",
+                   strategy="moving-window", headers_enabled=True,
+                   default_limits_exempt_when=lambda: request.endpoint != "chat.chat")
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
-                      INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None, JSON_AS_ASCII=False)
+                      RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None,
+                      JSON_AS_ASCII=False)
     app.config.update(config or {})
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
         raise ValueError("create_app needs INDEX_DIR (a folder written by `dialogbert index`) or RETRIEVER")
+    app.register_error_handler(HTTPException, _api_error)
+    app.before_request(_start_clock)   # before the limiter's check, so a 429 is timed too
+    app.after_request(_finish)
+    app.extensions["dialogbert.limiter"] = _rate_limiter(app)
+    app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10),
+                                      app.config["SESSION_IDLE_SECONDS"], app.config["SESSION_CLOCK"])
     if app.config["RETRIEVER"] is None:
-        # loaded now, so a wrong folder or a model/index mismatch stops the service at start-up
-        # with the loader's message, not at the first chat request
+        # loaded now (after the cheap checks above), so a wrong folder or a model/index mismatch
+        # stops the service at start-up with the loader's message, not at the first chat request
         from retrieval.ranker import HybridRetriever
         app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
                                                        app.config["RERANKER_DIR"])
-    app.register_error_handler(HTTPException, _api_error)
-    app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10),
-                                      app.config["SESSION_IDLE_SECONDS"], app.config["SESSION_CLOCK"])
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

@@ -88,7 +88,10 @@ def test_bad_requests_say_what_is_wrong(leaky, body, status):
 def test_page_and_health(leaky):
     client = create_app({"RETRIEVER": leaky}).test_client()
     page = client.get("/")
-    assert page.status_code == 200 and b"api/chat" in page.data
+    assert page.status_code == 200 and b'src="static/chat.js"' in page.data and b"<script>" not in page.data
+    script = client.get("/static/chat.js")
+    assert script.status_code == 200 and b"api/chat" in script.data
+    assert client.get("/static/chat.css").status_code == 200
     assert client.get("/healthz").get_json()["status"] == "ok"
 
 
@@ -153,7 +156,7 @@ class FakeClock:
 
 
 def test_session_bound_holds_for_many_clients(leaky):
-    app = create_app({"RETRIEVER": leaky, "MAX_SESSIONS": 50})
+    app = create_app({"RETRIEVER": leaky, "MAX_SESSIONS": 50, "RATE_LIMIT": ""})  # one test address
     client = app.test_client()
     sids = [f"client-{i:05d}" for i in range(400)]
     for sid in sids:
@@ -467,3 +470,63 @@ def test_the_language_choice_keeps_the_personal_data_guard():
     assert client.post("/api/chat", json={"message": "who are you?"}).get_json()["reply"] == "Nice to meet you!"
     assert choose_reply([("좋아요", 0.9), ("Sure", 0.8)], [], lang="en") == "Sure"
     assert choose_reply([("좋아요", 0.9), ("Sure", 0.8)], [], lang="other") == "좋아요"
+
+
+# --------------------------------------------------------------------------------------------
+# what every response carries, the rate limit, the access log
+
+@pytest.mark.parametrize("method,path", [("get", "/"), ("get", "/static/chat.js"), ("get", "/healthz"),
+                                         ("post", "/api/chat"), ("get", "/api/chat"), ("get", "/nothing")])
+def test_security_headers_on_every_response(leaky, method, path):
+    from bot.app import SECURITY_HEADERS
+
+    r = getattr(create_app({"RETRIEVER": leaky}).test_client(), method)(path, json={"message": "안녕"})
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers[name] == value
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+
+
+def test_rate_limit_per_address_on_chat_only(leaky):
+    client = create_app({"RETRIEVER": leaky, "RATE_LIMIT": "3/minute"}).test_client()
+    for _ in range(3):
+        assert client.post("/api/chat", json={"message": "안녕"}).status_code == 200
+    r = client.post("/api/chat", json={"message": "안녕"})
+    assert r.status_code == 429 and r.is_json
+    assert "3 per 1 minute" in r.get_json()["error"] and int(r.headers["Retry-After"]) > 0
+    assert "Content-Security-Policy" in r.headers
+    # another address has its own count; other routes are not limited
+    other = client.post("/api/chat", json={"message": "안녕"}, environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert other.status_code == 200
+    for path in ("/healthz", "/"):
+        assert client.get(path).status_code == 200
+    assert client.post("/api/reset", json={"session_id": "whatever-1"}).status_code == 200
+
+
+def test_no_rate_limit_when_empty(leaky):
+    client = create_app({"RETRIEVER": leaky, "RATE_LIMIT": ""}).test_client()
+    assert all(client.post("/api/chat", json={"message": "안녕"}).status_code == 200 for _ in range(40))
+
+
+def test_a_default_rate_limit_and_a_bad_one(leaky):
+    client = create_app({"RETRIEVER": leaky}).test_client()
+    codes = [client.post("/api/chat", json={"message": "안녕"}).status_code for _ in range(31)]
+    assert codes == [200] * 30 + [429]    # 30/minute unless configured
+    with pytest.raises(ValueError, match="RATE_LIMIT 'thirty' is not a rate"):
+        create_app({"RETRIEVER": leaky, "RATE_LIMIT": "thirty"})
+
+
+def test_access_log_has_no_message_text(leaky, caplog):
+    client = create_app({"RETRIEVER": leaky, "RATE_LIMIT": "1/minute"}).test_client()
+    secret = "비밀이야 my-secret-words"
+    with caplog.at_level("INFO", logger="dialogbert.access"):
+        sid = client.post("/api/chat?q=query-text", json={"message": secret, "session_id": "logged-session-1"})
+        client.post("/api/chat", json={"message": secret, "session_id": "logged-session-1"})   # 429
+        client.post("/api/chat", data=secret.encode(), content_type="application/json",         # 400
+                    environ_base={"REMOTE_ADDR": "10.0.0.8"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "dialogbert.access"]
+    assert len(lines) == 3 and sid.status_code == 200
+    assert [line.split()[:3] for line in lines] == [["POST", "/api/chat", str(code)] for code in (200, 429, 400)]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for text in ("비밀", "secret", "query-text", "logged-session", "127.0.0.1", "10.0.0.8"):
+        assert text not in logged
