@@ -120,11 +120,14 @@ def cmd_ablate(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from bot.app import create_app
-    app = create_app({"INDEX_DIR": a.index, "MODEL_DIR": a.model, "RERANKER_DIR": a.reranker})
-    print(f"chat page on http://{a.host}:{a.port}/  (JSON API: POST /api/chat)", flush=True)
-    app.run(host=a.host, port=a.port, threaded=True)
-    return 0
+    from bot.server import serve
+    config = {"INDEX_DIR": a.index, "MODEL_DIR": a.model, "RERANKER_DIR": a.reranker}
+    if a.rate_limit is not None:
+        config["RATE_LIMIT"] = a.rate_limit
+    if a.max_body_kb is not None:
+        config["MAX_CONTENT_LENGTH"] = a.max_body_kb * 1024
+    return serve(config, host=a.host, port=a.port, threads=a.threads, connection_limit=a.connection_limit,
+                 channel_timeout=a.channel_timeout)
 
 
 def cmd_demo(a) -> int:
@@ -252,8 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
     s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--threads", type=int, default=4, help="requests answered at once (waitress worker threads)")
+    s.add_argument("--rate-limit", default=None, metavar="RATE",
+                   help="POST /api/chat per client address, e.g. 30/minute (the default) or 5/second;100/hour; "
+                        "'' turns it off")
+    s.add_argument("--max-body-kb", type=int, default=None, metavar="KB",
+                   help="largest request body (default 64); a larger one gets 413")
+    s.add_argument("--connection-limit", type=int, default=100, help="open connections at most")
+    s.add_argument("--channel-timeout", type=int, default=30, metavar="SECONDS",
+                   help="an idle connection, or a client that stopped sending, is closed after this")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="the whole way on the bundled sample corpus")

@@ -116,9 +116,8 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
 
     if serve and importlib.util.find_spec("bot.app") is not None:
         t0 = _stage(f"chat page on http://127.0.0.1:{port}/ (Ctrl-C stops it)")
-        from bot.app import create_app
-        create_app({"INDEX_DIR": str(index), "MODEL_DIR": str(encoder)}).run(host="127.0.0.1", port=port,
-                                                                              threaded=True)
+        from bot.server import serve as serve_chat  # the same production server as `dialogbert serve`
+        serve_chat({"INDEX_DIR": str(index), "MODEL_DIR": str(encoder)}, host="127.0.0.1", port=port)
     else:
         print(f"\nDone. Everything is under {out}/.")
         print(json.dumps({"shards": str(shards), "base": str(base), "checkpoint": str(ckpt),
