@@ -14,13 +14,15 @@ default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used drop
 "30/minute" or "5/second;100/hour", counted in memory, per process; default "30/minute"; empty: no
 limit).
 
-Routes: ``GET /`` the chat page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply",
-"session_id", "candidates"}; ``POST /api/reset`` {"session_id"}; ``GET /healthz``. Every error under
-``/api/`` is JSON ``{"error": "..."}`` with its status (400 for a body that is not a JSON object or a
-message that is not clean text: lone surrogates, control characters other than tab and newline; 413
-for a body over MAX_CONTENT_LENGTH or a message over MAX_MESSAGE_CHARS; 429 over RATE_LIMIT, with
-Retry-After; 404, 405, 500). A message is
-checked before anything is kept, and kept only once its reply exists: a bad or failed request
+Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
+page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};
+``POST /api/reset`` {"session_id"}; ``GET /api/info`` (version, model, index, ranker: no personal
+data); ``GET /healthz`` (a fixed probe message through the retriever: 200 {"status": "ok"}, or 503
+with the reason). Every error under ``/api/`` is JSON ``{"error": "..."}`` with its status (400 for
+a body that is not a JSON object or a message that is not clean text: lone surrogates, control
+characters other than tab and newline; 413 for a body over MAX_CONTENT_LENGTH or a message over
+MAX_MESSAGE_CHARS; 429 over RATE_LIMIT, with Retry-After; 404, 405, 500). A message is checked
+before anything is kept, and kept only once its reply exists: a bad or failed request
 leaves its session as it was.
 
 Every response carries SECURITY_HEADERS (a Content-Security-Policy that allows only the service's own
@@ -39,6 +41,8 @@ candidate in that language, the best overall only when none of the candidates is
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import secrets
@@ -51,6 +55,7 @@ from typing import Callable, Protocol, Sequence
 from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from bot.openapi import document
 from preprocess.anonymize import anonymize, contains_pii
 from preprocess.pipeline import detect_lang
 
@@ -72,6 +77,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 ACCESS_LOG = logging.getLogger("dialogbert.access")
+HEALTH_PROBE = "안녕하세요"  # what /healthz asks the retriever
 
 
 class Retriever(Protocol):
@@ -190,7 +196,27 @@ def page():
 
 @bp.get("/healthz")
 def healthz():
-    return jsonify(status="ok", sessions=len(current_app.config["SESSIONS"]))
+    """200 {"status": "ok"} when the retriever answers HEALTH_PROBE with at least one reply; else
+    503 with the reason (the exception's type only: its message, in the log, may name paths)."""
+    try:
+        hits = _retriever().search([[(USER, HEALTH_PROBE)]], 1)
+        if not (hits and hits[0] and isinstance(hits[0][0][1].get("text"), str)):
+            return jsonify(status="failing", reason="the retriever found no reply to the probe message"), 503
+    except Exception as e:
+        current_app.logger.exception("health probe failed")
+        return jsonify(status="failing", reason=f"the retriever failed on the probe message "
+                                                f"({type(e).__name__}; the cause is in the server log)"), 503
+    return jsonify(status="ok")
+
+
+@bp.get("/api/info")
+def info():
+    return jsonify(current_app.config["SERVICE_INFO"])
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    return jsonify(document(current_app.config["SERVICE_INFO"]["version"]))
 
 
 def _json_object(example: str) -> dict:
@@ -268,6 +294,34 @@ def _api_error(e: HTTPException):
     return jsonify(error=description), e.code
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dialogbert")
+    except PackageNotFoundError:   # a checkout that was never installed
+        return "unknown"
+
+
+def service_info(retriever, index_dir=None, model_dir=None) -> dict:
+    """What /api/info says: the package's version, the model's folder name and hash, the index's size
+    and the sha256 of its index_info.json, the ranker's features. Names only, never a path (paths
+    carry user and folder names), no session count, nothing from the conversations."""
+    index = getattr(retriever, "index", None)
+    folder = index_dir or getattr(index, "folder", None)
+    meta, meta_sha = getattr(index, "info", None), None
+    path = Path(folder) / "index_info.json" if folder else None
+    if path is not None and path.is_file():
+        raw = path.read_bytes()
+        meta, meta_sha = json.loads(raw), hashlib.sha256(raw).hexdigest()
+    meta = meta if isinstance(meta, dict) else {}
+    model = model_dir or meta.get("model")
+    return {"version": _package_version(),
+            "model": {"name": Path(model).name if model else None, "sha256": meta.get("model_sha256")},
+            "index": {"size": meta.get("count"), "memory": meta.get("memory"), "dimension": meta.get("dimension"),
+                      "factory": meta.get("factory"), "updated": meta.get("updated"), "info_sha256": meta_sha},
+            "ranker": {"features": list(getattr(getattr(retriever, "ranker", None), "active", []))}}
+
+
 def _start_clock() -> None:
     g.started = time.perf_counter()
 
@@ -321,6 +375,7 @@ def create_app(config: dict | None = None) -> Flask:
         from retrieval.ranker import HybridRetriever
         app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
                                                        app.config["RERANKER_DIR"])
+    app.config["SERVICE_INFO"] = service_info(app.config["RETRIEVER"], app.config["INDEX_DIR"], app.config["MODEL_DIR"])
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

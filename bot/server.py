@@ -64,7 +64,7 @@ def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, threads: int 
     previous = signal.signal(signal.SIGTERM, _stop)
     rate = app.config["RATE_LIMIT"] or "no"
     print(f"chat page on http://{host}:{getattr(server, 'effective_port', port)}/  (waitress, {threads} threads, "
-          f"{rate} rate limit on POST /api/chat)", flush=True)
+          f"{rate} rate limit on POST /api/chat; API: /api/openapi.json)", flush=True)
     try:
         server.run()   # returns after SIGTERM or Ctrl-C, its worker threads joined
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -92,7 +93,9 @@ def test_page_and_health(leaky):
     script = client.get("/static/chat.js")
     assert script.status_code == 200 and b"api/chat" in script.data
     assert client.get("/static/chat.css").status_code == 200
-    assert client.get("/healthz").get_json()["status"] == "ok"
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.get_json() == {"status": "ok"}   # no session count
+    assert leaky.contexts[-1] == [("U", "안녕하세요")]                            # it asked the retriever
 
 
 def test_create_app_needs_an_index():
@@ -135,6 +138,12 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
     assert stored and not any("example.org" in t or "2345" in t or "110-234" in t for t in stored)
 
     client = create_app({"INDEX_DIR": str(index_dir)}).test_client()  # the model named by the index
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    info = client.get("/api/info").get_json()
+    index_info = json.loads((index_dir / "index_info.json").read_text("utf-8"))
+    assert info["model"] == {"name": "model", "sha256": index_info["model_sha256"]}
+    assert info["index"]["size"] == index_info["count"] == len(stored)
+    assert info["ranker"]["features"] and str(tmp_path) not in json.dumps(info)   # names, never paths
     sid = None
     for message in ["연락처 알려줘", "번호 좀 줘", "오늘 뭐 했어?", "메일 주소 뭐야?"]:
         body = client.post("/api/chat", json={"message": message, "session_id": sid}).get_json()
@@ -530,3 +539,71 @@ def test_access_log_has_no_message_text(leaky, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for text in ("비밀", "secret", "query-text", "logged-session", "127.0.0.1", "10.0.0.8"):
         assert text not in logged
+
+
+# --------------------------------------------------------------------------------------------
+# operators: health that really asks the retriever, what is served, the API document
+
+class Broken(FakeRetriever):
+    def search(self, contexts, k):
+        raise RuntimeError("/secret/path/index is gone")
+
+
+@pytest.mark.parametrize("retriever,reason", [(Broken([]), "RuntimeError"), (FakeRetriever([]), "no reply")])
+def test_healthz_fails_when_the_retriever_does(retriever, reason):
+    client = create_app({"RETRIEVER": retriever}).test_client()
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.is_json
+    body = r.get_json()
+    assert body["status"] == "failing" and reason in body["reason"] and "/secret" not in body["reason"]
+
+
+def test_info_names_the_model_and_index_without_personal_data(leaky, tmp_path):
+    import hashlib
+
+    index_dir = tmp_path / "users" / "김민준" / "index"
+    index_dir.mkdir(parents=True)
+    meta = {"model": str(tmp_path / "users" / "김민준" / "encoder"), "model_sha256": "ab" * 32, "dimension": 384,
+            "factory": "Flat", "count": 1234, "memory": 2000, "shards": [str(tmp_path / "minjun-kakao")],
+            "dropped": {"pii": 3}, "updated": "2026-12-05T17:00:00Z"}
+    (index_dir / "index_info.json").write_text(json.dumps(meta), "utf-8")
+
+    class Ranked(FakeRetriever):
+        class ranker:
+            active = ["dual", "ngram", "lexical"]
+
+    app = create_app({"RETRIEVER": Ranked(leaky.candidates), "INDEX_DIR": str(index_dir)})
+    client = app.test_client()
+    client.post("/api/chat", json={"message": "내 이름은 김민준이야"})
+    info = client.get("/api/info").get_json()
+    assert info == {
+        "version": info["version"],
+        "model": {"name": "encoder", "sha256": "ab" * 32},
+        "index": {"size": 1234, "memory": 2000, "dimension": 384, "factory": "Flat",
+                  "updated": "2026-12-05T17:00:00Z",
+                  "info_sha256": hashlib.sha256((index_dir / "index_info.json").read_bytes()).hexdigest()},
+        "ranker": {"features": ["dual", "ngram", "lexical"]},
+    }
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*|unknown", info["version"])
+    text = client.get("/api/info").get_data(as_text=True)
+    for leak in ("김민준", "minjun", "users", "session"):
+        assert leak not in text
+    # a stub with no index: the fields are there, empty
+    bare = create_app({"RETRIEVER": leaky}).test_client().get("/api/info").get_json()
+    assert bare["index"]["size"] is None and bare["ranker"]["features"] == []
+
+
+def test_the_openapi_document_is_the_api(leaky):
+    app = create_app({"RETRIEVER": leaky})
+    doc = app.test_client().get("/api/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.") and doc["info"]["version"]
+    registered = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+                  for method in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    api = {(path, m) for path, m in registered if path.startswith("/api/")}
+    assert api == {(path, m) for path, m in documented if path.startswith("/api/")}    # both ways
+    assert registered == documented                                                    # the rest too
+    # every $ref resolves, and the errors the tests above see are described
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)))
+    assert refs <= set(doc["components"]["schemas"])
+    assert {"400", "413", "429", "500"} <= set(doc["paths"]["/api/chat"]["post"]["responses"])

@@ -54,7 +54,7 @@ def server():
 def test_waitress_serves_chat_and_health_and_stops_cleanly_on_sigterm(server):
     base, proc = server
     status, headers, body = _request(base + "/healthz")
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert status == 200 and json.loads(body) == {"status": "ok"}
     assert headers["Server"] == "dialogbert" and headers["X-Frame-Options"] == "DENY"
 
     secret = "비밀 메시지야 정말로 secret"
