@@ -30,8 +30,11 @@ whichever does better held out, over several random halvings of the examples) an
 encoder did not train on (the fine-tuning validation carve-out, ``data.valid_fraction``), with
 their own conversations left out of the memory; never on the test split. In an index of several
 corpora each source gets an equal share of those examples (:func:`fit_for_index`), so the largest
-does not choose the weights for all. The result is ``ranker.json`` in the index folder, which
-``dialogbert eval`` reports and ``dialogbert serve`` uses.
+does not choose the weights for all. A language of the newest context turn (what the user just
+wrote: ``ko``, ``en``) with at least LANGUAGE_MIN_EXAMPLES fitting examples gets its own weights
+when they beat the shared ones held out on that language's examples (features do not carry across
+languages alike: the n-gram encoder learns Korean far better than English). The result is
+``ranker.json`` in the index folder, which ``dialogbert eval`` reports and ``dialogbert serve`` uses.
 
     scorer = FeatureScorer(encoder, index, lexical=..., reranker=...)
     ranker = fit_ranker(scorer, examples)               # -> Ranker, saved with ranker.save(index_dir)
@@ -57,11 +60,19 @@ FEATURES = ("dual", "lexical", "neighbour", "lexical_neighbour", "ngram", "use",
 OWN_ENCODERS = ("ngram", "use")  # features scored by the ranker's own dual encoders (retrieval.towers)
 NEIGHBOURS = ("neighbour", "lexical_neighbour")  # features with a temperature
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+LANGUAGE_MIN_EXAMPLES = 150  # fitting examples a language needs before it may get its own weights
 LOGIT_L2 = 1e-3  # the conditional logit's penalty on the weights of spread-scaled features
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0)
 LEXICAL_FIT_MAX = 200_000  # texts the TF-IDF vocabulary is fitted on (a sample beyond)
 LEXICAL_MEMORY_MAX = 2_000_000  # memory entries up to which the lexical neighbours are offered
 EXCLUDE_SLACK = 32  # extra neighbours searched first when the example's own conversation is left out
+
+
+def context_language(context) -> str:
+    """"ko", "en" or "other": the language of a context's newest turn, what the user just wrote
+    (preprocess.pipeline.detect_lang)."""
+    from preprocess.pipeline import detect_lang
+    return detect_lang([context[-1][1]]) if len(context) else "other"
 
 
 @dataclass
@@ -74,26 +85,42 @@ class Ranker:
     rerank_top: int = 20
     reranker: str | None = None     # the re-ranker folder the weights were fitted with
     fitted_on: dict = field(default_factory=dict)
+    # weights for contexts whose newest turn is in that language (context_language); others: ``weights``
+    languages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def active(self) -> list[str]:
-        return [f for f in FEATURES if self.weights.get(f, 0.0)]
+        used = {f for ws in (self.weights, *self.languages.values()) for f, w in ws.items() if w}
+        return [f for f in FEATURES if f in used]
+
+    def row_weights(self, names: Sequence[str], languages: Sequence[str] | None, m: int) -> np.ndarray:
+        """(m, len(names)) weights: row i's language's own weights, else the shared ones."""
+        shared = [self.weights.get(f, 0.0) for f in names]
+        if not self.languages or languages is None:
+            return np.tile(np.asarray(shared, np.float64), (m, 1))
+        table = {lang: [ws.get(f, 0.0) for f in names] for lang, ws in self.languages.items()}
+        return np.asarray([table.get(lang, shared) for lang in languages], np.float64)
 
     @property
     def temperatures(self) -> dict[str, float]:
         return {"neighbour": self.temperature, "lexical_neighbour": self.lexical_temperature}
 
-    def combine(self, feats: dict[str, np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
-        names = self.active if names is None else names
+    def combine(self, feats: dict[str, np.ndarray], names: Sequence[str] | None = None,
+                languages: Sequence[str] | None = None) -> np.ndarray:
+        """sum of weight x feature / scale, row by row with the weights of each row's language
+        (``languages``, one per context; None: the shared weights everywhere)."""
+        names = [f for f in (self.active if names is None else names) if f in feats]
+        if not names:
+            raise ValueError(f"none of the ranker's features {self.active} was computed")
+        m = len(next(iter(feats[f] for f in names)))
+        W = self.row_weights(names, languages, m)
         out = None
-        for f in names:
-            if f not in feats:
-                continue
-            part = self.weights[f] * feats[f] / self.scales.get(f, 1.0)
+        for k, f in enumerate(names):
+            w = W[:, k:k + 1]
+            # a weight of 0 adds nothing, even where the feature is undefined (outside the re-ranked top)
+            part = np.where(w == 0, 0.0, w * feats[f] / self.scales.get(f, 1.0))
             out = part if out is None else out + part
-        if out is None:
-            raise ValueError(f"none of the ranker's features {names} was computed")
-        return out
+        return out.astype(np.float32)
 
     def save(self, folder: str | Path) -> Path:
         p = Path(folder) / RANKER_FILE
@@ -112,7 +139,7 @@ class Ranker:
         if info is not None and fit.get("model_sha256") and fit["model_sha256"] != info.get("model_sha256"):
             raise ValueError(f"{p} was fitted for model sha256 {fit['model_sha256'][:12]}..., but the index "
                              f"holds {str(info.get('model_sha256'))[:12]}...: refit it with `dialogbert index`")
-        unknown = set(d.get("weights", {})) - set(FEATURES)
+        unknown = {f for ws in (d.get("weights", {}), *d.get("languages", {}).values()) for f in ws} - set(FEATURES)
         if unknown:
             raise ValueError(f"{p}: unknown features {sorted(unknown)}; known: {list(FEATURES)}")
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -464,14 +491,15 @@ class FeatureScorer:
         re-ranker is used) rank below those inside, in first-stage order."""
         feats = self.features(contexts, candidates, names=ranker.active, neighbours=ranker.neighbours,
                               temperatures={f: (t,) for f, t in ranker.temperatures.items()}, **kw)
-        first = ranker.combine(feats, [f for f in ranker.active if f != "rerank"])
+        langs = [context_language(c) for c in contexts] if ranker.languages else None
+        first = ranker.combine(feats, [f for f in ranker.active if f != "rerank"], langs)
         if "rerank" not in ranker.active:
             return first
         if self.reranker is None:
-            raise ValueError(f"the ranker gives the re-ranker weight {ranker.weights['rerank']} but none is "
+            raise ValueError(f"the ranker gives the re-ranker a weight but none is "
                              f"loaded; pass --reranker {ranker.reranker or 'DIR'}")
         feats["rerank"] = self.rerank_top(contexts, candidates, first, ranker.rerank_top)
-        full = ranker.combine(feats)
+        full = ranker.combine(feats, languages=langs)
         inside = ~np.isnan(full)
         # outside the re-ranked top: below every re-ranked candidate, in first-stage order
         low = np.nanmin(np.where(inside, full, np.nan), axis=1, keepdims=True) - 1.0
@@ -586,17 +614,49 @@ def _held_out(choice, feats: dict, names: Sequence[str], rows: np.ndarray) -> fl
     return _objective(sum(ws.get(f, 0.0) * _at(feats, f, t_of, rows) / scales[f] for f in names))
 
 
-def contributions(feats: dict, weights: dict[str, float], t_of: dict, scales: dict) -> dict[str, float]:
+def contributions(feats: dict, ranker: "Ranker", t_of: dict, languages: Sequence[str]) -> dict[str, float]:
     """R10@1 on the fitting examples of the dual encoder alone, of the fitted ranker, and of the
-    fitted ranker without each other feature (its weight set to 0, the others kept): what each
-    feature adds beside the dialog model (in-sample: the weights were fitted on these examples)."""
+    fitted ranker without each other feature (its weight set to 0 in every language, the others
+    kept): what each feature adds beside the dialog model (in-sample: the weights were fitted on
+    these examples)."""
     from retrieval.metrics import ranks
     r10 = lambda scores: round(float(np.mean(ranks(scores) <= 1)), 4)
-    z = {f: _at(feats, f, t_of) / scales[f] for f in weights}
-    full = sum(w * z[f] for f, w in weights.items())
+    names = ranker.active
+    x = {f: _at(feats, f, t_of) for f in names}
+    full = ranker.combine(x, names, languages)
     out = {"dual alone": r10(feats["dual"]), "ranker": r10(full)}
-    out.update({f"without {f}": r10(full - w * z[f]) for f, w in weights.items() if f != "dual"})
+    out.update({f"without {f}": r10(ranker.combine(x, [g for g in names if g != f], languages))
+                for f in names if f != "dual"})
     return out
+
+
+def _fit_languages(feats: dict, names: Sequence[str], t_of: dict, scales: dict, shared: dict[str, float],
+                   languages: np.ndarray) -> tuple[dict[str, dict[str, float]], dict]:
+    """Own conditional-logit weights for each language with >= LANGUAGE_MIN_EXAMPLES examples, kept
+    when, fitted on one half of that language's examples, they beat the shared weights on the
+    other half (mean over CV_HALVINGS halvings; the shared weights saw both halves, so the test
+    favours them). Temperatures and scales stay the shared ones. Returns (weights by language,
+    a report of the comparison)."""
+    own, report = {}, {}
+    for lang, count in sorted(Counter(languages.tolist()).items()):
+        if count < LANGUAGE_MIN_EXAMPLES or count == len(languages):  # one language: the shared fit is its own
+            continue
+        rows = np.flatnonzero(languages == lang)
+        z = {f: _at(feats, f, t_of, rows) / scales[f] for f in names}
+        score = lambda ws, r: _objective(sum(ws.get(f, 0.0) * z[f][r] for f in names))
+        own_cv, shared_cv = [], []
+        for h in range(CV_HALVINGS):
+            perm = np.random.default_rng(h).permutation(len(rows))
+            for a, b in ((perm[: len(perm) // 2], perm[len(perm) // 2:]), (perm[len(perm) // 2:], perm[: len(perm) // 2])):
+                own_cv.append(score(_logit_weights({f: z[f][a] for f in names}, names), b))
+                shared_cv.append(score(shared, b))
+        kept = float(np.mean(own_cv)) > float(np.mean(shared_cv))
+        report[lang] = {"examples": int(count), "held_out_own": round(float(np.mean(own_cv)), 4),
+                        "held_out_shared": round(float(np.mean(shared_cv)), 4), "own_weights": kept}
+        if kept:
+            ws = {f: round(w, 4) for f, w in _logit_weights(z, names).items()}
+            own[lang] = {f: w for f, w in ws.items() if w}
+    return own, report
 
 
 def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighbours: int = 20,
@@ -637,16 +697,22 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
         method = max(cv, key=lambda m: (cv[m], m == "logit"))  # a tie goes to the logit
     obj, t_of, ws, scales = _search(feats, names, method)
     weights = {f: round(w, 4) for f, w in ws.items() if round(w, 4)}
+    langs = np.asarray([context_language(c) for c in contexts])
+    by_language, lang_report = _fit_languages(feats, names, t_of, scales, weights, langs)
     dual_only = _objective(feats["dual"])
     info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR", "method": method,
             "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note,
             "sources": dict(sorted(Counter(e.source for e in examples).items()))}
     if cv:
         info["cross_validated"] = cv
-    info["contributions"] = contributions(feats, weights, t_of, scales)
-    return Ranker(weights=weights, scales={f: round(scales[f], 6) for f in weights}, neighbours=neighbours,
-                  temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,
-                  reranker=_resolved(getattr(scorer.reranker, "path", None)), fitted_on=info)
+    if lang_report:
+        info["languages"] = lang_report
+    used = set(weights) | {f for ws in by_language.values() for f in ws}
+    ranker = Ranker(weights=weights, scales={f: round(scales[f], 6) for f in names if f in used}, neighbours=neighbours,
+                    temperature=t_of["neighbour"], lexical_temperature=t_of["lexical_neighbour"], rerank_top=rerank_top,
+                    reranker=_resolved(getattr(scorer.reranker, "path", None)), fitted_on=info, languages=by_language)
+    info["contributions"] = contributions(feats, ranker, t_of, langs.tolist())
+    return ranker
 
 
 def _read_json(path: Path, fix: str = "") -> dict:
@@ -732,10 +798,12 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
             scorer.use = train_for_index(index_dir, shards, fraction, sources, use_settings)
         ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
         for f in OWN_ENCODERS:
-            if getattr(scorer, f) is not None and ranker.weights.get(f):
+            if getattr(scorer, f) is not None and f in ranker.active:
                 getattr(scorer, f).attach_replies(index_dir, index.texts)  # the chat service reads them
         cv = ranker.fitted_on.get("cross_validated")
-        print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}, temperatures {ranker.temperatures} "
+        print(f"ranker: {ranker.fitted_on['method']} weights {ranker.weights}"
+              + "".join(f", {lang}: {ws}" for lang, ws in ranker.languages.items())
+              + f", temperatures {ranker.temperatures} "
               f"(R10@1 + MRR on {len(examples)} validation examples: dual alone "
               f"{ranker.fitted_on['dual_only']:.3f}, ranked {ranker.fitted_on['fitted']:.3f}"
               + (f"; held out, mean of {CV_HALVINGS} halvings: {', '.join(f'{k} {v:.3f}' for k, v in cv.items())})"
@@ -765,7 +833,7 @@ class HybridRetriever:
                              f"(`dialogbert serve --model ENCODER_DIR`)")
         ranker = Ranker.load(index_dir, index.info) or Ranker()
         reranker = None
-        if ranker.weights.get("rerank"):
+        if "rerank" in ranker.active:
             from retrieval.rerank import CrossEncoder
             rr = reranker_dir or ranker.reranker
             if not rr or not Path(rr).is_dir():

@@ -171,6 +171,56 @@ def test_fit_gives_weight_to_the_informative_feature_only(monkeypatch):
         fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="best")
 
 
+def test_each_language_gets_its_own_weights_when_they_do_better_held_out(monkeypatch):
+    """Korean rows where only ``lexical`` knows the answer, English rows where only ``neighbour``
+    does: one shared set of weights must compromise, a set per language need not."""
+    rng = np.random.default_rng(0)
+    m, n = 300, 10
+    exs = ([Example([("S1", f"질문 {i}")], f"a{i}", conv_id=f"k{i}") for i in range(m)]
+           + [Example([("S1", f"question {i}")], f"b{i}", conv_id=f"e{i}") for i in range(m)])
+    true = np.where(np.arange(n) == 0, 2.5, 0.0)
+    noise = lambda: rng.normal(size=(m, n))
+    feats = {"dual": rng.normal(size=(2 * m, n)),
+             "lexical": np.concatenate([noise() + true, noise()]),
+             "neighbour": np.concatenate([noise(), noise() + true])}
+    import retrieval.examples as ex_mod
+    monkeypatch.setattr(ex_mod, "draw_candidates",
+                        lambda responses, n=10, seed=1: ex_mod.CandidateSets([[r] * n for r in responses], n))
+    r = fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="logit")
+    assert set(r.languages) == {"ko", "en"}
+    assert r.fitted_on["languages"]["ko"]["own_weights"] and r.fitted_on["languages"]["en"]["examples"] == m
+    ko, en = r.languages["ko"], r.languages["en"]
+    assert ko["lexical"] > 5 * abs(ko.get("neighbour", 0.0)) and en["neighbour"] > 5 * abs(en.get("lexical", 0.0))
+    # the rows are combined with their own language's weights ...
+    langs = ["ko"] * m + ["en"] * m
+    own = r.combine(feats, languages=langs)
+    shared = r.combine(feats)
+    from retrieval.metrics import ranks
+    assert np.mean(ranks(own) <= 1) > np.mean(ranks(shared) <= 1) + 0.1
+    assert r.fitted_on["contributions"]["ranker"] == pytest.approx(np.mean(ranks(own) <= 1), abs=1e-3)
+    # ... and what the scorer serves follows the language of each context's newest turn
+    fs = FeatureScorer(None)
+    fs.features = lambda contexts, candidates, **kw: feats  # one temperature: plain arrays
+    ctxs = [e.context for e in exs]
+    np.testing.assert_allclose(fs.score(r, ctxs, [[e.response] * n for e in exs]), own, rtol=1e-6)
+    # a language with too few examples, or the only language there is, keeps the shared weights
+    one = fit_ranker(StubFeatures({f: v[:m] for f, v in feats.items()}), exs[:m], exclude_own=False, method="logit")
+    assert one.languages == {} and "languages" not in one.fitted_on
+
+
+def test_language_weights_apply_row_by_row_and_round_trip(tmp_path):
+    r = Ranker(weights={"dual": 1.0}, scales={"dual": 1.0, "lexical": 0.5}, languages={"en": {"lexical": 2.0}})
+    assert r.active == ["dual", "lexical"]
+    feats = {"dual": np.array([[1.0, 0.0], [1.0, 0.0]]), "lexical": np.array([[0.0, 1.0], [0.0, 1.0]])}
+    np.testing.assert_allclose(r.combine(feats, languages=["ko", "en"]), [[1.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_allclose(r.combine(feats), [[1.0, 0.0], [1.0, 0.0]])  # no languages: shared weights
+    r.save(tmp_path)
+    assert Ranker.load(tmp_path) == r
+    (tmp_path / "ranker.json").write_text('{"weights": {"dual": 1}, "languages": {"en": {"vibes": 3}}}')
+    with pytest.raises(ValueError, match="unknown features.*vibes"):
+        Ranker.load(tmp_path)
+
+
 def test_ranker_round_trip_and_unknown_feature(tmp_path):
     r = Ranker(weights={"dual": 1.0, "neighbour": 2.0}, scales={"dual": 0.2, "neighbour": 0.1}, temperature=0.03)
     r.save(tmp_path)
