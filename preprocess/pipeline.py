@@ -1,7 +1,8 @@
 """`dialogbert preprocess`: messenger exports -> anonymized, deduplicated conversation shards.
 
     run(inputs, out, workers=1, session_gap_minutes=360.0, sentence_backend="punct",
-        shard_size=10000, resume=True, progress=True) -> summary dict (also out/manifest.json)
+        shard_size=10000, resume=True, progress=True, mark_speakers=())
+        -> summary dict (also out/manifest.json)
 
 Per input file (one task; files run in parallel with ``workers``)::
 
@@ -24,6 +25,12 @@ shard-00000.jsonl ... of ``shard_size`` conversations each (atomic writes), stal
 removed, manifest.json written last. A killed run reruns only the files without a marker.
 Same inputs and options give the same bytes, with any number of workers. docs/preprocess.md
 has the rules and the reasons.
+
+``mark_speakers`` (display names as exported, compared by :func:`speaker_key`): the turns of
+those speakers carry ``"marked": true`` in the shards (`dialogbert bot --reply-as`: whose replies
+the bot gives). Pseudonyms are per session, so the names are matched while reading; they reach
+the workers in memory only and are written nowhere. Such a run reuses no part file (another
+run's marks may differ), and its part files are tagged apart from unmarked ones.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +118,11 @@ def system_names(text: str) -> list[str]:
     return [m.group(1).strip()] if m else []
 
 
+def speaker_key(name: str) -> str:
+    """How a display name is matched against ``mark_speakers``: NFC, whitespace collapsed, case folded."""
+    return " ".join(unicodedata.normalize("NFC", name).split()).casefold()
+
+
 def mask_names(names) -> list[str]:
     return sorted({n for n in names if n and n.strip().casefold() not in GENERIC_SELF})
 
@@ -171,11 +184,12 @@ class Options:
     session_gap_minutes: float = 360.0
     sentence_backend: str = DEFAULT_BACKEND
     shard_size: int = 10000
+    mark: tuple[str, ...] = ()     # speaker_key()s whose turns are marked (never part of a file name)
 
     def parts_tag(self) -> str:
         """What a part file depends on; shard_size only matters at assembly."""
         s = (f"v{PARTS_VERSION}|{self.session_gap_minutes!r}|{self.sentence_backend}|{MAX_SESSION_MESSAGES}"
-             f"|{MAX_MESSAGE_CHARS}|{code_hash()}")
+             f"|{MAX_MESSAGE_CHARS}|{code_hash()}" + ("|marked" if self.mark else ""))
         return hashlib.sha1(s.encode()).hexdigest()[:8]
 
 
@@ -237,6 +251,7 @@ class _FileProcessor:
     def __init__(self, path: str, sha256: str, fmt: str, opts: Options, out_file):
         self.path, self.sha256, self.fmt, self.opts, self.out = path, sha256, fmt, opts, out_file
         self.gap_s = opts.session_gap_minutes * 60.0
+        self.mark = frozenset(opts.mark)
         self.splitter = SentenceSplitter(opts.sentence_backend)
         self.media_kind = _media_kind()
         self.c = Counter()            # messages, system, sessions, conversations, turns, ...
@@ -374,7 +389,8 @@ class _FileProcessor:
         keep = len(pseudo) >= 2
         if not keep:
             self.drops["one_speaker"] += 1
-        blob = marshal.dumps((sess.key, turns, keep))
+        marked = [p for s, p in pseudo.items() if speaker_key(s) in self.mark] if self.mark else []
+        blob = marshal.dumps((sess.key, turns, keep, marked))
         spool.write(len(blob).to_bytes(4, "little"))
         spool.write(blob)
 
@@ -385,7 +401,7 @@ class _FileProcessor:
         anon_key: str | None = None
         replace = None
         while head := read(4):
-            key, turns, keep = marshal.loads(read(int.from_bytes(head, "little")))
+            key, turns, keep, marked = marshal.loads(read(int.from_bytes(head, "little")))
             if key != anon_key:
                 anon = anonymizers.get(key)
                 if anon is None:
@@ -413,6 +429,8 @@ class _FileProcessor:
                             # backend "none": split_turn's answer, one sentence per message
                             "sentences": text.split("\n") if split is None else split(text),
                             "time": when})
+                if p in marked:
+                    out[-1]["marked"] = True
             self._write(key, out)
 
     def _write(self, key: str, turns: list[dict]) -> None:
@@ -627,9 +645,10 @@ def _summary_table(m: dict) -> str:
 
 def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: float = 360.0,
         sentence_backend: str = DEFAULT_BACKEND, shard_size: int = 10000, resume: bool = True,
-        progress: bool = True) -> dict:
+        progress: bool = True, mark_speakers=()) -> dict:
     """Preprocess ``inputs`` (files or folders) into ``out``; returns the manifest as a dict
-    (``summary["failed"]`` lists the inputs that could not be read, with the reason)."""
+    (``summary["failed"]`` lists the inputs that could not be read, with the reason). The turns
+    of ``mark_speakers`` (display names) carry ``"marked": true``; such a run does not resume."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if sentence_backend not in BACKENDS:
@@ -638,11 +657,14 @@ def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: floa
         raise ValueError(f"session_gap_minutes={session_gap_minutes}: must be > 0 (minutes of silence)")
     if shard_size < 1 or workers < 1:
         raise ValueError(f"shard_size={shard_size}, workers={workers}: both must be >= 1")
-    opts = Options(float(session_gap_minutes), sentence_backend, int(shard_size))
+    if isinstance(mark_speakers, str):
+        mark_speakers = [mark_speakers]
+    mark = tuple(sorted({speaker_key(n) for n in mark_speakers} - {""}))
+    opts = Options(float(session_gap_minutes), sentence_backend, int(shard_size), mark)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     parts_dir = out_p / PARTS_DIR
-    if not resume and parts_dir.exists():
+    if (not resume or mark) and parts_dir.exists():
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(exist_ok=True)
     for stale in [*parts_dir.glob(".*.tmp-*"), *out_p.glob(".shard-*.jsonl.tmp-*")]:   # left by a killed run
@@ -656,7 +678,7 @@ def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: floa
         print(f"dialogbert preprocess: skipped {len(skipped)} non-data file(s): {', '.join(skipped[:5])}", file=sys.stderr)
     jobs = [(path, str(parts_dir), {"session_gap_minutes": opts.session_gap_minutes,
                                     "sentence_backend": opts.sentence_backend,
-                                    "shard_size": opts.shard_size}) for path in files]
+                                    "shard_size": opts.shard_size, "mark": opts.mark}) for path in files]
     results: dict[str, dict] = {}
 
     bar = None

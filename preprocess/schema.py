@@ -12,6 +12,9 @@ A shard is a JSON Lines file (``shard-00000.jsonl``); each line is one conversat
          "time": "2020-06-28T01:01:00"}  # ISO time of the turn's first message, or null
      ]}
 
+A turn may also carry ``"marked": true`` (a speaker named to ``preprocess.pipeline.run``'s
+``mark_speakers``, e.g. `dialogbert bot --reply-as`); readers that do not ask ignore it.
+
 A folder of shards carries ``manifest.json`` (see preprocess.pipeline).
 
 Later stages import this module only: readers, the anonymizer and kss stay out of their way.
