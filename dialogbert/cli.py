@@ -12,6 +12,7 @@ model type with the Auto classes: about 4 s before any command starts).
     dialogbert ablate --shards DIR                    the ablation table
     dialogbert serve --index DIR                      the chat service (JSON API + web page)
     dialogbert demo                                   the whole way on the bundled corpus
+    dialogbert bot EXPORT... --out DIR                your own exports -> your bot, served
 
 Multi-GPU: `deepspeed --module dialogbert.cli pretrain --config ... --deepspeed configs/ds_zero2.json`
 or `torchrun --nproc_per_node N -m dialogbert.cli pretrain --config ...`.
@@ -133,6 +134,12 @@ def cmd_serve(a) -> int:
 def cmd_demo(a) -> int:
     from dialogbert.demo import run_demo
     return run_demo(a.out, serve=not a.no_serve, port=a.port)
+
+
+def cmd_bot(a) -> int:
+    from dialogbert.mybot import run_bot
+    return run_bot(a.exports, a.out, add=a.add, model=a.model, reply_as=a.reply_as, serve=not a.no_serve,
+                   host=a.host, port=a.port, workers=a.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bot", help="your own KakaoTalk/LINE exports -> your chat bot (anonymized), served")
+    s.add_argument("exports", nargs="*", metavar="EXPORT",
+                   help="export files or folders, any format `dialogbert preprocess` reads")
+    s.add_argument("--out", required=True, help="the bot's folder (shards/, index/, bot.json)")
+    s.add_argument("--add", nargs="+", default=None, metavar="EXPORT",
+                   help="grow the bot in --out with these exports (its index appended to, not rebuilt)")
+    s.add_argument("--model", default=None,
+                   help="the dialog model: an encoder folder (default runs/demo/encoder, from `make demo`)")
+    s.add_argument("--reply-as", action="append", default=[], metavar="NAME",
+                   help="answer only with replies this person wrote (the display name as the export shows "
+                        "it; repeatable); the name is written to no file")
+    s.add_argument("--workers", type=int, default=1, help="export files preprocessed in parallel")
+    s.add_argument("--no-serve", action="store_true", help="stop after building")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_bot)
     return p
 
 

@@ -1,10 +1,14 @@
-"""preprocess.pipeline.run(mark_speakers=...): the turns of named speakers are marked, nothing else
-changes, and no marking is reused from another run."""
+"""`dialogbert bot`: a user's own exports -> anonymized shards -> an index of the chosen speaker's
+replies -> bot.json, end to end with a tiny random DialogBERT (the scores need not be good: the
+test is what goes in, what is counted and what is never written)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
+from preprocess.schema import split_of
 
 CHOSEN = "박영우 소마"                     # the speaker whose replies the bot gives
 OTHERS = ("김민준/94/늑대", "지수🐰")
@@ -63,9 +67,169 @@ def line_mobile(path: Path, sessions: range) -> dict:
     return said
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from conftest import save_random_dialogbert
+    return save_random_dialogbert(tmp_path_factory.mktemp("mybot-model"), hidden=32, layers=1, pretraining=False)
+
+
+def _rows(index: Path) -> list[dict]:
+    return [json.loads(x) for x in (index / "responses.jsonl").read_text("utf-8").splitlines() if x.strip()]
+
+
 def _convs(shards: Path) -> list[dict]:
     return [json.loads(x) for f in sorted(shards.glob("shard-*.jsonl")) for x in f.read_text("utf-8").splitlines()
             if x.strip()]
+
+
+def _served_texts(shards: Path, marked: bool) -> set[str]:
+    """Turn texts (t >= 1, train split) that are (``marked``) or are not the chosen speaker's."""
+    return {t["text"] for c in _convs(shards) if split_of(c["id"], source=c["source"]) == "train"
+            for n, t in enumerate(c["turns"]) if n >= 1 and bool(t.get("marked")) == marked}
+
+
+def _files_holding(folder: Path, needles: list[str]) -> list[str]:
+    hits = []
+    for f in folder.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            hits += [f"{f.relative_to(folder)}: {n}" for n in needles if n.encode("utf-8") in data]
+        hits += [f"{f.relative_to(folder)} (name): {n}" for n in needles if n in f.name]
+    return hits
+
+
+def test_bot_serves_only_the_chosen_speaker_and_writes_no_name(tiny_model, tmp_path, capsys):
+    from dialogbert.cli import main
+
+    export = tmp_path / "in" / f"KakaoTalk_20240301_1000_00_000_{CHOSEN}.txt"  # the room's name, as the app names it
+    export.parent.mkdir()
+    said = kakao_pc(export, range(12), phone_in=3, broken_in=5)
+    out = tmp_path / "bot"
+    rc = main(["bot", str(export), "--out", str(out), "--model", str(tiny_model), "--reply-as", CHOSEN, "--no-serve"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+
+    rows = _rows(out / "index")
+    texts = {r["text"] for r in rows}
+    chosen = _served_texts(out / "shards", marked=True)
+    assert texts and texts <= set(said["chosen"])                       # only the chosen speaker's replies ...
+    assert texts == {t for t in chosen if "[" not in t}                  # ... all of them but the placeholder one
+    assert not texts & set(said["others"]) and _served_texts(out / "shards", marked=False)
+    assert "내 번호 [PHONE] 이야" in chosen | {t for c in _convs(out / "shards") for t in
+                                              [x["text"] for x in c["turns"]]}
+
+    # no display name, no name part, no export file name and no planted number in any file under out/
+    assert _files_holding(out, [CHOSEN, "박영우", "영우", *OTHERS, "김민준", export.name, PHONE, "9876"]) == []
+
+    rep = json.loads((out / "bot.json").read_text("utf-8"))
+    build = rep["builds"][0]
+    assert rep["reply_as"] == {"names": 1} and rep["serves"]["replies"] == len(rows)
+    assert rep["serves"]["languages"] == {"ko": len(rows)}
+    f = build["read"]["files"][0]
+    assert f["export"] == "export 1" and "path" not in f and f["format"] == "kakao-pc"
+    assert f["messages"] == said["messages"] + said["system"] and f["bad_lines"] == said["bad"] == 1
+    assert f["conversations"] == build["read"]["conversations"] == 12
+    assert f["bad_line_examples"][0].startswith("export 1:") and "looks like a message line" in f["bad_line_examples"][0]
+    assert build["dropped"]["system"] == 1 and build["dropped"]["personal_data_replaced"] == {"[PHONE]": 1}
+    assert build["replies"]["turns"] == 24 and build["replies"]["first_turns"] == 0
+    assert build["replies"]["candidates"] + build["replies"]["held_out"] == 24
+    assert build["index"]["added"] == len(rows) and build["index"]["left_out"]["other_speaker"] > 0
+    assert build["index"]["left_out"].get("placeholder", 0) == (1 if "내 번호 [PHONE] 이야" in chosen else 0)
+    assert rep["ranker"]["features"] == ["dual"] and "too few" in rep["ranker"]["note"]
+    # the terminal names the file (a path) and the speaker, the file does not
+    assert str(export) in printed and f"{export}:" in printed and CHOSEN in printed
+    assert f"serves: {len(rows)} replies (ko {len(rows)})" in printed and "[PHONE] 1" in printed
+
+
+def test_add_grows_the_index_and_skips_what_the_bot_has(tiny_model, tmp_path, capsys):
+    from dialogbert.mybot import add_to_bot, build_bot
+
+    first = kakao_pc(tmp_path / "kakao.txt", range(8))
+    out = tmp_path / "bot"
+    build_bot([str(tmp_path / "kakao.txt")], out, model=tiny_model, reply_as=[CHOSEN], progress=False)
+    before = _rows(out / "index")
+
+    with pytest.raises(ValueError, match="--reply-as NAME again"):  # the names are stored nowhere
+        add_to_bot([str(tmp_path / "kakao.txt")], out, progress=False)
+
+    # a LINE export with one session the bot already has (day 8) and eight new ones
+    second = line_mobile(tmp_path / "line.txt", range(7, 16))
+    rep = add_to_bot([str(tmp_path / "line.txt")], out, reply_as=[CHOSEN.replace(" ", "  ")], progress=False)
+    after = _rows(out / "index")
+    add = rep["builds"][-1]
+    assert add["kind"] == "add" and add["shards"] == "shards-2" and rep["shards"] == ["shards", "shards-2"]
+    assert add["already_in_bot"] == 1 and add["read"]["conversations"] == 8
+    assert after[:len(before)] == before and len(after) == len(before) + add["index"]["added"] > len(before)
+    assert {r["text"] for r in after} <= set(first["chosen"]) | set(second["chosen"])
+    new = _served_texts(out / "shards-2", marked=True) - {r["text"] for r in before}
+    assert {r["text"] for r in after[len(before):]} == new
+    assert rep["serves"]["replies"] == len(after)
+    info = json.loads((out / "index" / "index_info.json").read_text("utf-8"))
+    assert info["count"] == len(after) and info["shards"][-1].endswith("shards-2")
+    assert _files_holding(out, [CHOSEN, "박영우", *OTHERS]) == []
+    assert "already in the bot: 1 conversations" in capsys.readouterr().out
+
+    # building again starts over: the added exports' folder goes with the old index
+    rep = build_bot([str(tmp_path / "kakao.txt")], out, model=tiny_model, reply_as=[CHOSEN], progress=False)
+    assert rep["shards"] == ["shards"] and len(rep["builds"]) == 1 and not (out / "shards-2").exists()
+    assert _rows(out / "index") == before
+
+
+def test_every_speaker_without_reply_as(tiny_model, tmp_path):
+    from dialogbert.mybot import build_bot
+
+    said = kakao_pc(tmp_path / "k.txt", range(6))
+    rep = build_bot([str(tmp_path / "k.txt")], tmp_path / "bot", model=tiny_model, progress=False)
+    texts = {r["text"] for r in _rows(tmp_path / "bot" / "index")}
+    assert texts & set(said["others"]) and texts & set(said["chosen"])
+    assert rep["reply_as"] is None and rep["speakers"] == "every speaker"
+    assert not any(t.get("marked") for c in _convs(tmp_path / "bot" / "shards") for t in c["turns"])
+
+
+def test_bad_input_is_a_clear_error(tiny_model, tmp_path, capsys, monkeypatch):
+    from dialogbert import mybot
+    from dialogbert.cli import main
+
+    kakao_pc(tmp_path / "k.txt", range(4))
+    base = ["--out", str(tmp_path / "bot"), "--model", str(tiny_model), "--no-serve"]
+    assert main(["bot", str(tmp_path / "missing.txt"), *base]) == 2
+    assert f"{tmp_path / 'missing.txt'}: no such file or folder" in capsys.readouterr().err
+
+    (tmp_path / "junk.txt").write_text("hello\nthis is no chat export\n", encoding="utf-8")
+    assert main(["bot", str(tmp_path / "junk.txt"), *base]) == 2
+    assert str(tmp_path / "junk.txt") in capsys.readouterr().err
+
+    assert _files_holding(tmp_path / "bot", ["junk"]) == []  # the failed input is "export 1" in its manifest
+
+    # a name nobody in the export has: the speakers are listed on the terminal, nothing is written
+    other = ["--out", str(tmp_path / "other"), *base[2:]]
+    assert main(["bot", str(tmp_path / "k.txt"), "--reply-as", "최서연", *other]) == 2
+    err = capsys.readouterr().err
+    assert "'최서연': nobody of that name" in err and f"{CHOSEN} (8)" in err and f"{OTHERS[0]} (4)" in err
+    assert not (tmp_path / "other").exists()
+
+    assert main(["bot", "--add", str(tmp_path / "k.txt"), *base]) == 2
+    assert "holds no bot" in capsys.readouterr().err
+    assert main(["bot", str(tmp_path / "k.txt"), "--add", str(tmp_path / "k.txt"), *base]) == 2
+
+    monkeypatch.setattr(mybot, "DEFAULT_MODELS", (tmp_path / "runs" / "demo" / "encoder",))
+    assert main(["bot", str(tmp_path / "k.txt"), "--out", str(tmp_path / "bot"), "--no-serve"]) == 2
+    err = capsys.readouterr().err
+    assert "make demo" in err and "--model" in err
+
+
+def test_it_ends_in_the_same_server_as_serve(tiny_model, tmp_path, monkeypatch):
+    import bot.server
+    from dialogbert.cli import main
+
+    calls = []
+    monkeypatch.setattr(bot.server, "serve", lambda config, **kw: calls.append((config, kw)) or 0)
+    kakao_pc(tmp_path / "k.txt", range(4))
+    assert main(["bot", str(tmp_path / "k.txt"), "--out", str(tmp_path / "bot"), "--model", str(tiny_model),
+                 "--port", "8123", "--host", "0.0.0.0"]) == 0
+    [(config, kw)] = calls
+    assert config == {"INDEX_DIR": str(tmp_path / "bot" / "index"), "MODEL_DIR": str(tiny_model.resolve())}
+    assert kw == {"host": "0.0.0.0", "port": 8123}
 
 
 def test_marks_change_nothing_but_the_flag_and_are_never_reused(tmp_path):

@@ -1,0 +1,475 @@
+"""`dialogbert bot`: your own KakaoTalk/LINE exports become your chat bot, in one command.
+
+    build_bot(exports, out, model=None, reply_as=())  -> report (also out/bot.json)
+    add_to_bot(exports, out, model=None, reply_as=()) -> report: the bot in ``out`` grown
+    run_bot(...)                                       -> the CLI: build or add, report, serve
+
+    exports --preprocess.pipeline.run--> out/shards/     anonymized, as `dialogbert preprocess`
+    shards  --retrieval.index.build_index--> out/index/  replies of *these* conversations, encoded
+                                                         by a dialog model (default runs/demo/encoder)
+            --retrieval.ranker.fit_for_index-->          ranker.json (the dual encoder alone when the
+                                                         carve-out has too few examples)
+    --add   --> out/shards-2/, ... and the same index, appended to (build_index(add=True))
+
+``reply_as`` (display names as the export shows them, e.g. ``박영우 소마`` or ``회원님``): only
+turns of those speakers enter the index, the style the user wants to talk to. Pseudonyms are per
+session, so the names are matched while preprocessing (``run(mark_speakers=...)``: those turns
+carry ``"marked": true``) and are never written: bot.json records how many names were given.
+
+No file under ``out`` holds a ``reply_as`` name or an input's path: export file names often name
+a person (KakaoTalk and LINE name the file after the chat room, which is the other person in a
+one-to-one chat), so files under ``out`` call the inputs ``export 1``, ``export 2``, ... (with
+their sha256), and the preprocessor's part files (whose markers name the inputs) are removed.
+The texts are anonymized as by `dialogbert preprocess`. The terminal report shows the paths, and
+the display names in the exports when a ``reply_as`` name matches nobody.
+
+Conversations of the test split (10%, by id: preprocess.schema.split_of) are never indexed, as
+everywhere in dialogbert.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from preprocess.schema import atomic_write_text, shard_files, split_of
+
+ROOT = Path(__file__).resolve().parents[1]
+BOT_FILE = "bot.json"
+SHARDS, INDEX = "shards", "index"
+INFO_FILE = "index_info.json"  # retrieval.index's (imported lazily there, as everywhere in dialogbert/)
+DEFAULT_MODELS = (Path("runs/demo/encoder"), ROOT / "runs" / "demo" / "encoder")  # what `make demo` fine-tunes
+NGRAM_MINUTES = 2.0   # the ranker's n-gram encoder's training budget (a user's chats: seconds to minutes)
+BAD_LINES_SHOWN = 10  # broken lines named in the report (all are counted)
+
+
+# --------------------------------------------------------------------------- inputs and model
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """The dialog model's folder: ``model``, else the demo's fine-tuned encoder. Never downloads."""
+    if model is not None:
+        p = Path(model)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"--model {p}: no config.json there; pass an encoder folder, e.g. "
+                                    f"runs/demo/encoder (written by `make demo`) or the --out of `dialogbert finetune`")
+        return p
+    for p in DEFAULT_MODELS:
+        if (p / "config.json").is_file():
+            return p
+    raise FileNotFoundError("no dialog model: run `make demo` first (it fine-tunes runs/demo/encoder, which "
+                            "this command uses by default), or pass --model DIR (an encoder folder from "
+                            "`dialogbert finetune`); nothing is downloaded")
+
+
+def _export_files(exports: Sequence[str], out: Path) -> tuple[list[str], list[str]]:
+    """(files, skipped) as `dialogbert preprocess` would read them; a missing input is an error."""
+    from preprocess.pipeline import discover
+    if not exports:
+        raise ValueError("give the exports to read: dialogbert bot EXPORT... --out DIR")
+    files, failed, skipped = discover(list(exports), out)
+    if failed:
+        raise FileNotFoundError("; ".join(f["error"] for f in failed)
+                                + ": check the path (a KakaoTalk or LINE export .txt/.csv, or a folder of them)")
+    if not files:
+        raise FileNotFoundError(f"{', '.join(exports)}: no export files found there")
+    return files, skipped
+
+
+def speakers_in(files: Iterable[str]) -> Counter:
+    """Display name -> messages, over the files that can be read (the rest fail later, in
+    preprocessing, with the reason). For the terminal only: these are real names."""
+    from preprocess.formats import BadLine, FormatError, detect, iter_messages
+    names: Counter = Counter()
+    for path in files:
+        try:
+            for item in iter_messages(path, detect(path)):
+                if not isinstance(item, BadLine) and not item.system and item.speaker:
+                    names[item.speaker] += 1
+        except (FormatError, UnicodeDecodeError, OSError):
+            continue
+    return names
+
+
+def _check_names(reply_as: Sequence[str], files: list[str]) -> dict[str, int]:
+    """Messages of each --reply-as name; an error listing the speakers when one matches nobody."""
+    from preprocess.pipeline import speaker_key
+    seen = speakers_in(files)
+    by_key: Counter = Counter()
+    for name, n in seen.items():
+        by_key[speaker_key(name)] += n
+    found = {name: by_key[speaker_key(name)] for name in reply_as}
+    missing = [name for name, n in found.items() if n == 0]
+    if missing:
+        listed = ", ".join(f"{name} ({n})" for name, n in seen.most_common(30)) or "none"
+        raise ValueError(f"--reply-as {', '.join(repr(m) for m in missing)}: nobody of that name writes in "
+                         f"{', '.join(files)}. The speakers there (messages), shown here and written nowhere: "
+                         f"{listed}. Pass a name exactly as the export shows it (the exporting user is "
+                         f"'회원님' or 'You' in most exports)")
+    return found
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def _preprocess(files: list[str], shards: Path, reply_as: Sequence[str], workers: int, progress: bool) -> tuple[dict, dict]:
+    """preprocess.pipeline.run, then every trace of the input paths removed from ``shards``.
+    Returns (summary, labels: path -> "export N")."""
+    from preprocess.pipeline import PARTS_DIR, run
+    labels = {path: f"export {i}" for i, path in enumerate(files, 1)}
+    try:
+        summary = run(files, str(shards), workers=workers, resume=not reply_as, progress=progress,
+                      mark_speakers=reply_as)
+    finally:
+        shutil.rmtree(shards / PARTS_DIR, ignore_errors=True)  # its markers name the inputs
+        _scrub_manifest(shards / "manifest.json", labels)
+    if summary.get("failed"):
+        raise ValueError("cannot read " + "; ".join(f["error"] for f in summary["failed"])
+                         + " (see `dialogbert preprocess --help` for the formats read)")
+    return summary, labels
+
+
+def _relabel(text: str, labels: dict[str, str]) -> str:
+    for path, label in labels.items():
+        if text == path or text.startswith(path + ":"):
+            return label + text[len(path):]
+    return text
+
+
+def _scrub_manifest(path: Path, labels: dict[str, str]) -> None:
+    """The manifest with ``export N`` for each input path (file names often hold a name)."""
+    if not path.is_file():
+        return
+    m = json.loads(path.read_text("utf-8"))
+    for entry in m.get("inputs", []):
+        entry["path"] = labels.get(entry["path"], "export")
+        if "duplicate_of" in entry:
+            entry["duplicate_of"] = labels.get(entry["duplicate_of"], "export")
+        entry["bad_line_examples"] = [_relabel(x, labels) for x in entry.get("bad_line_examples", [])]
+    m["failed"] = [{"path": labels.get(f["path"], "input"), "error": _relabel(f["error"], labels)}
+                   for f in m.get("failed", [])]
+    m["skipped"] = [f"skipped file {i}" for i, _ in enumerate(m.get("skipped", []), 1)]
+    atomic_write_text(path, json.dumps(m, ensure_ascii=False, indent=1) + "\n")
+
+
+def _conversations(shards: Path) -> Iterator[dict]:
+    """The shard lines as dicts (with the turns' ``marked``, which preprocess.schema drops)."""
+    for f in shard_files(shards):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def _drop_known(shards: Path, known: set[str], summary: dict) -> int:
+    """Remove from ``shards`` the conversations the bot already has (by content, as the
+    preprocessor deduplicates within a run: a re-export of a chat that grew), counted as
+    duplicates in its manifest and in ``summary`` (run()'s). Returns how many were removed."""
+    from preprocess.pipeline import content_hash
+    manifest = json.loads((shards / "manifest.json").read_text("utf-8"))
+    # shard lines are in input order, each input's conversations together: the i-th input owns
+    # the next inputs[i]["conversations"] lines
+    owners = [i for i, entry in enumerate(summary["inputs"]) for _ in range(entry["conversations"])]
+    removed_by = Counter()
+    removed_in: dict[str, int] = {}
+    pos = 0
+    for shard in summary["shards"]:
+        kept = []
+        with open(shards / shard["file"], encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                owner = owners[pos] if pos < len(owners) else None
+                pos += 1
+                if content_hash(json.loads(line)["turns"]) in known:
+                    removed_by[owner] += 1
+                    removed_in[shard["file"]] = removed_in.get(shard["file"], 0) + 1
+                    continue
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if shard["file"] in removed_in:
+            atomic_write_text(shards / shard["file"], "".join(kept))
+    removed = sum(removed_by.values())
+    if removed:
+        for m in (manifest, summary):
+            for i, n in removed_by.items():
+                if i is not None:
+                    m["inputs"][i]["conversations"] -= n
+                    m["inputs"][i]["duplicates"] += n
+            for shard in m["shards"]:
+                shard["conversations"] -= removed_in.get(shard["file"], 0)
+            m["totals"]["conversations"] -= removed
+            m["totals"]["duplicates"] += removed
+            m["drops"]["duplicate"] = m["drops"].get("duplicate", 0) + removed
+        atomic_write_text(shards / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    return removed
+
+
+# --------------------------------------------------------------------------- the index
+
+def chosen_replies(chosen: Iterable[str]):
+    """retrieval.index's response filter, restricted to texts that a chosen speaker wrote (a
+    reply is stored once, whoever else wrote the same text; the context memory keeps every
+    context that such a text answered). Others' turns are counted as ``other_speaker``."""
+    from retrieval.index import ResponseFilter
+    chosen = frozenset(chosen)
+
+    class ChosenReplies(ResponseFilter):
+        def reason(self, text: str, contains_pii) -> str | None:
+            if text.strip() not in chosen:
+                return "other_speaker"
+            return super().reason(text, contains_pii)
+
+    return ChosenReplies()
+
+
+def _replies(shards: Path, marked_only: bool) -> dict:
+    """What the shards offer as replies: the chosen speakers' turns (all turns without
+    ``marked_only``), and where they go: a first turn answers nothing, the test split is held out."""
+    c = Counter()
+    chosen: set[str] = set()
+    for conv in _conversations(shards):
+        test = split_of(conv["id"], source=conv.get("source", "")) == "test"
+        c["conversations"] += 1
+        c["held_out_conversations"] += test
+        for t, turn in enumerate(conv["turns"]):
+            if marked_only and not turn.get("marked"):
+                continue
+            c["turns"] += 1
+            if t == 0:
+                c["first_turns"] += 1
+            elif test:
+                c["held_out"] += 1
+            else:
+                chosen.add(turn["text"].strip())
+                c["candidates"] += 1
+    keys = ("conversations", "held_out_conversations", "turns", "first_turns", "held_out", "candidates")
+    return {"counts": {k: c[k] for k in keys}, "chosen": chosen}
+
+
+def _valid_fraction(model: Path) -> float:
+    """The carve-out the model was fine-tuned without (its finetune.json), else 0.1: the ranker
+    is fitted there (the user's conversations are new to a model fine-tuned elsewhere anyway)."""
+    try:
+        d = json.loads((model / "finetune.json").read_text("utf-8"))
+        return float(d["config"]["data"]["valid_fraction"]) or 0.1
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.1
+
+
+def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequence[str], add: bool) -> dict:
+    from retrieval.index import build_index
+    filt = chosen_replies(replies["chosen"]) if reply_as else None
+    before = json.loads((index / INFO_FILE).read_text("utf-8")) if add else {"count": 0, "dropped": {}}
+    try:
+        build_index(model, shards, index, factory="Flat", add=add, filt=filt)
+    except ValueError as e:
+        if "no responses passed the filters" not in str(e):
+            raise
+        raise ValueError(f"no usable reply in these exports{' by --reply-as' if reply_as else ''}: {e}. "
+                         "Replies holding personal data or placeholders such as [NAME] are never served; "
+                         "add more exports") from None
+    info = json.loads((index / INFO_FILE).read_text("utf-8"))
+    dropped = {k: v - before["dropped"].get(k, 0) for k, v in info.get("dropped", {}).items()}
+    return {"added": info["count"] - before["count"], "left_out": {k: v for k, v in dropped.items() if v}}
+
+
+def _fit_ranker(index: Path, shards: Path, model: Path) -> dict:
+    from retrieval.ngram import NgramSettings
+    from retrieval.ranker import fit_for_index
+    ranker = fit_for_index(index, shards, fraction=_valid_fraction(model), use=False,
+                           ngram_settings=NgramSettings(max_minutes=NGRAM_MINUTES))
+    fitted = ranker.fitted_on
+    if "dual_only" not in fitted:  # fit_for_index fitted nothing: too few validation examples
+        return {"features": ["dual"], "examples": fitted.get("examples", 0),
+                "note": f"{fitted.get('examples', 0)} validation examples, too few to fit a ranker: the dual encoder alone"}
+    return {"features": list(ranker.active), "examples": fitted.get("examples"),
+            "dual_only": fitted.get("dual_only"), "fitted": fitted.get("fitted")}
+
+
+# --------------------------------------------------------------------------- the report
+
+def _read_report(summary: dict, labels: dict[str, str]) -> tuple[dict, dict]:
+    """(in bot.json: exports by label; on the terminal: the same with paths)."""
+    files = [{"export": labels.get(i["path"], "export"), "path": i["path"], "sha256": i["sha256"],
+              "format": i["format"], "messages": i["messages"], "conversations": i["conversations"],
+              "bad_lines": i["bad_lines"], "bad_line_examples": i["bad_line_examples"][:BAD_LINES_SHOWN],
+              **({"duplicate_of": labels.get(i["duplicate_of"], "export")} if i.get("duplicate_of") else {})}
+             for i in summary["inputs"]]
+    t = summary["totals"]
+    read = {"files": files, "messages": t["messages"], "conversations": t["conversations"], "turns": t["turns"]}
+    dropped = {"bad_lines": t["bad_lines"], **summary["drops"], "media": summary.get("media", {}),
+               "personal_data_replaced": summary.get("pii", {})}
+    return read, dropped
+
+
+def _for_file(read: dict, labels: dict[str, str]) -> dict:
+    files = []
+    for f in read["files"]:
+        g = {k: v for k, v in f.items() if k != "path"}
+        g["bad_line_examples"] = [_relabel(x, labels) for x in f["bad_line_examples"]]
+        files.append(g)
+    return dict(read, files=files)
+
+
+def _serves(index: Path) -> dict:
+    from preprocess.pipeline import detect_lang
+    from retrieval.index import RESPONSES_FILE
+    info = json.loads((index / INFO_FILE).read_text("utf-8"))
+    langs: Counter = Counter()
+    with open(index / RESPONSES_FILE, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                langs[detect_lang([json.loads(line)["text"]])] += 1
+    return {"replies": info["count"], "contexts": info.get("memory", 0), "languages": dict(langs.most_common()),
+            "left_out": info.get("dropped", {})}
+
+
+def _print_report(rep: dict, build: dict, names: dict[str, int] | None, out: Path) -> None:
+    r, d = build["read"], build["dropped"]
+    what = "added to" if build["kind"] == "add" else "built"
+    print(f"\n=== your bot: {out}  ({what})")
+    print(f"read: {len(r['files'])} export(s), {r['messages']} messages, {r['conversations']} conversations")
+    for f in r["files"]:
+        dup = f" (the same file as {f['duplicate_of']})" if f.get("duplicate_of") else ""
+        print(f"  {f['export']}: {f['path']}  {f['format']}, {f['messages']} messages, "
+              f"{f['conversations']} conversations, {f['bad_lines']} broken lines{dup}")
+        for ex in f["bad_line_examples"]:
+            print(f"    broken: {ex}")
+    drops = {k: v for k, v in d.items() if k not in ("media", "personal_data_replaced") and v}
+    print("dropped: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "nothing")
+          + (f"; media {sum(d['media'].values())} (" + ", ".join(f"{k} {v}" for k, v in d["media"].items()) + ")"
+             if d["media"] else ""))
+    pii = d["personal_data_replaced"]
+    print("personal data replaced: " + (", ".join(f"{k} {v}" for k, v in pii.items()) or "none found"))
+    if build.get("already_in_bot"):
+        print(f"already in the bot: {build['already_in_bot']} conversations (left out)")
+    c = build["replies"]
+    who = (", ".join(f"{n} ({m} messages)" for n, m in names.items()) if names else "every speaker")
+    print(f"replies by {who}: {c.get('turns', 0)} turns; {c.get('first_turns', 0)} open a conversation (answer "
+          f"nothing), {c.get('held_out', 0)} are in the held-out test split ({c.get('held_out_conversations', 0)} of "
+          f"{c.get('conversations', 0)} conversations, never served), {c.get('candidates', 0)} are candidates")
+    print(f"index: {build['index']['added']} replies added; left out: "
+          + (", ".join(f"{k} {v}" for k, v in build["index"]["left_out"].items()) or "nothing"))
+    s = rep["serves"]
+    print(f"serves: {s['replies']} replies ({', '.join(f'{k} {v}' for k, v in s['languages'].items())}), "
+          f"{s['contexts']} contexts in the memory; speakers: {rep['speakers']}; ranker: "
+          + (rep["ranker"].get("note") or " + ".join(rep["ranker"]["features"])))
+    print(f"report: {out / BOT_FILE}")
+
+
+# --------------------------------------------------------------------------- build and add
+
+def _build(exports, out, model, reply_as, add: bool, workers: int, progress: bool) -> dict:
+    out = Path(out)
+    reply_as = [n for n in (reply_as or ()) if n.strip()]
+    old = _load_report(out) if add else None
+    if add:
+        if old.get("reply_as") and not reply_as:
+            raise ValueError(f"{out} answers only as the speakers chosen when it was built: pass --reply-as "
+                             f"NAME again with --add (the names are stored nowhere)")
+        if reply_as and not old.get("reply_as"):
+            raise ValueError(f"{out} answers as every speaker of its exports: rebuild it with --reply-as to "
+                             f"choose whose replies it gives (`dialogbert bot EXPORT... --reply-as NAME --out {out}`)")
+        if model is None:
+            info = json.loads((out / INDEX / INFO_FILE).read_text("utf-8"))
+            model = info.get("model") or old.get("model")
+            if not model or not (Path(model) / "config.json").is_file():
+                raise FileNotFoundError(f"{out} was built with the model {model}, which is not there any more: "
+                                        f"pass --model DIR (the same model: the index checks its hash)")
+    model = resolve_model(model)
+    files, skipped = _export_files(exports, out)
+    names = _check_names(reply_as, files) if reply_as else None
+
+    if add:
+        n = len(old["shards"]) + 1
+        while (out / f"{SHARDS}-{n}").exists():
+            n += 1
+        shards = out / f"{SHARDS}-{n}"
+    else:
+        shards = out / SHARDS
+        previous = out / BOT_FILE
+        if previous.is_file():  # a rebuild: the folders of earlier --add runs belong to the old bot
+            for d in json.loads(previous.read_text("utf-8")).get("shards", []):
+                if d != SHARDS and d.startswith(SHARDS + "-") and (out / d).is_dir():
+                    shutil.rmtree(out / d)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, labels = _preprocess(files, shards, reply_as, workers, progress)
+    already = 0
+    if add and summary["totals"]["conversations"]:
+        from preprocess.pipeline import content_hash
+        known = {content_hash(c["turns"]) for d in old["shards"] if (out / d).is_dir()
+                 for c in _conversations(out / d)}
+        already = _drop_known(shards, known, summary)
+    fresh = summary["totals"]["conversations"]
+    if not fresh and not add:
+        raise ValueError(f"no conversation between two people in {', '.join(files)} "
+                         f"(dropped: {summary['drops']}): nothing to answer with")
+    replies = _replies(shards, marked_only=bool(reply_as)) if fresh else {"counts": {}, "chosen": set()}
+    if reply_as and fresh and not replies["chosen"]:
+        c = replies["counts"]
+        raise ValueError(f"no usable reply by {', '.join(f'{k} ({v} messages)' for k, v in names.items())}: of "
+                         f"their {c.get('turns', 0)} turns in kept conversations, {c.get('first_turns', 0)} open "
+                         f"a conversation and {c.get('held_out', 0)} are in the held-out test split (sessions "
+                         f"with one speaker are dropped: {summary['drops'].get('one_speaker', 0)}); add exports "
+                         f"with more of their replies")
+    index = out / INDEX
+    built = _index(model, shards, index, replies, reply_as, add) if fresh else {"added": 0, "left_out": {}}
+    ranker = old["ranker"] if add else _fit_ranker(index, shards, model)
+
+    read, dropped = _read_report(summary, labels)
+    build = {"kind": "add" if add else "build", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "shards": shards.name, "reply_as_names": len(reply_as), "read": read, "dropped": dropped,
+             "replies": replies["counts"], "index": built, **({"already_in_bot": already} if add else {}),
+             **({"skipped_files": len(skipped)} if skipped else {})}
+    from retrieval.encoder import model_hash
+    rep = {"model": str(model.resolve()), "model_sha256": model_hash(model),
+           "reply_as": old["reply_as"] if add else ({"names": len(reply_as)} if reply_as else None),
+           "shards": [*(old["shards"] if add else []), shards.name],
+           "builds": [*(old["builds"] if add else []), build],
+           "ranker": ranker, "serves": _serves(index)}
+    rep["speakers"] = (f"only the speaker(s) chosen by --reply-as ({rep['reply_as']['names']} name(s) when built)"
+                       if rep["reply_as"] else "every speaker")
+    stored = dict(rep, builds=[*rep["builds"][:-1], dict(build, read=_for_file(read, labels))])
+    atomic_write_text(out / BOT_FILE, json.dumps(stored, ensure_ascii=False, indent=1) + "\n")
+    _print_report(rep, build, names, out)
+    return stored
+
+
+def _load_report(out: Path) -> dict:
+    p = out / BOT_FILE
+    if not p.is_file() or not (out / INDEX / INFO_FILE).is_file():
+        raise FileNotFoundError(f"{out} holds no bot ({BOT_FILE} and {INDEX}/ missing): build it first with "
+                                f"`dialogbert bot EXPORT... --out {out}`")
+    return json.loads(p.read_text("utf-8"))
+
+
+def build_bot(exports: Sequence[str], out: str | os.PathLike, model=None, reply_as: Sequence[str] = (),
+              workers: int = 1, progress: bool = True) -> dict:
+    """Exports -> out/shards, out/index (+ ranker.json), out/bot.json; returns bot.json's content."""
+    return _build(exports, out, model, reply_as, False, workers, progress)
+
+
+def add_to_bot(exports: Sequence[str], out: str | os.PathLike, model=None, reply_as: Sequence[str] = (),
+               workers: int = 1, progress: bool = True) -> dict:
+    """More exports -> out/shards-N, appended to out/index (conversations the bot has are left
+    out; the ranker is kept as fitted); returns bot.json's content."""
+    return _build(exports, out, model, reply_as, True, workers, progress)
+
+
+def run_bot(exports: Sequence[str], out: str | os.PathLike, add: Sequence[str] | None = None, model=None,
+            reply_as: Sequence[str] = (), serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
+            workers: int = 1) -> int:
+    if add and exports:
+        raise ValueError("give the exports of a new bot (dialogbert bot EXPORT... --out DIR) or --add EXPORT... "
+                         "to grow the bot in --out, not both")
+    if add:
+        add_to_bot(add, out, model, reply_as, workers)
+    else:
+        build_bot(exports, out, model, reply_as, workers)
+    if not serve:
+        return 0
+    from bot.server import serve as serve_chat  # the same production server as `dialogbert serve`
+    rep = json.loads((Path(out) / BOT_FILE).read_text("utf-8"))
+    return serve_chat({"INDEX_DIR": str(Path(out) / INDEX), "MODEL_DIR": rep["model"]}, host=host, port=port)
