@@ -77,7 +77,7 @@ class FtTrain:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0      # cosine decay to lr * min_lr_ratio (dialogbert.train.lr_at)
     max_steps: int = 500
-    max_minutes: float = 0.0       # > 0: stop (and save) after this many minutes
+    max_minutes: float = 0.0       # > 0: stop (and save) after this many minutes of training in all (a resumed run counts the earlier ones)
     scale: float = 20.0            # dual: MultipleNegativesRankingLoss scale (1 / temperature)
     learn_scale: bool = False
     symmetric: bool = True         # dual: context->response and response->context losses
@@ -273,6 +273,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
 
     max_steps, t0 = T.max_steps, time.time()
     budget = T.max_minutes * 60
+    spent = float(state.get("seconds", 0.0))  # training time of the runs this one resumes
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs] if T.length_window else None
     order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window)
@@ -298,14 +299,14 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         opt.step()
         step += 1
         recent.append(loss.item())
-        stop = budget > 0 and time.time() - t0 > budget
+        stop = budget > 0 and spent + time.time() - t0 > budget
         if step % T.log_every == 0 or step == max_steps or stop:
             if progress:
                 print(f"finetune: step {step}/{max_steps} loss {np.mean(recent):.4f} lr {lr:.2e} "
                       + ("" if cross else f"scale {float(scale):.1f} ") + f"{time.time() - t0:.0f}s", flush=True)
             state["losses"].append([step, round(float(np.mean(recent)), 5)])
             recent = []
-        state.update(step=step, epoch=epoch, batch=bi)
+        state.update(step=step, epoch=epoch, batch=bi, seconds=round(spent + time.time() - t0, 1))
         if stop or step == max_steps or (T.save_every and step % T.save_every == 0):
             _save_checkpoint(enc, opt, dict(state), scale_param, out, T.keep_checkpoints, rng)
         if stop:

@@ -70,6 +70,23 @@ def test_finetune_resumes_from_its_checkpoint(finetuned, tiny_model, tiny_shards
     assert (finetuned / "checkpoints" / "step-62").is_dir()
 
 
+def test_the_time_budget_counts_the_runs_a_resumed_one_continues(tiny_model, tiny_shards, tmp_path, monkeypatch):
+    """train.max_minutes is the training time of all runs into one output: a run killed and
+    resumed does not get a second full budget (a fake clock: 1 s a call)."""
+    import retrieval.finetune as ft
+    clock = iter(range(10**6))
+    monkeypatch.setattr(ft.time, "time", lambda: float(next(clock)))
+    ov = ["train.max_steps=1000", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=1",
+          "train.save_every=1000", "train.max_minutes=0.2", "data.max_length=64", "train.threads=1",
+          "data.valid_fraction=0"]
+    out = ft.finetune(tiny_model, tiny_shards, tmp_path / "ft", overrides=ov, progress=False)
+    first = json.loads((out / "finetune.json").read_text())
+    state = json.loads(next((out / "checkpoints").iterdir()).joinpath("trainer_state.json").read_text())
+    assert 0 < first["steps"] < 1000 and state["seconds"] > 12  # stopped by the clock, its time kept
+    ft.finetune(tiny_model, tiny_shards, out, overrides=ov, progress=False)  # resumed: the budget is spent
+    assert json.loads((out / "finetune.json").read_text())["steps"] == first["steps"] + 1
+
+
 def test_a_killed_finetune_resumes_exactly_where_it_was(tiny_model, tiny_shards, tmp_path):
     """Killed after step 2 and resumed: the same weights as the run that was never stopped (the
     hard-negative sampler's state travels in the checkpoint, not just the step)."""
