@@ -13,6 +13,7 @@ model type with the Auto classes: about 4 s before any command starts).
     dialogbert serve --index DIR                      the chat service (JSON API + web page)
     dialogbert demo                                   the whole way on the bundled corpus
     dialogbert bot EXPORT... --out DIR                your own exports -> your bot, served
+    dialogbert audit --index DIR                      does the service ever answer with personal data?
 
 Multi-GPU: `deepspeed --module dialogbert.cli pretrain --config ... --deepspeed configs/ds_zero2.json`
 or `torchrun --nproc_per_node N -m dialogbert.cli pretrain --config ...`.
@@ -20,6 +21,7 @@ or `torchrun --nproc_per_node N -m dialogbert.cli pretrain --config ...`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from dialogbert import MissingPackage
@@ -129,6 +131,17 @@ def cmd_serve(a) -> int:
         config["MAX_CONTENT_LENGTH"] = a.max_body_kb * 1024
     return serve(config, host=a.host, port=a.port, threads=a.threads, connection_limit=a.connection_limit,
                  channel_timeout=a.channel_timeout)
+
+
+def cmd_audit(a) -> int:
+    from dialogbert.audit import audit, print_report
+    from preprocess.schema import atomic_write_text
+    rep = audit(a.index, a.model, a.shards, a.max_messages)
+    print_report(rep)
+    if a.report:
+        atomic_write_text(a.report, json.dumps(rep, indent=2, ensure_ascii=False) + "\n")
+        print(f"audit: report in {a.report}")
+    return 1 if rep["flagged"] else 0
 
 
 def cmd_demo(a) -> int:
@@ -274,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channel-timeout", type=int, default=30, metavar="SECONDS",
                    help="an idle connection, or a client that stopped sending, is closed after this")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("audit", help="replay the test split and prompts asking for personal data through "
+                                      "the chat service; report every reply a detector flags (exit 1 if any)")
+    s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
+    s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
+    s.add_argument("--shards", default=None, help="shard folder whose test split is replayed (default: the index's)")
+    s.add_argument("--max-messages", type=int, default=500, help="test-split messages replayed at most (each corpus in turn)")
+    s.add_argument("--report", default=None, help="also write the report as JSON here")
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("demo", help="the whole way on the bundled sample corpus")
     s.add_argument("--out", default="runs/demo")
