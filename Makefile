@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
 PORT   ?= 8000
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dialogbert demo --out $(RUN) --port $(PORT)
 
-test: $(STAMP)
+# tests/test_browser.py's Chromium and Korean fonts, from Debian (never a browser download): installed
+# quietly when missing, only as root where apt-get exists; when that fails, the test skips and says why.
+browser: $(PY)
+	@if ! dpkg -s chromium fonts-noto-cjk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and fonts-noto-cjk with apt-get for tests/test_browser.py"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-noto-cjk) >$(VENV)/apt-browser.log 2>&1 \
+	  || echo "apt-get could not install chromium (see $(VENV)/apt-browser.log): tests/test_browser.py will skip"; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
