@@ -120,6 +120,14 @@ def bench_encoder(n: int = 1000) -> dict:
     return {"responses_per_s": resp, "contexts_per_s": ctx, "params": params, "n": n}
 
 
+def publish(body: str, path, heading: str, write: bool = True) -> None:
+    """Print a benchmark's section and (``write``) put it under ``heading`` in ``path``."""
+    print(body)
+    if write:
+        update_section(Path(path), body, heading=heading)
+        print(f"updated the {heading} section of {path}")
+
+
 def update_section(path: Path, body: str, heading: str = "## Retrieval") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text("utf-8") if path.exists() else "# Benchmarks\n"

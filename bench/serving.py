@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.retrieval import update_section  # noqa: E402
+from bench.retrieval import publish  # noqa: E402
 
 
 def shown(path: str) -> str:
@@ -62,18 +62,31 @@ def startup(index_dir: str) -> tuple[float, float]:
     return times[0], times[1]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_serving_args(doc: str, argv, add) -> argparse.Namespace | None:
+    """The serving benchmarks' arguments: --index and --shards (the demo's by default), ``add(p)``'s
+    own, --no-write and --out; None (after saying why) when the index is not there."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--index", default=str(ROOT / "runs" / "demo" / "index"))
     p.add_argument("--shards", default=str(ROOT / "runs" / "demo" / "shards"))
-    p.add_argument("--queries", type=int, default=300)
-    p.add_argument("--k", type=int, default=20, help="replies per request (the chat service's TOP_K)")
-    p.add_argument("--threads", type=int, default=1)
+    add(p)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = p.parse_args(argv)
     if not (Path(a.index) / "index_info.json").exists():
         print(f"{a.index}: no index there; run `make demo` (or `dialogbert index`) first", file=sys.stderr)
+        return None
+    return a
+
+
+def _own_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--k", type=int, default=20, help="replies per request (the chat service's TOP_K)")
+    p.add_argument("--threads", type=int, default=1)
+
+
+def main(argv=None) -> int:
+    a = parse_serving_args(__doc__, argv, _own_args)
+    if a is None:
         return 2
     import torch
 
@@ -111,11 +124,7 @@ def main(argv=None) -> int:
              f"Start-up (`HybridRetriever.load` on a copy of the folder): {cold:.1f} s when the ranker's TF-IDF is "
              f"fitted, {warm:.1f} s when it is read from the index folder's `lexical/` cache that the first load "
              f"wrote (**{cold / warm:.1f}x** faster)."]
-    body = "\n".join(lines)
-    print(body)
-    if not a.no_write:
-        update_section(Path(a.out), body, heading="## Serving")
-        print(f"updated the ## Serving section of {a.out}")
+    publish("\n".join(lines), a.out, "## Serving", write=not a.no_write)
     return 0
 
 

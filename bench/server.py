@@ -1,0 +1,130 @@
+"""Serving benchmark through the real server: `dialogbert serve` (waitress) on loopback at 1, 8
+and 32 concurrent clients, beside the bare retriever's throughput in the same run.
+
+    .venv/bin/python bench/server.py                          # on the demo's index (after `make demo`)
+    .venv/bin/python bench/server.py --index runs/demo/index --shards runs/demo/shards --requests 200
+
+The bare arm calls ``HybridRetriever.search`` in this process, one context after another (the
+work one chat request does, without HTTP, JSON or sessions): the limit the server should
+approach. The server arm starts ``python -m dialogbert.cli serve`` (rate limit off, ``--threads``)
+in a subprocess and sends the same test-split messages from N client threads over HTTP, each
+client its own session. Reports requests/s, p50/p99 ms per request and the ratio to the bare
+arm; writes the ``## Serving through the server`` section of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.retrieval import publish  # noqa: E402
+from bench.serving import parse_serving_args, shown  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def load(url: str, messages: list[str], clients: int) -> tuple[float, list[float]]:
+    """(requests/s, per-request ms) of ``clients`` threads sending ``messages`` between them."""
+    ms: list[float] = []
+    lock = threading.Lock()
+    chunks = [messages[i::clients] for i in range(clients)]
+
+    def client(mine):
+        sid = None
+        for m in mine:
+            t = time.perf_counter()
+            out = _post(url, {"message": m, **({"session_id": sid} if sid else {})})
+            sid = out["session_id"]
+            with lock:
+                ms.append((time.perf_counter() - t) * 1000)
+    threads = [threading.Thread(target=client, args=(c,)) for c in chunks]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(ms) / (time.perf_counter() - t0), ms
+
+
+def main(argv=None) -> int:
+    def own(p):
+        p.add_argument("--requests", type=int, default=200, help="messages sent at each concurrency")
+        p.add_argument("--clients", default="1,8,32")
+        p.add_argument("--threads", type=int, default=4, help="the server's worker threads (its default)")
+    a = parse_serving_args(__doc__, argv, own)
+    if a is None:
+        return 2
+    from retrieval.examples import load_examples
+    from retrieval.ranker import HybridRetriever
+    t_all = time.time()
+    exs = load_examples(a.shards, "test", max_examples=a.requests)
+    contexts = [[e.context[-1]] for e in exs]   # a new session's first message: its newest turn alone
+    messages = [c[0][1] for c in contexts]
+
+    hybrid = HybridRetriever.load(a.index)
+    hybrid.search(contexts[:5], 20)  # warm-up
+    t = time.perf_counter()
+    for c in contexts:
+        hybrid.search([c], 20)
+    bare = len(contexts) / (time.perf_counter() - t)
+    del hybrid
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", a.index, "--port", str(port),
+                             "--threads", str(a.threads), "--rate-limit", ""],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("the server exited before it answered /healthz")
+                time.sleep(0.5)
+        load(base + "/api/chat", messages[:8], 2)  # warm-up
+        rows = []
+        for c in [int(x) for x in a.clients.split(",")]:
+            rps, ms = load(base + "/api/chat", messages, c)
+            rows.append((c, rps, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))))
+            print(f"{c} clients: {rps:.1f} requests/s, p50 {rows[-1][2]:.0f} ms, p99 {rows[-1][3]:.0f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
+    lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
+             f"with {a.threads} worker threads, rate limit off; total {time.time() - t_all:.0f} s).", "",
+             f"Index `{shown(a.index)}`; {len(messages)} test-split messages at each concurrency, each client its "
+             f"own session. The bare retriever (`HybridRetriever.search` in-process, one after another) answered "
+             f"**{bare:.1f} requests/s** in the same run.", "",
+             "| clients | requests/s | share of the bare retriever's | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {rps:.1f} | {rps / bare:.0%} | {p50:.0f} | {p99:.0f} |" for c, rps, p50, p99 in rows]
+    publish("\n".join(lines), a.out, "## Serving through the server", write=not a.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
