@@ -23,8 +23,8 @@ their sha256), and the preprocessor's part files (whose markers name the inputs)
 The texts are anonymized as by `dialogbert preprocess`. The terminal report shows the paths, and
 the display names in the exports when a ``reply_as`` name matches nobody.
 
-Conversations of the test split (10%, by id: preprocess.schema.split_of) are never indexed, as
-everywhere in dialogbert.
+Every conversation is indexed, the test split's too (``build_index(split=None)``): nobody
+evaluates a user's own bot on a held-out split, and a tenth of their replies would be lost.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from preprocess.schema import atomic_write_text, shard_files, split_of
+from preprocess.schema import atomic_write_text, shard_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BOT_FILE = "bot.json"
@@ -226,25 +226,21 @@ def chosen_replies(chosen: Iterable[str]):
 
 def _replies(shards: Path, marked_only: bool) -> dict:
     """What the shards offer as replies: the chosen speakers' turns (all turns without
-    ``marked_only``), and where they go: a first turn answers nothing, the test split is held out."""
+    ``marked_only``), and where they go: a first turn answers nothing, every other is a candidate."""
     c = Counter()
     chosen: set[str] = set()
     for conv in _conversations(shards):
-        test = split_of(conv["id"], source=conv.get("source", "")) == "test"
         c["conversations"] += 1
-        c["held_out_conversations"] += test
         for t, turn in enumerate(conv["turns"]):
             if marked_only and not turn.get("marked"):
                 continue
             c["turns"] += 1
             if t == 0:
                 c["first_turns"] += 1
-            elif test:
-                c["held_out"] += 1
             else:
                 chosen.add(turn["text"].strip())
                 c["candidates"] += 1
-    keys = ("conversations", "held_out_conversations", "turns", "first_turns", "held_out", "candidates")
+    keys = ("conversations", "turns", "first_turns", "candidates")
     return {"counts": {k: c[k] for k in keys}, "chosen": chosen}
 
 
@@ -263,7 +259,7 @@ def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequ
     filt = chosen_replies(replies["chosen"]) if reply_as else None
     before = json.loads((index / INFO_FILE).read_text("utf-8")) if add else {"count": 0, "dropped": {}}
     try:
-        build_index(model, shards, index, factory="Flat", add=add, filt=filt)
+        build_index(model, shards, index, factory="Flat", add=add, filt=filt, split=None)
     except ValueError as e:
         if "no responses passed the filters" not in str(e):
             raise
@@ -347,9 +343,8 @@ def _print_report(rep: dict, build: dict, names: dict[str, int] | None, out: Pat
         print(f"already in the bot: {build['already_in_bot']} conversations (left out)")
     c = build["replies"]
     who = (", ".join(f"{n} ({m} messages)" for n, m in names.items()) if names else "every speaker")
-    print(f"replies by {who}: {c.get('turns', 0)} turns; {c.get('first_turns', 0)} open a conversation (answer "
-          f"nothing), {c.get('held_out', 0)} are in the held-out test split ({c.get('held_out_conversations', 0)} of "
-          f"{c.get('conversations', 0)} conversations, never served), {c.get('candidates', 0)} are candidates")
+    print(f"replies by {who}: {c.get('turns', 0)} turns in {c.get('conversations', 0)} conversations; "
+          f"{c.get('first_turns', 0)} open a conversation (answer nothing), {c.get('candidates', 0)} are candidates")
     print(f"index: {build['index']['added']} replies added; left out: "
           + (", ".join(f"{k} {v}" for k, v in build["index"]["left_out"].items()) or "nothing"))
     s = rep["serves"]
@@ -411,7 +406,7 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
         c = replies["counts"]
         raise ValueError(f"no usable reply by {', '.join(f'{k} ({v} messages)' for k, v in names.items())}: of "
                          f"their {c.get('turns', 0)} turns in kept conversations, {c.get('first_turns', 0)} open "
-                         f"a conversation and {c.get('held_out', 0)} are in the held-out test split (sessions "
+                         f"a conversation (sessions "
                          f"with one speaker are dropped: {summary['drops'].get('one_speaker', 0)}); add exports "
                          f"with more of their replies")
     index = out / INDEX

@@ -101,15 +101,16 @@ class ResponseFilter:
 
 
 def collect_responses(shards, filt: ResponseFilter | None = None, seen: Iterable[str] = (),
-                      pairs: list | None = None) -> tuple[list[dict], dict]:
-    """Deduplicated, filtered response rows of the train split, and counts of what was dropped.
-    With ``pairs`` (a list), also append ``(context turns, response text, conv id)`` for every
-    training turn whose response is stored (new or already ``seen``): the context memory."""
+                      pairs: list | None = None, split: str | None = "train") -> tuple[list[dict], dict]:
+    """Deduplicated, filtered response rows of the ``split`` (None: every conversation, for a bot
+    nobody evaluates on a held-out split), and counts of what was dropped. With ``pairs`` (a
+    list), also append ``(context turns, response text, conv id)`` for every turn whose response
+    is stored (new or already ``seen``): the context memory."""
     filt = filt or ResponseFilter()
     check = filt.checker()
     seen_set = set(seen)
     rows, dropped = [], {"duplicate": 0}
-    for conv in read_shards(shards, split="train"):
+    for conv in read_shards(shards, split=split):
         for t, turn in enumerate(conv.turns):
             if t == 0:
                 continue
@@ -328,10 +329,12 @@ def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
 
 def build_index(model: str | Path, shards: str | Path, out: str | Path, factory: str = "Flat", gpu: bool = False,
                 add: bool = False, *, encoder=None, filt: ResponseFilter | None = None, batch_size: int = 64,
-                memory: bool = True) -> Path:
+                memory: bool = True, split: str | None = "train") -> Path:
     """Encode the filtered training responses of ``shards`` (and, with ``memory``, their
     contexts) and write the index folder. With ``add=True`` append the new responses and
-    contexts to an existing index (same model) without rebuilding."""
+    contexts to an existing index (same model) without rebuilding. ``split=None`` indexes every
+    conversation, the test split's too (a user's own bot: index_info.json then says
+    ``"split": "all"``, and the index's recall on the test split is no held-out measure)."""
     faiss = _faiss()
     out = Path(out)
     from retrieval.encoder import Encoder, model_hash
@@ -343,12 +346,12 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         existing = ResponseIndex.load(out, encoder=encoder)
         memory = existing.memory is not None
         pairs = [] if memory else None
-        rows, dropped = collect_responses(shards, filt, seen=existing.texts, pairs=pairs)
+        rows, dropped = collect_responses(shards, filt, seen=existing.texts, pairs=pairs, split=split)
         index, info = to_gpu(existing.index, gpu), existing.info
         start = len(existing.rows)
         text_id = {t: i for i, t in enumerate(existing.texts)}
     else:
-        rows, dropped = collect_responses(shards, filt, pairs=pairs)
+        rows, dropped = collect_responses(shards, filt, pairs=pairs, split=split)
         start, info, text_id = 0, None, {}
     for i, r in enumerate(rows):
         r["id"] = start + i
@@ -407,6 +410,8 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     info["shards"] = list(info.get("shards", [])) + [str(shards)]
     info["dropped"] = {k: info.get("dropped", {}).get(k, 0) + v for k, v in dropped.items()}
     info["updated"] = now
+    if split is None or info.get("split") == "all":
+        info["split"] = "all"
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")

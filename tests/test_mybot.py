@@ -83,8 +83,9 @@ def _convs(shards: Path) -> list[dict]:
 
 
 def _served_texts(shards: Path, marked: bool) -> set[str]:
-    """Turn texts (t >= 1, train split) that are (``marked``) or are not the chosen speaker's."""
-    return {t["text"] for c in _convs(shards) if split_of(c["id"], source=c["source"]) == "train"
+    """Turn texts (t >= 1, every conversation: a user's bot holds out no test split) that are
+    (``marked``) or are not the chosen speaker's."""
+    return {t["text"] for c in _convs(shards)
             for n, t in enumerate(c["turns"]) if n >= 1 and bool(t.get("marked")) == marked}
 
 
@@ -132,7 +133,9 @@ def test_bot_serves_only_the_chosen_speaker_and_writes_no_name(tiny_model, tmp_p
     assert f["bad_line_examples"][0].startswith("export 1:") and "looks like a message line" in f["bad_line_examples"][0]
     assert build["dropped"]["system"] == 1 and build["dropped"]["personal_data_replaced"] == {"[PHONE]": 1}
     assert build["replies"]["turns"] == 24 and build["replies"]["first_turns"] == 0
-    assert build["replies"]["candidates"] + build["replies"]["held_out"] == 24
+    assert build["replies"]["candidates"] == 24  # the test split's conversations too
+    assert any(split_of(c["id"], source=c["source"]) == "test" for c in _convs(out / "shards"))
+    assert json.loads((out / "index" / "index_info.json").read_text("utf-8"))["split"] == "all"
     assert build["index"]["added"] == len(rows) and build["index"]["left_out"]["other_speaker"] > 0
     assert build["index"]["left_out"].get("placeholder", 0) == (1 if "내 번호 [PHONE] 이야" in chosen else 0)
     assert rep["ranker"]["features"] == ["dual"] and "too few" in rep["ranker"]["note"]
