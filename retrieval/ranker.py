@@ -630,6 +630,16 @@ def contributions(feats: dict, ranker: "Ranker", t_of: dict, languages: Sequence
     return out
 
 
+def _halvings(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) of CV_HALVINGS seeded random halvings of n rows, both ways round."""
+    folds = []
+    for h in range(CV_HALVINGS):
+        perm = np.random.default_rng(h).permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        folds += [(a, b), (b, a)]
+    return folds
+
+
 def _fit_languages(feats: dict, names: Sequence[str], t_of: dict, scales: dict, shared: dict[str, float],
                    languages: np.ndarray) -> tuple[dict[str, dict[str, float]], dict]:
     """Own conditional-logit weights for each language with >= LANGUAGE_MIN_EXAMPLES examples, kept
@@ -645,11 +655,9 @@ def _fit_languages(feats: dict, names: Sequence[str], t_of: dict, scales: dict, 
         z = {f: _at(feats, f, t_of, rows) / scales[f] for f in names}
         score = lambda ws, r: _objective(sum(ws.get(f, 0.0) * z[f][r] for f in names))
         own_cv, shared_cv = [], []
-        for h in range(CV_HALVINGS):
-            perm = np.random.default_rng(h).permutation(len(rows))
-            for a, b in ((perm[: len(perm) // 2], perm[len(perm) // 2:]), (perm[len(perm) // 2:], perm[: len(perm) // 2])):
-                own_cv.append(score(_logit_weights({f: z[f][a] for f in names}, names), b))
-                shared_cv.append(score(shared, b))
+        for a, b in _halvings(len(rows)):
+            own_cv.append(score(_logit_weights({f: z[f][a] for f in names}, names), b))
+            shared_cv.append(score(shared, b))
         kept = float(np.mean(own_cv)) > float(np.mean(shared_cv))
         report[lang] = {"examples": int(count), "held_out_own": round(float(np.mean(own_cv)), 4),
                         "held_out_shared": round(float(np.mean(shared_cv)), 4), "own_weights": kept}
@@ -686,11 +694,7 @@ def fit_ranker(scorer: FeatureScorer, examples, exclude_own: bool = True, neighb
         feats["rerank"] = scorer.reranker.score(contexts, cands, show_progress=len(examples) * n >= 20000)
     cv = {}
     if method == "auto":
-        folds = []
-        for h in range(CV_HALVINGS):
-            perm = np.random.default_rng(h).permutation(len(examples))
-            a, b = perm[: len(perm) // 2], perm[len(perm) // 2:]
-            folds += [(a, b), (b, a)]
+        folds = _halvings(len(examples))
         for m in ("logit", "grid"):
             cv[m] = round(sum(_held_out(_search(feats, names, m, fit), feats, names, held)
                               for fit, held in folds) / len(folds), 4)
