@@ -34,9 +34,9 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
-from preprocess.schema import atomic_write_text, shard_files
+from preprocess.schema import atomic_write_text, read_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 BOT_FILE = "bot.json"
@@ -154,15 +154,6 @@ def _scrub_manifest(path: Path, labels: dict[str, str]) -> None:
     atomic_write_text(path, json.dumps(m, ensure_ascii=False, indent=1) + "\n")
 
 
-def _conversations(shards: Path) -> Iterator[dict]:
-    """The shard lines as dicts (with the turns' ``marked``, which preprocess.schema drops)."""
-    for f in shard_files(shards):
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield json.loads(line)
-
-
 def _drop_known(shards: Path, known: set[str], summary: dict) -> int:
     """Remove from ``shards`` the conversations the bot already has (by content, as the
     preprocessor deduplicates within a run: a re-export of a chat that grew), counted as
@@ -229,16 +220,16 @@ def _replies(shards: Path, marked_only: bool) -> dict:
     ``marked_only``), and where they go: a first turn answers nothing, every other is a candidate."""
     c = Counter()
     chosen: set[str] = set()
-    for conv in _conversations(shards):
+    for conv in read_shards(shards):
         c["conversations"] += 1
-        for t, turn in enumerate(conv["turns"]):
-            if marked_only and not turn.get("marked"):
+        for t, turn in enumerate(conv.turns):
+            if marked_only and not turn.marked:
                 continue
             c["turns"] += 1
             if t == 0:
                 c["first_turns"] += 1
             else:
-                chosen.add(turn["text"].strip())
+                chosen.add(turn.text.strip())
                 c["candidates"] += 1
     keys = ("conversations", "turns", "first_turns", "candidates")
     return {"counts": {k: c[k] for k in keys}, "chosen": chosen}
@@ -394,8 +385,8 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
     already = 0
     if add and summary["totals"]["conversations"]:
         from preprocess.pipeline import content_hash
-        known = {content_hash(c["turns"]) for d in old["shards"] if (out / d).is_dir()
-                 for c in _conversations(out / d)}
+        known = {content_hash(c.to_dict()["turns"]) for d in old["shards"] if (out / d).is_dir()
+                 for c in read_shards(out / d)}
         already = _drop_known(shards, known, summary)
     fresh = summary["totals"]["conversations"]
     if not fresh and not add:

@@ -13,7 +13,7 @@ A shard is a JSON Lines file (``shard-00000.jsonl``); each line is one conversat
      ]}
 
 A turn may also carry ``"marked": true`` (a speaker named to ``preprocess.pipeline.run``'s
-``mark_speakers``, e.g. `dialogbert bot --reply-as`); readers that do not ask ignore it.
+``mark_speakers``, e.g. `dialogbert bot --reply-as`): ``Turn.marked``, written only when true.
 
 A folder of shards carries ``manifest.json`` (see preprocess.pipeline).
 
@@ -47,14 +47,17 @@ class Turn:
     text: str
     sentences: list[str] = field(default_factory=list)
     time: str | None = None
+    marked: bool = False  # a speaker named to preprocess.pipeline.run's mark_speakers
 
     @property
     def messages(self) -> list[str]:
         return self.text.split("\n")
 
     def to_dict(self) -> dict:
-        return {"speaker": self.speaker, "text": self.text,
-                "sentences": self.sentences or [self.text], "time": self.time}
+        d = {"speaker": self.speaker, "text": self.text, "sentences": self.sentences or [self.text], "time": self.time}
+        if self.marked:
+            d["marked"] = True
+        return d
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Conversation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Conversation":
-        turns = [Turn(t["speaker"], t["text"], list(t.get("sentences") or [t["text"]]), t.get("time"))
+        turns = [Turn(t["speaker"], t["text"], list(t.get("sentences") or [t["text"]]), t.get("time"),
+                      bool(t.get("marked")))
                  for t in d["turns"]]
         return cls(str(d["id"]), d.get("source", "jsonl"), d.get("lang", "other"), turns)
 
