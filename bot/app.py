@@ -61,7 +61,7 @@ from preprocess.pipeline import detect_lang
 
 USER, BOT = "U", "B"
 FALLBACK_REPLY = {"ko": "음, 잘 모르겠어요. 다르게 말해 줄래요?", "en": "Hmm, I'm not sure. Could you say it another way?"}
-_PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
+PLACEHOLDER = re.compile(r"\[[A-Z]+\]")  # a typed placeholder left by the anonymizer ([NAME], [PHONE], ...)
 # a reply that says the bot kept what it was told
 _STORE_CLAIM = re.compile(r"저장|기억(?:할|해\s?둘|해\s?놓|하고\s?있)|적어\s?(?:둘|놓|뒀)|메모(?:할|했|해\s?둘)|"
                           r"(?i:\bsav(?:ed|e it|ing it)\b|\bstored?\b|\bnoted\b|\bwrote (?:it|that) down|"
@@ -159,7 +159,7 @@ class Sessions:
 
 def is_servable(text: str) -> bool:
     """The last guard before a stored sentence reaches a stranger."""
-    return bool(text.strip()) and not _PLACEHOLDER.search(text) and not contains_pii(text)
+    return bool(text.strip()) and not PLACEHOLDER.search(text) and not contains_pii(text)
 
 
 def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tuple[str, str]],
@@ -264,7 +264,7 @@ def chat():
     hits = _retriever().search([context], current_app.config["TOP_K"])[0]
     candidates = [(row["text"], score) for score, row in hits]
     lang = detect_lang([turn[1]])
-    reply = choose_reply(candidates, history, user_gave_pii=bool(_PLACEHOLDER.search(turn[1])), lang=lang)
+    reply = choose_reply(candidates, history, user_gave_pii=bool(PLACEHOLDER.search(turn[1])), lang=lang)
     if reply is None:
         reply = FALLBACK_REPLY["ko" if lang == "ko" else "en"]
     sessions.extend(sid, (turn, (BOT, reply)))

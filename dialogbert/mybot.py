@@ -235,16 +235,6 @@ def _replies(shards: Path, marked_only: bool) -> dict:
     return {"counts": {k: c[k] for k in keys}, "chosen": chosen}
 
 
-def _valid_fraction(model: Path) -> float:
-    """The carve-out the model was fine-tuned without (its finetune.json), else 0.1: the ranker
-    is fitted there (the user's conversations are new to a model fine-tuned elsewhere anyway)."""
-    try:
-        d = json.loads((model / "finetune.json").read_text("utf-8"))
-        return float(d["config"]["data"]["valid_fraction"]) or 0.1
-    except (OSError, KeyError, TypeError, ValueError):
-        return 0.1
-
-
 def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequence[str], add: bool) -> dict:
     from retrieval.index import build_index
     filt = chosen_replies(replies["chosen"]) if reply_as else None
@@ -264,8 +254,11 @@ def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequ
 
 def _fit_ranker(index: Path, shards: Path, model: Path) -> dict:
     from retrieval.ngram import NgramSettings
-    from retrieval.ranker import fit_for_index
-    ranker = fit_for_index(index, shards, fraction=_valid_fraction(model), use=False,
+    from retrieval.ranker import carve_out, fit_for_index
+    # the carve-out the model was fine-tuned without (0.1 when it has none), on every source of the
+    # user's exports: the model's data.sources name corpora that are not theirs
+    fraction = (carve_out(model) or (0.0, None))[0] or 0.1
+    ranker = fit_for_index(index, shards, fraction=fraction, use=False,
                            ngram_settings=NgramSettings(max_minutes=NGRAM_MINUTES))
     fitted = ranker.fitted_on
     if "dual_only" not in fitted:  # fit_for_index fitted nothing: too few validation examples

@@ -726,7 +726,7 @@ def _read_json(path: Path, fix: str = "") -> dict:
         raise ValueError(f"{path}: not JSON ({e.msg})" + (f"; {fix}" if fix else "")) from e
 
 
-def _carve_out(model_dir: str | Path | None) -> tuple[float, list[str] | None] | None:
+def carve_out(model_dir: str | Path | None) -> tuple[float, list[str] | None] | None:
     """(data.valid_fraction, data.sources) a model folder was fine-tuned with (its finetune.json),
     or None when it has no finetune.json (not fine-tuned here)."""
     ft = Path(model_dir or "") / "finetune.json"
@@ -766,7 +766,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     if index.encoder is None:
         raise ValueError(f"{index_dir}: no encoder found for this index; pass the model folder")
     sources, note = None, ""
-    carve = _carve_out(index.encoder.path)
+    carve = carve_out(index.encoder.path)
     if fraction is None and carve is not None:
         fraction, sources = carve
         if not fraction:
@@ -785,7 +785,7 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
         if reranker_dir:
             from retrieval.rerank import CrossEncoder
             reranker = CrossEncoder.load(reranker_dir)
-            r_frac = (_carve_out(reranker_dir) or (0.0, None))[0]
+            r_frac = (carve_out(reranker_dir) or (0.0, None))[0]
             if r_frac != fraction:
                 warn = (f"the re-ranker {reranker_dir} was fine-tuned with data.valid_fraction={r_frac}, the "
                         f"ranker is fitted on the {fraction} carve-out: its score is optimistic there and "
