@@ -8,8 +8,9 @@ The bare arm calls ``HybridRetriever.search`` in this process, one context after
 work one chat request does, without HTTP, JSON or sessions): the limit the server should
 approach. The server arm starts ``python -m dialogbert.cli serve`` (rate limit off, ``--threads``)
 in a subprocess and sends the same test-split messages from N client threads over HTTP, each
-client its own session. Reports requests/s, p50/p99 ms per request and the ratio to the bare
-arm; writes the ``## Serving through the server`` section of docs/benchmarks.md.
+message a new session, so both arms encode the same one-turn contexts. Reports requests/s,
+p50/p99 ms per request and the ratio to the bare arm; writes the ``## Serving through the
+server`` section of docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -52,11 +53,9 @@ def load(url: str, messages: list[str], clients: int) -> tuple[float, list[float
     chunks = [messages[i::clients] for i in range(clients)]
 
     def client(mine):
-        sid = None
         for m in mine:
             t = time.perf_counter()
-            out = _post(url, {"message": m, **({"session_id": sid} if sid else {})})
-            sid = out["session_id"]
+            _post(url, {"message": m})  # a new session: the context is the message, as in the bare arm
             with lock:
                 ms.append((time.perf_counter() - t) * 1000)
     threads = [threading.Thread(target=client, args=(c,)) for c in chunks]
@@ -117,8 +116,8 @@ def main(argv=None) -> int:
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
              f"with {a.threads} worker threads, rate limit off; total {time.time() - t_all:.0f} s).", "",
-             f"Index `{shown(a.index)}`; {len(messages)} test-split messages at each concurrency, each client its "
-             f"own session. The bare retriever (`HybridRetriever.search` in-process, one after another) answered "
+             f"Index `{shown(a.index)}`; {len(messages)} test-split messages at each concurrency, each one a new "
+             f"session (a one-turn context, as in the bare arm). The bare retriever (`HybridRetriever.search` in-process, one after another) answered "
              f"**{bare:.1f} requests/s** in the same run.", "",
              "| clients | requests/s | share of the bare retriever's | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {rps:.1f} | {rps / bare:.0%} | {p50:.0f} | {p99:.0f} |" for c, rps, p50, p99 in rows]
