@@ -266,6 +266,9 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             from retrieval.index import ResponseIndex
             from retrieval.ranker import Ranker
             idx = ResponseIndex.load(index_dir, encoder=encoder)
+            if idx.info.get("split") == "all":  # built by `dialogbert bot`: the test replies are stored
+                print(f"eval: {index_dir} holds every conversation, the test split's too: its index_R@k and "
+                      f"served_R@k are no held-out measures")
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
             ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
