@@ -161,10 +161,10 @@ STAGES = [
     ("normalize", "normalize.py", "to_one_line"),
     ("normalize", "normalize.py", "normalize_repeats"),
     ("sentence split", "sentences.py", "split_turn"),
-    ("hash input", "pipeline.py", "file_sha256"),
-    ("assemble shards", "pipeline.py", "_assemble"),
-    ("sessions, turns, spool", "pipeline.py", "_spool"),
-    ("write parts (lang, hash, JSON)", "pipeline.py", "_write"),
+    ("hash input", "processor.py", "file_sha256"),
+    ("assemble shards", "assemble.py", "assemble"),
+    ("sessions, turns, spool", "processor.py", "_spool"),
+    ("write parts (lang, hash, JSON)", "processor.py", "_write"),
 ]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dialogbert.cli import main as cli_main
-from preprocess import formats, pipeline
+from preprocess import formats, pipeline, processor
 from preprocess.formats import Message
 from preprocess.pipeline import run, system_names
 from preprocess.schema import parse_line, read_shards
@@ -70,8 +70,8 @@ def timed_reader(monkeypatch):
         else:
             yield from formats.iter_messages(path, fmt)
 
-    monkeypatch.setattr(pipeline, "detect", detect)
-    monkeypatch.setattr(pipeline, "iter_messages", iter_messages)
+    monkeypatch.setattr(processor, "detect", detect)
+    monkeypatch.setattr(processor, "iter_messages", iter_messages)
 
     def make(path: Path, rows: list[tuple]) -> str:
         """rows: (minutes after T0 or None, speaker or None for a system line, text[, conv])."""
@@ -141,7 +141,7 @@ def test_names_from_system_lines_are_masked_and_untimed_keys_are_one_session(tmp
 
 
 def test_overlong_session_is_cut(tmp_path, timed_reader, monkeypatch):
-    monkeypatch.setattr(pipeline, "MAX_SESSION_MESSAGES", 4)
+    monkeypatch.setattr(processor, "MAX_SESSION_MESSAGES", 4)
     rows = [(i, "AB"[i % 2], f"메시지 {i}") for i in range(10)]
     s = run([timed_reader(tmp_path / "long.txt", rows)], str(tmp_path / "out"), sentence_backend="none",
             progress=False)
