@@ -38,7 +38,7 @@ def cmd_preprocess(a) -> int:
     from preprocess.pipeline import run
     summary = run(a.inputs, a.out, workers=a.workers, session_gap_minutes=a.session_gap,
                   sentence_backend=a.sentence_backend, shard_size=a.shard_size, resume=not a.no_resume,
-                  progress=not a.quiet)
+                  progress=not a.quiet, engine=a.engine, ray_address=a.ray_address, split_mb=a.split_mb)
     return 1 if summary.get("failed") else 0
 
 
@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("tokenizer", help="train the Hangul-safe cased WordPiece tokenizer")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: a process pool (--workers); ray: Ray tasks on a cluster, same output "
+                        "(pip install 'dialogbert[cluster]')")
+    s.add_argument("--ray-address", default=None,
+                   help="cluster to join (default: RAY_ADDRESS, else a local Ray on this machine)")
+    s.add_argument("--split-mb", type=float, default=None,
+                   help="--engine ray: one-room exports bigger than this are cut into ranges (default 64)")
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--vocab-size", type=int, default=16000)

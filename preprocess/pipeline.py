@@ -67,16 +67,24 @@ def _summary_table(m: dict) -> str:
 
 def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: float = 360.0,
         sentence_backend: str = DEFAULT_BACKEND, shard_size: int = 10000, resume: bool = True,
-        progress: bool = True, mark_speakers=()) -> dict:
+        progress: bool = True, mark_speakers=(), engine: str = "local", ray_address: str | None = None,
+        split_mb: float | None = None) -> dict:
     """Preprocess ``inputs`` (files or folders) into ``out``; returns the manifest as a dict
     (``summary["failed"]`` lists the inputs that could not be read, with the reason). The turns
-    of ``mark_speakers`` (display names) carry ``"marked": true``; such a run does not resume."""
+    of ``mark_speakers`` (display names) carry ``"marked": true``; such a run does not resume.
+    ``engine="ray"`` runs the files (big exports cut at message boundaries, above ``split_mb``)
+    as Ray tasks, on the cluster at ``ray_address`` / RAY_ADDRESS or a local one: same output."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if sentence_backend not in BACKENDS:
         raise ValueError(f"sentence_backend={sentence_backend!r}: choose one of {', '.join(BACKENDS)}")
     if not session_gap_minutes > 0:
         raise ValueError(f"session_gap_minutes={session_gap_minutes}: must be > 0 (minutes of silence)")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine={engine!r}: choose local or ray")
+    if engine == "ray":
+        from .cluster import SPLIT_BYTES, import_ray, run_jobs
+        import_ray()            # before anything is written: a missing extra is a clear error
     if shard_size < 1 or workers < 1:
         raise ValueError(f"shard_size={shard_size}, workers={workers}: both must be >= 1")
     if isinstance(mark_speakers, str):
@@ -102,7 +110,13 @@ def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: floa
                                     "sentence_backend": opts.sentence_backend,
                                     "shard_size": opts.shard_size, "mark": opts.mark}) for path in files]
     t0 = time.perf_counter()
-    results = _run_local(jobs, workers, progress)
+    if engine == "ray":
+        split = SPLIT_BYTES if split_mb is None else max(1, int(split_mb * 2**20))
+        results = run_jobs(jobs, ray_address, split)
+        for r in results.values():
+            _announce(r, lambda s: print(s, file=sys.stderr))
+    else:
+        results = _run_local(jobs, workers, progress)
     elapsed = time.perf_counter() - t0
 
     # input order, not completion order: the output must not depend on scheduling
@@ -118,6 +132,15 @@ def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: floa
     return summary
 
 
+def _announce(r: dict, say) -> None:
+    """A finished file's error, or the first of its bad lines (new ones only), on stderr."""
+    if "error" in r:
+        say(f"dialogbert preprocess: {r['error']}")
+    for ex in r.get("bad_line_examples", [])[:5]:
+        if not r.get("resumed"):
+            say(f"dialogbert preprocess: warning: {ex}")
+
+
 def _run_local(jobs: list[tuple], workers: int, progress: bool) -> dict[str, dict]:
     """The jobs in this machine's processes (a spawn pool when workers > 1), with a progress bar
     and warnings as files finish; returns each file's result by path."""
@@ -130,12 +153,7 @@ def _run_local(jobs: list[tuple], workers: int, progress: bool) -> dict[str, dic
 
     def done(r: dict, counter) -> None:
         results[r["path"]] = r
-        say = (lambda s: bar.write(s, file=sys.stderr)) if bar is not None else (lambda s: print(s, file=sys.stderr))
-        if "error" in r:
-            say(f"dialogbert preprocess: {r['error']}")
-        for ex in r.get("bad_line_examples", [])[:5]:
-            if not r.get("resumed"):
-                say(f"dialogbert preprocess: warning: {ex}")
+        _announce(r, (lambda s: bar.write(s, file=sys.stderr)) if bar is not None else (lambda s: print(s, file=sys.stderr)))
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{counter.value if counter else 0:,} messages", refresh=True)

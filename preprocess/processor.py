@@ -152,8 +152,8 @@ class _FileProcessor:
         c, drops, media = self.c, self.drops, self.media
         media_kind = self.media_kind
 
-        def close(sess: _Session) -> None:
-            self._spool(sess, spool)
+        def close(sess: _Session, why: str) -> None:
+            self._close(sess, spool, why)
 
         n = ticked = n_system = n_no_speaker = n_media = n_empty = 0
         cur_key: str | None = None      # key of the last message appended ...
@@ -162,7 +162,7 @@ class _FileProcessor:
         key_names: set[str] = set()
         line = self.last_line
         try:
-            for item in iter_messages(self.path, self.fmt):
+            for item in self.items():
                 if isinstance(item, BadLine):
                     c["bad_lines"] += 1
                     if len(self.bad_examples) < BAD_LINE_EXAMPLES:
@@ -215,16 +215,16 @@ class _FileProcessor:
                 if sess is not None:
                     last = sess.last_time
                     if t is not None and last is not None and t is not last and (t - last).total_seconds() > gap:
-                        close(open_sessions.pop(key))
+                        close(open_sessions.pop(key), "gap")
                         sess = None
                     elif len(sess.messages) >= max_messages:
                         c["sessions_capped"] += 1
-                        close(open_sessions.pop(key))
+                        close(open_sessions.pop(key), "cap")
                         sess = None
                 if sess is None:
                     sess = open_sessions[key] = _Session(key)
                     if len(open_sessions) > max_open:
-                        close(open_sessions.popitem(last=False)[1])
+                        close(open_sessions.popitem(last=False)[1], "lru")
                 sess.messages.append((speaker, text, t))
                 if t is not None:
                     sess.last_time = t
@@ -233,12 +233,20 @@ class _FileProcessor:
             self.last_line = line
         _tick(n - ticked)
         for sess in open_sessions.values():
-            close(sess)
+            close(sess, "end")
         for counter, k, v in ((c, "messages", n), (drops, "system", n_system), (drops, "no_speaker", n_no_speaker),
                               (drops, "media", n_media), (drops, "empty_message", n_empty)):
             if v:
                 counter[k] += v
         return names
+
+    def items(self):
+        """The file's messages, system lines and bad lines, in file order."""
+        return iter_messages(self.path, self.fmt)
+
+    def _close(self, sess: _Session, spool, why: str) -> None:
+        """A session ends (``why``: "gap", "cap", "lru" or "end" of the file): spool it."""
+        self._spool(sess, spool)
 
     def _spool(self, sess: _Session, spool) -> None:
         """A closed session -> its turns (pseudonym, messages, first time) on the spool. One with
@@ -322,6 +330,54 @@ class _FileProcessor:
                 "kss_calls": self.splitter.kss_calls}
 
 
+def part_paths(parts_dir: Path, sha: str, opts: Options) -> tuple[Path, Path]:
+    """(part file, done marker) of a file with content ``sha`` under these options."""
+    base = f"{sha}-{opts.parts_tag()}"
+    return parts_dir / f"{base}.jsonl", parts_dir / f"{base}.done.json"
+
+
+def resumed(path: str, parts_dir: Path, sha: str, opts: Options) -> dict | None:
+    """The stats of an earlier run's finished part for this file, or None (none, or damaged)."""
+    part, marker = part_paths(parts_dir, sha, opts)
+    if marker.exists() and part.exists():
+        try:
+            stats = json.loads(marker.read_text("utf-8"))
+            stats.update(path=path, resumed=True)
+            return stats
+        except ValueError:
+            pass   # a damaged marker: redo the file
+    return None
+
+
+def check_read(path: str, fmt: str, stats: dict) -> None:
+    """A file of which no message could be read is an error, not an empty success."""
+    c = stats["counts"]
+    if not c.get("messages"):
+        if c.get("bad_lines"):
+            first = stats["bad_line_examples"][0] if stats["bad_line_examples"] else ""
+            raise FormatError(path, f"no message could be read ({c['bad_lines']} bad lines; first: {first})")
+        raise FormatError(path, f"no messages found (format {fmt})")
+
+
+def commit_part(tmp: Path, parts_dir: Path, opts: Options, stats: dict) -> None:
+    """A complete part file (written to ``tmp``, fsynced) goes into place, then its marker, last."""
+    part, marker = part_paths(parts_dir, stats["sha256"], opts)
+    os.replace(tmp, part)
+    atomic_write_text(marker, json.dumps(stats, ensure_ascii=False, sort_keys=True))
+
+
+def failure(path: str, e: Exception, last_line: int = 0) -> dict:
+    """The result of a file that failed: one line naming the file (and the line, when known)."""
+    if isinstance(e, FormatError):
+        return {"path": path, "error": str(e)}
+    if isinstance(e, UnicodeDecodeError):
+        near = f":{last_line + 1}" if last_line else ""
+        return {"path": path, "error": f"{path}{near}: cannot decode the text ({e.encoding}: {e.reason}); "
+                                       "re-save it as UTF-8"}
+    near = f":{last_line}" if last_line else ""
+    return {"path": path, "error": f"{path}{near}: {type(e).__name__}: {e}"}
+
+
 def process_file(job: tuple) -> dict:
     """One input file -> its part file + done marker. Runs in a pool worker (spawn-safe: plain
     arguments, module-level function). Returns the file's stats, or {"error": ...}."""
@@ -332,16 +388,10 @@ def process_file(job: tuple) -> dict:
         sha = file_sha256(path)
     except OSError as e:
         return {"path": path, "error": f"{path}: cannot read: {e.strerror or e}"}
-    base = f"{sha}-{opts.parts_tag()}"
-    part, marker = parts_dir / f"{base}.jsonl", parts_dir / f"{base}.done.json"
-    if marker.exists() and part.exists():
-        try:
-            stats = json.loads(marker.read_text("utf-8"))
-            stats.update(path=path, resumed=True)
-            return stats
-        except ValueError:
-            pass   # a damaged marker: redo the file
-    tmp = parts_dir / f".{base}.jsonl.tmp-{os.getpid()}"
+    done = resumed(path, parts_dir, sha, opts)
+    if done is not None:
+        return done
+    tmp = parts_dir / f".{sha}-{opts.parts_tag()}.jsonl.tmp-{os.getpid()}"
     proc = None
     try:
         if os.path.getsize(path) == 0:
@@ -352,26 +402,13 @@ def process_file(job: tuple) -> dict:
             proc.run(parts_dir)
             out.flush()
             os.fsync(out.fileno())
-        if proc.c["messages"] == 0:
-            if proc.c["bad_lines"]:
-                first = proc.bad_examples[0] if proc.bad_examples else ""
-                raise FormatError(path, f"no message could be read ({proc.c['bad_lines']} bad lines; first: {first})")
-            raise FormatError(path, f"no messages found (format {fmt})")
-        os.replace(tmp, part)
         stats = proc.stats()
-        atomic_write_text(marker, json.dumps(stats, ensure_ascii=False, sort_keys=True))
+        check_read(path, fmt, stats)
+        commit_part(tmp, parts_dir, opts, stats)
         stats.update(path=path, resumed=False)
         return stats
-    except FormatError as e:
-        return {"path": path, "error": str(e)}
-    except UnicodeDecodeError as e:
-        near = f":{proc.last_line + 1}" if proc and proc.last_line else ""
-        return {"path": path, "error": f"{path}{near}: cannot decode the text ({e.encoding}: {e.reason}); "
-                                       "re-save it as UTF-8"}
     except Exception as e:   # noqa: BLE001 - one bad file must not stop the run; named in the manifest
-        near = f":{proc.last_line}" if proc and proc.last_line else ""
-        return {"path": path, "error": f"{path}{near}: {type(e).__name__}: {e}"}
+        return failure(path, e, proc.last_line if proc else 0)
     finally:
         if tmp.exists():
             tmp.unlink()
-

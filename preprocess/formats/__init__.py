@@ -2,6 +2,7 @@
 
     detect(path) -> format name            (raises FormatError for empty/binary/unknown files)
     iter_messages(path, fmt=None) -> Iterator[Message | BadLine]    (streams; bounded memory)
+    read_stream(f, fmt, encoding) -> the same over an open text stream
     media_kind(text) -> "photo" | "emoticon" | ... | None          (media placeholder texts)
     FORMATS                                 all format names (the `source` field of shards)
 
@@ -179,6 +180,14 @@ def iter_messages(path, fmt: str | None = None) -> Iterator[Message | BadLine]:
     if fmt in _NEEDS_PATH:
         return _closing(f, reader(f, enc, path=str(path)))
     return _closing(f, reader(f, enc))
+
+
+def read_stream(f, fmt: str, encoding: str = "") -> Iterator[Message | BadLine]:
+    """iter_messages over an open text stream (a byte range of a big export, say); not for the
+    formats whose reader needs the file's path. Closes ``f`` at the end."""
+    if fmt in _NEEDS_PATH or fmt not in _READERS:
+        raise ValueError(f"format {fmt!r} cannot be read from a stream")
+    return _closing(f, _READERS[fmt](f, encoding))
 
 
 def _closing(f, it: Iterator) -> Iterator:
