@@ -16,6 +16,8 @@ in a temp folder, then measures, each in a fresh child process:
   profile    cProfile of the pipeline on a slice: time share of the stages
 
 and writes the `## Preprocessing` section of docs/benchmarks.md (other sections are kept).
+``--engines`` instead times the local pool against ``--engine ray`` (2 CPUs) on data/sample and
+one generated export, and checks the outputs are identical (printed, not written).
 Goal: 45,000 messages/s per core with anonymization on (10 billion messages in an hour on 64 cores).
 """
 from __future__ import annotations
@@ -136,6 +138,17 @@ def child(args) -> dict:
         s = run(args.inputs, args.out, workers=1, sentence_backend=args.backend, progress=False)
         prof.disable()
         return {"stages": _stages(pstats.Stats(prof)), "messages": s["totals"]["messages"]}
+    if args.child == "ray":
+        import ray
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, address="local")
+        init_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        s = run(args.inputs, args.out, sentence_backend=args.backend, progress=False, engine="ray",
+                split_mb=args.split_mb)
+        sec = time.perf_counter() - t0
+        ray.shutdown()
+        return {"seconds": sec, "init_s": init_s, "messages": s["totals"]["messages"]}
     kss_import_s = 0.0
     if args.backend != "none":          # load kss first: its one-time import is reported apart
         from preprocess.sentences import SentenceSplitter
@@ -180,9 +193,9 @@ def _stages(st) -> dict:
 
 
 def _spawn(kind: str, inputs: list[str], out: str, workers: int = 1, backend: str = "none",
-           root: str | None = None) -> dict:
+           root: str | None = None, split_mb: float = 64.0) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--out", out, "--workers", str(workers),
-           "--backend", backend, *(["--root", root] if root else []), *inputs]
+           "--backend", backend, "--split-mb", str(split_mb), *(["--root", root] if root else []), *inputs]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"bench child {kind} failed:\n{r.stderr[-3000:]}")
@@ -232,6 +245,26 @@ def kss_backends(n: int = 400) -> None:
                       f"{sum(map(len, res)) / len(gated):.2f} sentences/message  same as pecab {same:.1%}")
 
 
+def engines(n: int, split_mb: float) -> None:
+    """Local pool (2 workers) vs Ray (a local cluster of 2 CPUs), backend none, each in a fresh
+    child; the outputs compared byte for byte."""
+    sample = [str(ROOT / "data" / "sample" / d) for d in ("kakaotalk", "chatbotdata-ko", "xpersona-ko", "chitchat-en")]
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        tmp = Path(tmp)
+        big = tmp / "export.txt"
+        generate_kakao_pc(big, n, seed=1)
+        print(f"generated {n:,} messages ({big.stat().st_size / 2**20:.1f} MB, kakao-pc, one file)", flush=True)
+        for name, inputs, split in (("sample", sample, 64.0), ("export", [str(big)], split_mb)):
+            loc = _spawn("run", inputs, str(tmp / f"{name}-local"), workers=2)
+            ray = _spawn("ray", inputs, str(tmp / f"{name}-ray"), workers=2, split_mb=split)
+            files = sorted(x.name for x in (tmp / f"{name}-local").glob("shard-*.jsonl")) + ["manifest.json"]
+            same = all(filecmp.cmp(tmp / f"{name}-local" / x, tmp / f"{name}-ray" / x, shallow=False) for x in files)
+            print(f"{name}: {loc['messages']:,} messages; local workers=2 {loc['seconds']:.1f} s "
+                  f"({loc['messages'] / loc['seconds']:,.0f}/s); ray 2 CPUs {ray['seconds']:.1f} s "
+                  f"({ray['messages'] / ray['seconds']:,.0f}/s; +{ray['init_s']:.1f} s to start Ray); "
+                  f"identical: {same}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000)
@@ -248,6 +281,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="none", help=argparse.SUPPRESS)
+    ap.add_argument("--engines", action="store_true",
+                    help="local pool vs --engine ray (2 workers) on data/sample and one generated export of "
+                         "--messages (cut into --split-mb ranges); prints, does not write docs")
+    ap.add_argument("--split-mb", type=float, default=4.0, help="--engines: range size for the generated export")
     ap.add_argument("inputs", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -255,6 +292,9 @@ def main(argv=None) -> int:
         return 0
     if args.kss_backends:
         kss_backends()
+        return 0
+    if args.engines:
+        engines(args.messages, args.split_mb)
         return 0
 
     from preprocess import formats
