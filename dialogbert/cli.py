@@ -88,7 +88,10 @@ def cmd_index(a) -> int:
     ngram_settings = NgramSettings(**({} if a.ngram_heads is None else {"heads": a.ngram_heads}),
                                    morphemes=not a.no_morphemes)
     build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
-    if not a.add and not a.no_ranker:
+    if a.add:  # the new replies' vectors of the ranker's own encoders (the index knows nothing of them)
+        from retrieval.ranker import update_for_index
+        update_for_index(a.out)
+    elif not a.no_ranker:
         from retrieval.ranker import fit_for_index
         fit_for_index(a.out, a.shards, reranker_dir=a.reranker, ngram=not a.no_ngram,
                       use=not a.no_use, ngram_settings=ngram_settings)

@@ -241,6 +241,9 @@ def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequ
     before = json.loads((index / INFO_FILE).read_text("utf-8")) if add else {"count": 0, "dropped": {}}
     try:
         build_index(model, shards, index, factory="Flat", add=add, filt=filt, split=None)
+        if add:  # the new replies' vectors of the ranker's own encoders
+            from retrieval.ranker import update_for_index
+            update_for_index(index)
     except ValueError as e:
         if "no responses passed the filters" not in str(e):
             raise

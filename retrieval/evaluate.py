@@ -174,13 +174,9 @@ def ranker_scorers(index, ranker, label: str, reranker: str | Path | None = None
     if ranker is None or ranker.active == ["dual"]:
         return None, []
     from retrieval.ranker import FeatureScorer, RankerScorer
-    rr = None
-    if "rerank" in ranker.active:
-        from retrieval.rerank import CrossEncoder
-        rr = CrossEncoder.load(reranker or ranker.reranker)
-    fs = FeatureScorer.for_ranker(index, ranker, rr)
-    own = [enc for enc in (fs.ngram, fs.use) if enc is not None]
-    return RankerScorer(fs, ranker, f"{label} + ranker ({', '.join(ranker.active)})"), own
+    fs = FeatureScorer.for_ranker(index, ranker, reranker_dir=(reranker or ranker.reranker or "")
+                                  if "rerank" in ranker.active else None)
+    return RankerScorer(fs, ranker, f"{label} + ranker ({', '.join(ranker.active)})"), fs.own_encoders
 
 
 def write_tables(report: dict, out: str | Path, header: Sequence[str], keys: Sequence[str]) -> Path:

@@ -6,7 +6,7 @@
 
 Candidates are the deduplicated turns (t >= 1) of the TRAIN split that pass the filters: length
 bounds; never a turn for which ``preprocess.anonymize.contains_pii`` is True (a retrieval bot
-repeats stored text verbatim, see shared/PII.md); turns holding placeholders such as [NAME] are
+repeats stored text verbatim, see docs/personal-data.md); turns holding placeholders such as [NAME] are
 left out by default. FAISS id i is row i of ``responses.jsonl``. Inner product on normalised
 vectors (cosine). ``index_info.json`` records the model hash, dimension and factory and is
 checked on load; a mismatch raises an error that says how to fix it.
@@ -26,6 +26,7 @@ import json
 import platform
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -41,10 +42,6 @@ MEMORY_TEXT_TURNS = 1  # the memory keeps the newest turn of each context as tex
 
 INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index_info.json"
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
-RANKER_FILE = "ranker.json"  # the ranker fitted for this build (retrieval.ranker)
-NGRAM_DIR = "ngram"  # the ranker's n-gram encoder (retrieval.ngram)
-USE_DIR = "use"  # the ranker's fine-tuned USE towers (retrieval.use)
-OWN_ENCODER_DIRS = (NGRAM_DIR, USE_DIR)  # what a rebuild or a ranker refit removes as stale
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
 
@@ -83,7 +80,7 @@ class ResponseFilter:
             from preprocess.anonymize import contains_pii
         except ImportError as e:
             raise ImportError("preprocess.anonymize.contains_pii is missing: the index refuses to store "
-                              "responses without the PII guard (shared/PII.md)") from e
+                              "responses without the PII guard (docs/personal-data.md)") from e
         return contains_pii
 
     def reason(self, text: str, contains_pii: Callable[[str], bool]) -> str | None:
@@ -369,7 +366,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
             np.zeros((0, encoder.dim), np.float32)
         # the newest context turn as text, for the lexical features; never served, and left empty
-        # where it holds unredacted personal data (the response filter's guard, shared/PII.md)
+        # where it holds unredacted personal data (the response filter's guard, docs/personal-data.md)
         pii = (filt or ResponseFilter()).checker()
         mem_rows = [{"response": text_id[text], "conv": conv, "context": "" if pii(t) else t}
                     for ctx, text, conv in pairs for t in [context_text(ctx, turns=MEMORY_TEXT_TURNS)]]
@@ -387,10 +384,6 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         if add:
             shutil.copyfile(out / rows_name, out / (rows_name + ".tmp"))
         _write_rows(out / (rows_name + ".tmp"), new_rows, append=add)
-    if not add:  # a ranker fitted on the previous build does not fit this one: `dialogbert index` refits
-        (out / RANKER_FILE).unlink(missing_ok=True)
-        for d in OWN_ENCODER_DIRS:  # the ranker's own encoders of the old build
-            shutil.rmtree(out / d, ignore_errors=True)
     for index_name, _, rows_name, _ in staged:
         (out / (rows_name + ".tmp")).replace(out / rows_name)
         (out / (index_name + ".tmp")).replace(out / index_name)
@@ -401,7 +394,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
                 "model_sha256": model_hash(encoder.path) if encoder.path else None,
                 "dimension": int(encoder.dim), "factory": factory, "metric": "inner_product",
                 "normalized": True, "count": 0, "nprobe": 16, "ef_search": 64, "shards": [],
-                "dropped": {}, "created": now,
+                "dropped": {}, "created": now, "build": uuid.uuid4().hex,  # what a fit for this build records
                 "created_with": {"dialogbert": dialogbert.__version__, "faiss": faiss.__version__,
                                  "python": platform.python_version()}}
     info["count"] = int(start + len(rows))
@@ -416,14 +409,4 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")
-    if add and rows and any((out / d).is_dir() for d in OWN_ENCODER_DIRS):
-        # the reply vectors of the ranker's own encoders that it weighs, now, not at serve
-        from retrieval.ranker import Ranker, own_encoders
-        try:
-            ranker = Ranker.load(out, info)
-            if ranker is not None:
-                own_encoders(out, existing.texts + [r["text"] for r in rows],
-                             ngram="ngram" in ranker.active, use="use" in ranker.active)
-        except (ValueError, RuntimeError) as e:  # the index itself is complete; the chat service says more
-            print(f"index: the new replies' vectors for the ranker were not written ({e})")
     return out

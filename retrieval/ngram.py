@@ -63,10 +63,10 @@ import numpy as np
 import torch
 
 from preprocess.schema import atomic_write_text
-from retrieval.index import NGRAM_DIR
 from retrieval.morphemes import EXPAND, MIN_SIMILARITY
 from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
 
+NGRAM_DIR = "ngram"  # its folder in the index folder
 HASH_CHUNK = 4096  # pairs whose texts go through the morpheme analyser at once when training
 MAX_PAIRS = 500_000  # training pairs kept (a uniform sample beyond: reservoir sampling); their hashed
                      # features stay in RAM during training (~250 MB at this many), and max_minutes
@@ -359,7 +359,8 @@ def training_texts(shards, fraction: float, sources: Iterable[str] | None = None
 
 def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Iterable[str] | None = None,
                     settings: NgramSettings | None = None) -> NgramEncoder | None:
-    """Train the n-gram encoder on the index's training pairs and save it in ``index_dir/ngram/``;
-    None (and nothing saved) when the shards hold fewer than 100 training pairs."""
-    return fit_and_save(lambda: NgramEncoder(settings), training_texts(shards, fraction, sources), index_dir,
-                        "n-gram encoder")
+    """Train the n-gram encoder on the index's training pairs and save it in ``index_dir/ngram/``
+    (kept when trained on the same pairs: towers.fit_and_save); None (and nothing saved) when the
+    shards hold fewer than 100 training pairs."""
+    return fit_and_save(NgramEncoder, settings or NgramSettings(), training_texts(shards, fraction, sources),
+                        index_dir, "n-gram encoder")

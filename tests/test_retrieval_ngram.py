@@ -242,11 +242,11 @@ def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, m
     assert np.allclose(enc.replies, enc.encode(texts), atol=2e-3)
 
 
-def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path):
+def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path, capsys):
     from test_retrieval_ranker import _stub_index
     from retrieval.examples import draw_candidates, validation_examples
     from retrieval.index import ResponseFilter, ResponseIndex, build_index
-    from retrieval.ranker import FeatureScorer, fit_for_index
+    from retrieval.ranker import FeatureScorer, fit_for_index, update_for_index
     rng = random.Random(0)
     qa = [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(400)]
     index = _stub_index(tmp_path, "t", qa)  # one train-split conversation per pair, a stub encoder
@@ -270,14 +270,25 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     more.mkdir()
     write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
     build_index(enc.path, more, folder, add=True, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    update_for_index(folder)  # what `dialogbert index --add` runs after the index (which knows no ranker)
     grown = ResponseIndex.load(folder, encoder=enc)
     assert grown.texts[-1] == "새로 들어온 답"
     assert json.loads((folder / "ngram" / "replies.json").read_text())["count"] == len(grown.texts)
     served = FeatureScorer.for_index(grown).ngram
     assert np.allclose(served.replies[-1], served.encode(["새로 들어온 답"])[0], atol=2e-3)
-    # a refit without it removes it; a rebuild too
+    # a refit without it removes it
     fit_for_index(folder, shards, fraction=0.3, index=grown, ngram=False, use=False)
     assert not (folder / "ngram").exists() and "ngram" not in FeatureScorer.for_index(grown).available
+    # it depends on the training pairs, not on the index: a rebuild (another factory) keeps it, and
+    # the refit after it keeps it too (the same pairs and settings), where other pairs retrain it
     fit_for_index(folder, shards, fraction=0.3, index=grown, use=False)
-    build_index(enc.path, shards, folder, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
-    assert not (folder / "ngram").exists()
+    trained = (folder / "ngram" / "vectors.npy").stat().st_mtime_ns
+    build_index(enc.path, shards, folder, factory="HNSW32", encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
+    assert (folder / "ngram" / "settings.json").exists()
+    rebuilt = ResponseIndex.load(folder, encoder=enc)
+    capsys.readouterr()
+    fit_for_index(folder, shards, fraction=0.3, index=rebuilt, use=False)
+    assert "n-gram encoder kept" in capsys.readouterr().out
+    assert (folder / "ngram" / "vectors.npy").stat().st_mtime_ns == trained
+    fit_for_index(folder, shards, fraction=0.2, index=rebuilt, use=False)
+    assert "n-gram encoder trained" in capsys.readouterr().out

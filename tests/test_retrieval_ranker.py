@@ -289,16 +289,24 @@ def test_memory_text_with_personal_data_is_not_kept(tmp_path):
     assert "lexical_neighbour" in FeatureScorer.for_index(idx).available
 
 
-def test_a_rebuild_drops_the_old_ranker_and_a_foreign_ranker_is_refused(memory_index, tmp_path):
+def test_a_ranker_of_another_build_or_model_is_refused(memory_index, tmp_path):
     idx, _ = memory_index
     folder = tmp_path / "idx"
     Ranker(weights={"dual": 1.0, "neighbour": 2.0}, fitted_on={"model_sha256": "f" * 64}).save(folder)
     with pytest.raises(ValueError, match="fitted for model sha256 ffffffffffff.*refit"):
         Ranker.load(folder, idx.info)
     assert Ranker.load(folder) is not None  # without the index's info nothing is checked
+    # the index never touches ranker.json; one fitted for the build before a rebuild is ignored
     build_index(idx.encoder.path, tmp_path / "shards", folder, encoder=idx.encoder,
                 filt=ResponseFilter(pii_check=lambda t: False))
-    assert not (folder / "ranker.json").exists()
+    info = ResponseIndex.load(folder, encoder=idx.encoder).info
+    Ranker(weights={"dual": 1.0, "neighbour": 2.0}, fitted_on={"index_build": info["build"]}).save(folder)
+    assert Ranker.load(folder, info).active == ["dual", "neighbour"]
+    build_index(idx.encoder.path, tmp_path / "shards", folder, encoder=idx.encoder,
+                filt=ResponseFilter(pii_check=lambda t: False))
+    rebuilt = ResponseIndex.load(folder, encoder=idx.encoder).info
+    assert (folder / "ranker.json").exists() and rebuilt["build"] != info["build"]
+    assert Ranker.load(folder, rebuilt) is None
 
 
 def test_served_recall_counts_what_the_bot_answers(memory_index):

