@@ -18,18 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import read_log, tiny_pretrain_overrides as tiny, train_losses
 from dialogbert import train as train_mod
 from dialogbert.config import TrainSection
 from dialogbert.engine import fill_ds_config, free_port, validate_ds_config
 from dialogbert.train import pretrain
 
-pytestmark = pytest.mark.xdist_group("deepspeed")
+pytestmark = [pytest.mark.xdist_group("deepspeed"), pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO2 = ROOT / "configs" / "ds_zero2.json"
-torch.set_num_threads(1)
-
-from test_train import pretrain_tokenizer, read_log, tiny, train_losses  # noqa: E402,F401  (fixture reuse)
 
 
 @pytest.fixture

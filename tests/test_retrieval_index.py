@@ -1,37 +1,19 @@
 """Index round trip, the mismatch errors, `add`, and the filters (PII never enters)."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
+from conftest import StubEncoder
 from preprocess.schema import Conversation, Turn, split_of, write_shard
 from retrieval.index import IndexMismatchError, ResponseFilter, ResponseIndex, build_index, collect_responses
 
 
-class StubEncoder:
+def bigram_encoder(path, dim: int = 32):
     """Hashed bag of character bigrams: deterministic, no model, known nearest neighbours."""
-
-    def __init__(self, path, dim=32):
-        self.path, self.dim = path, dim
-
-    def hash(self):
-        from retrieval.encoder import model_hash
-        return model_hash(self.path)
-
-    def _vec(self, text):
-        v = np.zeros(self.dim, np.float32)
-        for i in range(len(text) - 1):
-            v[int(hashlib.md5(text[i:i + 2].encode()).hexdigest(), 16) % self.dim] += 1
-        return v / max(1e-6, np.linalg.norm(v))
-
-    def encode_responses(self, texts, **kw):
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-
-    def encode_contexts(self, contexts, **kw):
-        return np.stack([self._vec(c[-1][1]) for c in contexts])
+    return StubEncoder(path, dim=dim, n=2)
 
 
 def fake_pii(text):
@@ -61,7 +43,7 @@ def setup(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"weights-v1")
-    return shards, model, StubEncoder(model)
+    return shards, model, bigram_encoder(model)
 
 
 def test_filters_keep_pii_and_placeholders_out(setup):
@@ -102,7 +84,7 @@ def test_mismatch_errors_say_how_to_fix(setup, tmp_path):
     shards, model, enc = setup
     out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=fake_pii))
     with pytest.raises(IndexMismatchError, match="dimension 32.*produces 16.*dialogbert index"):
-        ResponseIndex.load(out, encoder=StubEncoder(model, dim=16))
+        ResponseIndex.load(out, encoder=bigram_encoder(model, dim=16))
     (model / "model.safetensors").write_bytes(b"weights-v2")
     with pytest.raises(IndexMismatchError, match="sha256.*different or retrained model.*dialogbert index --model"):
         ResponseIndex.load(out, encoder=enc)

