@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,7 +16,10 @@ def test_ablation_table_over_seeds(tiny_shards, tmp_path):
     import torch
 
     from dialogbert.config import load_config
-    from retrieval.ablation import run_ablation
+    from retrieval.ablation import KEYS, run_ablation
+    from retrieval.encoder import Encoder
+    from retrieval.evaluate import EncoderScorer, RetrievalEvaluator
+    from retrieval.examples import load_examples
 
     threads = torch.get_num_threads()
     rep = run_ablation(tiny_shards, tmp_path / "abl", config_path=ROOT / "configs" / "tiny.toml", overrides=[
@@ -25,14 +29,22 @@ def test_ablation_table_over_seeds(tiny_shards, tmp_path):
         "ablation.vocab_size=1000", "ablation.max_examples=150",
         "finetune.train.max_steps=6", "finetune.train.batch_size=16", "finetune.train.threads=1",
         "rerank.train.max_steps=4", "rerank.train.batch_size=4", "rerank.train.group_size=3", "rerank.train.threads=1"])
+    # seed 1's fine-tuned encoder scored again, on one thread as the run scored it (finetune.train.threads=1)
+    ev = RetrievalEvaluator(load_examples(tiny_shards, "test", max_examples=150))
+    again = ev(EncoderScorer(Encoder.load(tmp_path / "abl" / "full" / "seed-1" / "encoder")))
     torch.set_num_threads(threads)
     rows = rep["rows"]
     for v in ("full", "no_dialog_ids"):
         for kind in ("(pretrained only)", "+ fine-tuned", ": re-ranker alone"):
             name = f"{v} {kind}" if not kind.startswith(":") else f"{v}{kind}"
             assert rows[name]["seeds"] == 2 and len(rep["runs"][name]) == 2
-            assert 0.0 <= rows[name]["R10@1"] <= 1.0 and "R10@1_sd" in rows[name]
+            for key in ("R10@1", "MRR"):  # each row is the mean and sd of its two seeds' runs
+                per_seed = [run[key] for run in rep["runs"][name]]
+                assert rows[name][key] == round(float(np.mean(per_seed)), 4)
+                assert rows[name][f"{key}_sd"] == round(float(np.std(per_seed, ddof=1)), 4)
             assert ("R100@1" in rows[name]) == (not kind.startswith(":"))  # the re-ranker: R10 sets only
+    # a run's figures are its saved encoder's, scored again on the same examples and candidates
+    assert {k: again[k] for k in KEYS} == rep["runs"]["full + fine-tuned"][1]
     assert rows["TF-IDF char 1-3"]["seeds"] == 1  # baselines have no model seed
     # the two seeds are two different models
     assert rep["runs"]["full + fine-tuned"][0] != rep["runs"]["full + fine-tuned"][1]
@@ -42,3 +54,49 @@ def test_ablation_table_over_seeds(tiny_shards, tmp_path):
     assert ft["config"]["model"]["zero_dialog_ids"] is True
     md = (tmp_path / "abl" / "ablation.md").read_text()
     assert "mean ± sd over seeds" in md and "±" in md.splitlines()[-1]
+
+
+def test_the_table_gives_the_mean_and_sd_over_seeds(tmp_path):
+    """Hand-made runs: two seeds of one row, one of a baseline row."""
+    from retrieval.ablation import _write
+
+    runs = {"full + fine-tuned": [{"R10@1": 0.2, "R10@5": 0.6, "R100@1": 0.1, "MRR": 0.4},
+                                  {"R10@1": 0.4, "R10@5": 0.8, "R100@1": 0.1, "MRR": 0.5}],
+            "TF-IDF char 1-3": [{"R10@1": 0.3, "R10@5": 0.7, "R100@1": 0.2, "MRR": 0.45}]}
+    base = {"corpus": "hand-made", "sizes": {"test_examples": 4}, "seeds": {"negatives": 1}}
+    rows = _write(tmp_path, runs, base, t0=0.0, seeds=[0, 1])["rows"]
+    assert rows["full + fine-tuned"] == {
+        "R10@1": 0.3, "R10@5": 0.7, "R100@1": 0.1, "MRR": 0.45, "seeds": 2,
+        "R10@1_sd": 0.1414, "R10@5_sd": 0.1414, "R100@1_sd": 0.0, "MRR_sd": 0.0707}  # sd: |a - b| / sqrt(2)
+    assert rows["TF-IDF char 1-3"] == {"R10@1": 0.3, "R10@5": 0.7, "R100@1": 0.2, "MRR": 0.45, "seeds": 1}
+    md = (tmp_path / "ablation.md").read_text().splitlines()
+    assert md[-2] == "| full + fine-tuned | 0.300 ± 0.141 | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.450 ± 0.071 |"
+    assert md[-1] == "| TF-IDF char 1-3 | 0.300 | 0.700 | 0.200 | 0.450 |"
+
+
+class _ByText:
+    """Scores a candidate 1 when it is the context's last turn (the true reply, in the examples
+    below), else 0; ``reverse`` turns that round. Checks it sees the first ten candidates only."""
+
+    def __init__(self, reverse=False):
+        self.reverse = reverse
+
+    def score(self, contexts, candidates):
+        assert all(len(c) == 10 for c in candidates)
+        hit = np.array([[c == ctx[-1][1] for c in cands] for ctx, cands in zip(contexts, candidates)], float)
+        return 1.0 - hit if self.reverse else hit
+
+
+def test_the_reranker_row_scores_the_first_ten_candidates_only():
+    from retrieval.ablation import FirstTen
+    from retrieval.evaluate import RetrievalEvaluator
+    from retrieval.examples import Example
+
+    examples = [Example([("A", f"답 {i}")], f"답 {i}") for i in range(120)]  # context = the true reply
+    ev = RetrievalEvaluator(examples)
+    right, wrong = FirstTen(_ByText()), FirstTen(_ByText(reverse=True))
+    got = right(ev(right))
+    assert (got["R10@1"], got["R10@2"], got["R10@5"], got["MRR"]) == (1.0, 1.0, 1.0, 1.0)
+    assert not any(k.startswith("R100") for k in got)  # the other 90 candidates were never scored
+    got = wrong(ev(wrong))  # the true reply last of ten
+    assert (got["R10@1"], got["R10@5"], got["MRR"]) == (0.0, 0.0, pytest.approx(0.1))

@@ -95,7 +95,8 @@ def test_tiny_run_loss_does_not_climb_and_writes_a_run_folder(tiny_run):
     assert [int(r["step"]) for r in evals] == [0, 25, 50]
     assert float(evals[0]["eval_mlm_loss"]) < math.log(2000) - 1.0
     assert float(evals[-1]["eval_mlm_loss"]) < float(evals[0]["eval_mlm_loss"]) + 0.05
-    assert all(0.0 <= float(r["eval_next_turn_acc"]) <= 1.0 for r in evals)
+    # next-turn accuracy counts right answers over the 64 fixed held-out examples (train.eval_examples)
+    assert all((float(r["eval_next_turn_acc"]) * 64).is_integer() for r in evals), evals
     assert (out / "curves.png").stat().st_size > 1000
     assert any((out / "tb").iterdir())
     assert (out / "config.resolved.toml").is_file()
