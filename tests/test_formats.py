@@ -19,7 +19,6 @@ from preprocess.schema import Conversation, Turn, write_shard
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures" / "exports"
 SAMPLE = ROOT / "data" / "sample"
-CHATTERBOT = ROOT.parent / "shared" / "data" / "chatterbot-corpus-ko"
 
 # The invented conversation every same_* fixture renders.
 SAME = [
@@ -371,15 +370,22 @@ def test_chitchat_sample_gz_and_plain_json(tmp_path):
     assert bad == [] and [m.text for m in small] == [m.text for m in msgs[:len(small)]]
 
 
-@pytest.mark.skipif(not CHATTERBOT.is_dir(), reason="shared chatterbot corpus not present")
-def test_chatterbot_corpus_from_shared():
-    p = CHATTERBOT / "greetings.yml"
+def test_chatterbot_yaml():
+    """An invented file in the chatterbot-corpus layout (the Korean corpus in ../shared came without
+    a licence, so nothing of it is copied here): each list one conversation, numbered from 1,
+    speakers A and B alternating; a number is text, an empty turn is skipped, an entry that is no
+    list is a bad line (its number in the list), and reading goes on after it."""
+    p = FIX / "chatterbot_ko.yml"
     assert detect(p) == "chatterbot"
     msgs, bad = read(p)
-    assert bad == []
-    assert [(m.conv, m.speaker, m.text) for m in msgs[:2]] == [("1", "A", "안녕하세요"), ("1", "B", "안녕")]
-    for q in sorted(CHATTERBOT.glob("*.yml")):
-        assert detect(q) == "chatterbot" and read(q)[1] == []
+    assert [(m.conv, m.speaker, m.text) for m in msgs] == [
+        ("1", "A", "좋은 아침이에요"), ("1", "B", "네, 잘 잤어요?"),
+        ("2", "A", "주말에 뭐 해?"), ("2", "B", "등산 가려고"), ("2", "A", "오 어디로?"),
+        ("3", "A", "몇 시에 볼까?"), ("3", "B", "7"),
+        ("4", "A", "사진 보냈어\n확인해 줘"), ("4", "B", "잘 받았어"),
+        ("6", "A", "끝"), ("6", "B", "안녕히 가세요")]
+    assert all(m.time is None and not m.system for m in msgs)
+    assert [(b.line, b.reason) for b in bad] == [(5, "conversation 5 is not a list of lines")]
 
 
 # ---- the demo exports -----------------------------------------------------------------------
