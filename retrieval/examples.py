@@ -1,4 +1,4 @@
-"""Protocol examples from shards (shared/PROTOCOL.md).
+"""Protocol examples from shards (docs/protocol.md).
 
 A test example is (context, response): the context is up to the last ``context_turns`` (5)
 turns before turn t of a conversation (t >= 1), the response is turn t. A Q/A row ([Q, A])

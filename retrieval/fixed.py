@@ -1,5 +1,5 @@
 """Evaluation on FIXED candidate sets, as published response-selection benchmarks use them
-(shared/PROTOCOL.md, "Fixed candidate sets").
+(docs/protocol.md, "Fixed candidate sets").
 
     evaluate_fixed(candidates_file, report, model=, index_dir=, shards=) -> flat dict; writes report.json/.md
 

@@ -1,4 +1,4 @@
-"""Rn@k and MRR with ties counted against the system (shared/PROTOCOL.md).
+"""Rn@k and MRR with ties counted against the system (docs/protocol.md).
 
 ``scores`` is an (m, n) array: row i holds example i's candidate scores, the true response in
 column 0. rank = 1 + the number of wrong candidates scoring >= the true one, so a scorer that

@@ -1,4 +1,4 @@
-"""Metric code on stub scorers whose right answers are known (shared/PROTOCOL.md)."""
+"""Metric code on stub scorers whose right answers are known (docs/protocol.md)."""
 from __future__ import annotations
 
 import numpy as np
