@@ -57,7 +57,7 @@ def cmd_base(a) -> int:
     if a.full:
         print(f"base: {full} (multilingual-e5-small as a DialogBERT, 250k pieces)")
         return 0
-    out = e5.prune(full, a.shards, a.out, extra_text=a.text or ())
+    out = e5.prune(full, a.shards, a.out, extra_text=a.text or (), layers=a.layers)
     info = (out / e5.SOURCE_FILE).read_text("utf-8")
     print(f"base: {out} (multilingual-e5-small, vocabulary pruned to the corpus)\n{info}", end="")
     return 0
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", help="prune the vocabulary to the pieces of this corpus's train split")
     s.add_argument("--out", help="the pruned model folder to write")
     s.add_argument("--text", nargs="*", help="extra plain-text files whose pieces are kept too")
+    s.add_argument("--layers", type=int, default=None,
+                   help="keep only the bottom N of e5's 12 layers (each layer costs the same time to train and encode)")
     s.add_argument("--full", action="store_true",
                    help="no pruning: convert (once, into the cache) and print the folder (what `--init e5` uses)")
     s.set_defaults(func=cmd_base)

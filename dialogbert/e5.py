@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -396,13 +397,28 @@ def corpus_piece_ids(tokenizer, texts: Iterable[list[str]]) -> set[int]:
     return ids
 
 
+def _bottom_layers(sd: dict, n_layers: int, keep: int) -> dict:
+    """``sd`` without the weights of transformer layers ``keep`` and above."""
+    if not 1 <= keep <= n_layers:
+        raise ValueError(f"layers={keep}: the model has {n_layers} layers; keep 1 to {n_layers}")
+    layer = re.compile(r"(^|\.)encoder\.layer\.(\d+)\.")
+    out = {}
+    for k, v in sd.items():
+        m = layer.search(k)
+        if m is None or int(m.group(2)) < keep:
+            out[k] = v
+    return out
+
+
 def prune(model_dir: str | os.PathLike, shards: str | os.PathLike, out: str | os.PathLike,
-          extra_text: Iterable[str | os.PathLike] = ()) -> Path:
+          extra_text: Iterable[str | os.PathLike] = (), layers: int | None = None) -> Path:
     """A copy of a converted folder whose vocabulary keeps the specials, the placeholders, every
     piece that the shards' TRAIN split (and ``extra_text``) tokenizes into, and the single
     characters of :func:`_served_char`. A kept text tokenizes exactly as before (its best
-    segmentation uses kept pieces only); other text falls back to shorter kept pieces. Every
-    other weight (the dialog embeddings included) is copied as it is."""
+    segmentation uses kept pieces only); other text falls back to shorter kept pieces. With
+    ``layers``, only the bottom ``layers`` transformer layers are kept (each costs the same time
+    to train and to encode with). Every other weight (the dialog embeddings included) is copied
+    as it is."""
     import torch
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
@@ -438,6 +454,10 @@ def prune(model_dir: str | os.PathLike, shards: str | os.PathLike, out: str | os
     cfg = json.loads((model_dir / "config.json").read_text("utf-8"))
     cfg["vocab_size"] = len(new_tok)
     source = dict(source, vocab_size=len(new_tok), pruned_from=len(tok), pruned_to=str(shards))
+    if layers is not None:
+        sd = _bottom_layers(sd, cfg["num_hidden_layers"], layers)
+        source["layers"] = f"{layers} of {cfg['num_hidden_layers']}"
+        cfg["num_hidden_layers"] = layers
     with _writing(out, source) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", "utf-8")

@@ -210,3 +210,20 @@ def test_pruning_keeps_the_corpus_tokenization_and_its_rows(real_e5, tiny_shards
     unseen = small.convert_ids_to_tokens(small("흩날리는 벚꽃잎", add_special_tokens=False)["input_ids"])
     assert small.unk_token not in unseen
     assert json.loads((out / "config.json").read_text())["vocab_size"] == len(small)
+
+
+def test_pruning_to_the_bottom_layers_gives_the_full_models_hidden_state_there(real_e5, tiny_shards, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+    out = e5.prune(real_e5, tiny_shards, tmp_path / "base3", layers=3)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+    assert json.loads((out / e5.SOURCE_FILE).read_text())["layers"] == "3 of 12"
+    full, small = AutoModel.from_pretrained(real_e5).eval(), AutoModel.from_pretrained(out).eval()
+    small_tok, full_tok = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(real_e5)
+    ids = small_tok("query: 오늘 날씨 어때?", return_tensors="pt")["input_ids"]
+    same = torch.tensor([full_tok.convert_tokens_to_ids(small_tok.convert_ids_to_tokens(ids[0]))])  # the same pieces
+    with torch.no_grad():
+        want = full.bert(input_ids=same, output_hidden_states=True).hidden_states[3]
+        got = small(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layers=13"):
+        e5.prune(real_e5, tiny_shards, tmp_path / "bad", layers=13)
