@@ -176,9 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=10000, help="conversations per shard")
     s.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_preprocess)
-
-    s = sub.add_parser("tokenizer", help="train the Hangul-safe cased WordPiece tokenizer")
     s.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: a process pool (--workers); ray: Ray tasks on a cluster, same output "
                         "(pip install 'dialogbert[cluster]')")
@@ -186,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cluster to join (default: RAY_ADDRESS, else a local Ray on this machine)")
     s.add_argument("--split-mb", type=float, default=None,
                    help="--engine ray: one-room exports bigger than this are cut into ranges (default 64)")
+    s.set_defaults(func=cmd_preprocess)
+
+    s = sub.add_parser("tokenizer", help="train the Hangul-safe cased WordPiece tokenizer")
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--vocab-size", type=int, default=16000)
