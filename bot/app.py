@@ -359,8 +359,13 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None,
-                      JSON_AS_ASCII=False)
+                      JSON_AS_ASCII=False, PROXIES=0)
     app.config.update(config or {})
+    if app.config["PROXIES"]:
+        # behind N reverse proxies: the client address (what the rate limit counts by) is the
+        # N-th X-Forwarded-For entry from the right; without this every client is the proxy
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXIES"]), x_proto=int(app.config["PROXIES"]))
     if app.config["RETRIEVER"] is None and not app.config["INDEX_DIR"]:
         raise ValueError("create_app needs INDEX_DIR (a folder written by `dialogbert index`) or RETRIEVER")
     app.register_error_handler(HTTPException, _api_error)

@@ -132,6 +132,8 @@ def cmd_serve(a) -> int:
         config["RATE_LIMIT"] = a.rate_limit
     if a.max_body_kb is not None:
         config["MAX_CONTENT_LENGTH"] = a.max_body_kb * 1024
+    if a.behind_proxies:
+        config["PROXIES"] = a.behind_proxies
     return serve(config, host=a.host, port=a.port, threads=a.threads, connection_limit=a.connection_limit,
                  channel_timeout=a.channel_timeout)
 
@@ -295,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'' turns it off")
     s.add_argument("--max-body-kb", type=int, default=None, metavar="KB",
                    help="largest request body (default 64); a larger one gets 413")
+    s.add_argument("--behind-proxies", type=int, default=0, metavar="N",
+                   help="the service sits behind N reverse proxies that set X-Forwarded-For: the rate limit "
+                        "then counts by the client's address, not the proxy's (trust no header you do not set)")
     s.add_argument("--connection-limit", type=int, default=100, help="open connections at most")
     s.add_argument("--channel-timeout", type=int, default=30, metavar="SECONDS",
                    help="an idle connection, or a client that stopped sending, is closed after this")

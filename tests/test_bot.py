@@ -512,6 +512,23 @@ def test_rate_limit_per_address_on_chat_only(leaky):
     assert client.post("/api/reset", json={"session_id": "whatever-1"}).status_code == 200
 
 
+def test_behind_a_proxy_the_rate_limit_counts_the_forwarded_client(leaky):
+    proxy = {"REMOTE_ADDR": "10.9.9.9"}   # every request arrives from the reverse proxy
+
+    def post(client, forwarded):
+        return client.post("/api/chat", json={"message": "안녕"}, environ_base=proxy,
+                           headers={"X-Forwarded-For": forwarded}).status_code
+
+    trusting = create_app({"RETRIEVER": leaky, "RATE_LIMIT": "2/minute", "PROXIES": 1}).test_client()
+    assert [post(trusting, "203.0.113.5") for _ in range(3)] == [200, 200, 429]
+    assert post(trusting, "203.0.113.6") == 200                 # another client behind the same proxy
+    # a client cannot dodge the limit by sending its own X-Forwarded-For: the proxy appends the real one
+    assert post(trusting, "1.2.3.4, 203.0.113.5") == 429
+    # without PROXIES the header is ignored and every client counts as the proxy
+    plain = create_app({"RETRIEVER": leaky, "RATE_LIMIT": "2/minute"}).test_client()
+    assert [post(plain, f"203.0.113.{i}") for i in range(3)] == [200, 200, 429]
+
+
 def test_no_rate_limit_when_empty(leaky):
     client = create_app({"RETRIEVER": leaky, "RATE_LIMIT": ""}).test_client()
     assert all(client.post("/api/chat", json={"message": "안녕"}).status_code == 200 for _ in range(40))
