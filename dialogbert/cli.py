@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from dialogbert import MissingPackage
 
@@ -81,34 +82,81 @@ def cmd_finetune(a) -> int:
     return 0
 
 
-def cmd_index(a) -> int:
+# Each command's flags are shorthands for dotted overrides of its config: (flag, key, value;
+# None: the flag's own value). A flag left out stands for nothing, so the file's value holds.
+INDEX_FLAGS = (("factory", "index.factory", None), ("gpu", "index.gpu", "true"),
+               ("reranker", "ranker.reranker", None), ("no_ranker", "ranker.enabled", "false"),
+               ("no_ngram", "ngram.enabled", "false"), ("ngram_heads", "ngram.heads", None),
+               ("no_morphemes", "ngram.morphemes", "false"), ("no_use", "use.enabled", "false"))
+EVAL_FLAGS = tuple((k, f"eval.{k}", None) for k in ("model", "index", "shards", "candidates", "report",
+                                                     "max_examples", "reranker")) + (
+    ("peer", "eval.peer", "true"), ("source", "eval.sources", None))
+SERVE_FLAGS = tuple((k, f"serve.{k}", None) for k in (
+    "index", "model", "reranker", "host", "port", "threads", "rate_limit", "max_body_kb", "behind_proxies",
+    "connection_limit", "channel_timeout"))
+
+
+def shorthand_overrides(a, flags) -> list[str]:
+    """The dotted overrides the given flags stand for (a repeated flag: its values joined by commas)."""
+    out = []
+    for attr, key, value in flags:
+        v = getattr(a, attr, None)
+        if v is None or v is False:
+            continue
+        out.append(f"{key}={value if value is not None else ','.join(v) if isinstance(v, list) else v}")
+    return out
+
+
+def index_stage(cfg, model, shards, out, add: bool = False) -> Path:
+    """The index (retrieval.index), then the ranker fitted for it (retrieval.ranker), as ``cfg``
+    (a retrieval.settings.IndexConfig) says; with ``add`` the new replies appended and the ranker's
+    own encoders given their vectors. A new build writes the resolved config beside the index."""
+    from dialogbert.config import save_config
     from retrieval.index import build_index
-    from retrieval.ngram import NgramSettings
-    # settings first: a bad --ngram-heads is refused before the index is built
-    ngram_settings = NgramSettings(**({} if a.ngram_heads is None else {"heads": a.ngram_heads}),
-                                   morphemes=not a.no_morphemes)
-    build_index(a.model, a.shards, a.out, factory=a.factory, gpu=a.gpu, add=a.add)
-    if a.add:  # the new replies' vectors of the ranker's own encoders (the index knows nothing of them)
+    from retrieval.settings import CONFIG_FILE
+    build_index(model, shards, out, factory=cfg.index.factory, gpu=cfg.index.gpu, add=add,
+                batch_size=cfg.index.batch_size)
+    if add:  # the new replies' vectors of the ranker's own encoders (the index knows nothing of them)
         from retrieval.ranker import update_for_index
-        update_for_index(a.out)
-    elif not a.no_ranker:
+        update_for_index(out)
+        return Path(out)
+    if cfg.ranker.enabled:
         from retrieval.ranker import fit_for_index
-        fit_for_index(a.out, a.shards, reranker_dir=a.reranker, ngram=not a.no_ngram,
-                      use=not a.no_use, ngram_settings=ngram_settings)
+        fit_for_index(out, shards, **cfg.fit_kwargs())
+    save_config(cfg, Path(out) / CONFIG_FILE, "index")
+    return Path(out)
+
+
+def cmd_index(a) -> int:
+    from retrieval.settings import load_index_config
+    # the config first: a bad value (ngram.heads=0) is refused before the index is built
+    cfg = load_index_config(a.config, [*shorthand_overrides(a, INDEX_FLAGS), *_overrides(a.overrides)])
+    index_stage(cfg, a.model, a.shards, a.out, add=a.add)
     return 0
 
 
-def cmd_eval(a) -> int:
-    if a.candidates:  # the file's own candidates (published benchmarks, adversarial sets)
+def eval_stage(cfg) -> dict:
+    """The report folder ``cfg`` (a retrieval.settings.EvalConfig) asks for, and the resolved
+    config in it."""
+    from dialogbert.config import save_config
+    from retrieval.settings import CONFIG_FILE
+    e = cfg.eval
+    opt = lambda v: v or None  # noqa: E731  "" (or 0) in the config is "not given"
+    if e.candidates:  # the file's own candidates (published benchmarks, adversarial sets)
         from retrieval.fixed import evaluate_fixed
-        evaluate_fixed(a.candidates, a.report, model=a.model, index_dir=a.index, shards=a.shards,
-                       max_examples=a.max_examples, reranker=a.reranker, peer=a.peer)
-        return 0
-    if not a.shards:
-        raise ValueError("pass --shards DIR (the protocol's test split) or --candidates FILE (fixed candidate sets)")
-    from retrieval.evaluate import evaluate
-    evaluate(a.model, a.shards, a.report, index_dir=a.index, max_examples=a.max_examples,
-             baselines_only=a.model is None, sources=a.source or None, reranker=a.reranker, peer=a.peer)
+        rep = evaluate_fixed(e.candidates, e.report, model=opt(e.model), index_dir=opt(e.index), shards=opt(e.shards),
+                             max_examples=opt(e.max_examples), reranker=opt(e.reranker), peer=e.peer)
+    else:
+        from retrieval.evaluate import evaluate
+        rep = evaluate(opt(e.model), e.shards, e.report, index_dir=opt(e.index), max_examples=opt(e.max_examples),
+                       baselines_only=not e.model, sources=e.sources or None, reranker=opt(e.reranker), peer=e.peer)
+    save_config(cfg, Path(e.report) / CONFIG_FILE, "eval")
+    return rep
+
+
+def cmd_eval(a) -> int:
+    from retrieval.settings import load_eval_config
+    eval_stage(load_eval_config(a.config, [*shorthand_overrides(a, EVAL_FLAGS), *_overrides(a.overrides)]))
     return 0
 
 
@@ -127,15 +175,9 @@ def cmd_ablate(a) -> int:
 
 def cmd_serve(a) -> int:
     from bot.server import serve
-    config = {"INDEX_DIR": a.index, "MODEL_DIR": a.model, "RERANKER_DIR": a.reranker}
-    if a.rate_limit is not None:
-        config["RATE_LIMIT"] = a.rate_limit
-    if a.max_body_kb is not None:
-        config["MAX_CONTENT_LENGTH"] = a.max_body_kb * 1024
-    if a.behind_proxies:
-        config["PROXIES"] = a.behind_proxies
-    return serve(config, host=a.host, port=a.port, threads=a.threads, connection_limit=a.connection_limit,
-                 channel_timeout=a.channel_timeout)
+    from bot.settings import load_serve_config
+    cfg = load_serve_config(a.config, [*shorthand_overrides(a, SERVE_FLAGS), *_overrides(a.overrides)])
+    return serve(cfg.app_config(), **cfg.server_kwargs())
 
 
 def cmd_audit(a) -> int:
@@ -227,31 +269,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("index", help="build a FAISS index over the training responses")
+    s = sub.add_parser("index", help="build a FAISS index over the training responses",
+                       description="The index, then the ranker fitted for it. Its settings: a TOML file "
+                                   "(--config, e.g. configs/index_demo.toml), then the flags below (each a "
+                                   "shorthand for an override), then dotted overrides such as "
+                                   "ngram.max_minutes=5 use.enabled=false; written to OUT/config.resolved.toml.")
     s.add_argument("--model", required=True)
     s.add_argument("--shards", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "IVF4096,PQ32", "HNSW32"')
-    s.add_argument("--gpu", action="store_true", help="build and search on GPU (faiss-gpu)")
+    s.add_argument("--config", default=None, help="a TOML file (retrieval/settings.py: [index] [ranker] [ngram] [use]; "
+                                                  "default: built-in settings)")
+    s.add_argument("--factory", default=None,
+                   help='index.factory: FAISS factory string: "Flat" (the default), "IVF4096,PQ32", "HNSW32"')
+    s.add_argument("--gpu", action="store_true", help="index.gpu=true: build and search on GPU (faiss-gpu)")
     s.add_argument("--add", action="store_true", help="append new responses to an existing index")
     s.add_argument("--reranker", default=None,
-                   help="a cross-encoder folder (`dialogbert finetune ... model.kind=cross`) to fit into the ranker")
+                   help="ranker.reranker: a cross-encoder folder (`dialogbert finetune ... model.kind=cross`) to fit into the ranker")
     s.add_argument("--no-ranker", action="store_true",
-                   help="do not fit ranker.json (rank by the dual encoder alone)")
+                   help="ranker.enabled=false: do not fit ranker.json (rank by the dual encoder alone)")
     s.add_argument("--no-ngram", action="store_true",
-                   help="leave the bag-of-n-grams encoder out of the ranker (its training took 15.6 min for 106k chit-chat pairs on one core)")
+                   help="ngram.enabled=false: leave the bag-of-n-grams encoder out of the ranker (its training took 15.6 min for 106k chit-chat pairs on one core)")
     s.add_argument("--ngram-heads", type=int, default=None, metavar="N",
-                   help="independently initialised tables of the n-gram encoder, their cosines averaged "
+                   help="ngram.heads: independently initialised tables of the n-gram encoder, their cosines averaged "
                         "(default 4; the training time grows with N: 40 s for ChatbotData's 8.5k pairs at 4, 14 s at 1)")
     s.add_argument("--no-morphemes", action="store_true",
-                   help="the n-gram encoder without Korean morphemes and their pretrained neighbours "
+                   help="ngram.morphemes=false: the n-gram encoder without Korean morphemes and their pretrained neighbours "
                         "(retrieval/morphemes.py; they need kiwipiepy and ~280 MB more RAM when serving)")
     s.add_argument("--no-use", action="store_true",
-                   help="leave the fine-tuned multilingual USE towers out of the ranker (1 min an epoch "
+                   help="use.enabled=false: leave the fine-tuned multilingual USE towers out of the ranker (1 min an epoch "
                         "for 8.5k pairs on 2 cores; 15 min at most)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ngram.max_minutes=5 use.epochs=1")
     s.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF")
+    s = sub.add_parser("eval", help="Rn@k, MRR and full-index recall against BM25 and TF-IDF",
+                       description="Each flag is a shorthand for an override of the [eval] section "
+                                   "(retrieval/settings.py; --source X --source Y: eval.sources=X,Y); a TOML file "
+                                   "(--config) and dotted overrides say the same. The resolved config is "
+                                   "written to REPORT/config.resolved.toml.")
+    s.add_argument("--config", default=None, help="a TOML file with an [eval] section (default: built-in settings)")
     s.add_argument("--model", default=None, help="encoder folder (omit for the baselines alone)")
     s.add_argument("--index", default=None, help="index folder for full-index recall")
     s.add_argument("--shards", default=None,
@@ -259,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "training responses fit the lexical baselines")
     s.add_argument("--candidates", default=None,
                    help="fixed candidate sets (JSONL or Ubuntu/Douban tab-separated): score exactly those")
-    s.add_argument("--report", required=True)
+    s.add_argument("--report", default=None, help="the report folder to write (required, here or as eval.report)")
     s.add_argument("--max-examples", type=int, default=None)
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
     s.add_argument("--peer", action="store_true",
@@ -267,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", action="append", default=None,
                    help="evaluate only conversations of this source (e.g. chatbotdata, chitchat); repeatable. "
                         "The protocol reports each corpus on its own")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_examples=500")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("adversarial", help="2-candidate sets from the test split: copy, negation, tense")
@@ -285,24 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_ablate)
 
-    s = sub.add_parser("serve", help="the chat service: JSON API and web chat page")
-    s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
+    s = sub.add_parser("serve", help="the chat service: JSON API and web chat page",
+                       description="Each flag is a shorthand for an override of the [serve] section "
+                                   "(bot/settings.py); a TOML file (--config) and dotted overrides such as "
+                                   "serve.port=8123 say the same.")
+    s.add_argument("--config", default=None, help="a TOML file with a [serve] section (default: built-in settings)")
+    s.add_argument("--index", default=None, help="index folder written by `dialogbert index` (required, here or as serve.index)")
     s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--threads", type=int, default=4, help="requests answered at once (waitress worker threads)")
+    s.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=None, help="default 8000")
+    s.add_argument("--threads", type=int, default=None, help="requests answered at once (waitress worker threads; default 4)")
     s.add_argument("--rate-limit", default=None, metavar="RATE",
                    help="POST /api/chat per client address, e.g. 30/minute (the default) or 5/second;100/hour; "
                         "'' turns it off")
     s.add_argument("--max-body-kb", type=int, default=None, metavar="KB",
                    help="largest request body (default 64); a larger one gets 413")
-    s.add_argument("--behind-proxies", type=int, default=0, metavar="N",
+    s.add_argument("--behind-proxies", type=int, default=None, metavar="N",
                    help="the service sits behind N reverse proxies that set X-Forwarded-For: the rate limit "
                         "then counts by the client's address, not the proxy's (trust no header you do not set)")
-    s.add_argument("--connection-limit", type=int, default=100, help="open connections at most")
-    s.add_argument("--channel-timeout", type=int, default=30, metavar="SECONDS",
-                   help="an idle connection, or a client that stopped sending, is closed after this")
+    s.add_argument("--connection-limit", type=int, default=None, help="open connections at most (default 100)")
+    s.add_argument("--channel-timeout", type=int, default=None, metavar="SECONDS",
+                   help="an idle connection, or a client that stopped sending, is closed after this (default 30)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. serve.port=8123")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("audit", help="replay the test split and prompts asking for personal data through "

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -99,10 +100,43 @@ class ObjectivesSection:
 
 class Sections:
     """A config made of sections (dataclasses of typed keys): `to_dict` and the checked loaders
-    below work for any such class (pretraining's :class:`Config`, fine-tuning's config)."""
+    below work for any such class (pretraining's :class:`Config`, fine-tuning's, the index's,
+    the ablation's, eval's and serve's)."""
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s.name: dataclasses.asdict(getattr(self, s.name)) for s in fields(self)}
+
+
+def _section_field(default: Any) -> tuple[type, Any]:
+    if isinstance(default, (list, tuple)):
+        item = type(default[0]) if default else str
+        return list[item], field(default_factory=lambda d=tuple(default): list(d))  # type: ignore[valid-type]
+    return type(default), field(default=default)
+
+
+def mirror_section(name: str, source: type, skip: Iterable[str] = (), first: Iterable[tuple[str, Any]] = ()) -> type:
+    """A config section with the fields of the settings dataclass ``source`` and their defaults
+    (less ``skip``), after the keys ``first`` ((name, default) pairs): a field added to the
+    settings is configurable without an edit here. Tuples become lists (TOML arrays)."""
+    skip = set(skip)
+    out = [(k, *_section_field(v)) for k, v in first]
+    for f in fields(source):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, *_section_field(default)))
+    return dataclasses.make_dataclass(name, out)
+
+
+def settings_from(section: Any, target: type):
+    """``target`` (a settings dataclass) built from the keys of a :func:`mirror_section` section
+    it has (lists back to tuples where its default is one); its other fields keep their defaults."""
+    kw = {}
+    for f in fields(target):
+        if f.init and hasattr(section, f.name):
+            value = getattr(section, f.name)
+            kw[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return target(**kw)
 
 
 @dataclass
@@ -127,22 +161,31 @@ def _valid_keys(section: Any) -> list[str]:
     return [f.name for f in fields(section)]
 
 
-def parse_value(text: str, default: Any, key: str) -> Any:
-    """Parse an override string by the type of the key's default (a list: comma-separated)."""
+def parse_bool(text: str, key: str) -> bool:
+    """The one reader of yes/no values in the project: true/1/yes/on, false/0/no/off (any case)."""
+    low = str(text).strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{key}: expected true/false, got {text!r}")
+
+
+def parse_value(text: str, default: Any, key: str, item: type = str) -> Any:
+    """Parse an override string by the type of the key's default (a list: comma-separated items
+    of type ``item``)."""
     if isinstance(default, list):
-        return [x.strip() for x in text.split(",") if x.strip()]
+        return [parse_value(x.strip(), item(), key) for x in text.split(",") if x.strip()]
     if isinstance(default, bool):
-        low = text.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"{key}: expected true/false, got {text!r}")
+        return parse_bool(text, key)
     if isinstance(default, int):
         try:
             return int(text)
         except ValueError:
-            as_float = float(text)  # allow 1e3 for integers when it is whole
+            try:
+                as_float = float(text)  # allow 1e3 for integers when it is whole
+            except ValueError:
+                raise ValueError(f"{key}: expected an integer, got {text!r}") from None
             if not as_float.is_integer():
                 raise ValueError(f"{key}: expected an integer, got {text!r}") from None
             return int(as_float)
@@ -154,7 +197,7 @@ def parse_value(text: str, default: Any, key: str) -> Any:
     return text
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
+def _coerce(value: Any, default: Any, key: str, item: type = str) -> Any:
     """Check a value read from TOML against the default's type (ints are fine for floats)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -173,10 +216,31 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return value
     if isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise ValueError(f"{key}: expected a list of strings, got {value!r}")
-        return list(value)
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list of {ITEM_NAMES[item]}, got {value!r}")
+        try:
+            return [_coerce(x, item(), key) for x in value]
+        except ValueError:
+            raise ValueError(f"{key}: expected a list of {ITEM_NAMES[item]}, got {value!r}") from None
     return value
+
+
+ITEM_NAMES = {str: "strings", int: "integers", float: "numbers", bool: "true/false values"}
+
+
+def _item_type(sec: Any, key: str, default: Any) -> type:
+    """The item type of a list key: from its annotation (``list[int]``), else its default's first
+    item, else str."""
+    if not isinstance(default, list):
+        return str
+    try:
+        hint = typing.get_type_hints(type(sec)).get(key)
+    except Exception:  # an annotation that does not resolve: fall back to the default
+        hint = None
+    args = typing.get_args(hint) if hint is not None else ()
+    if args and args[0] in ITEM_NAMES:
+        return args[0]
+    return type(default[0]) if default and type(default[0]) in ITEM_NAMES else str
 
 
 def _set(cfg: Config, section: str, key: str, value: Any, *, from_text: bool, where: str) -> None:
@@ -190,8 +254,9 @@ def _set(cfg: Config, section: str, key: str, value: Any, *, from_text: bool, wh
                          f"{', '.join(valid)}")
     default = getattr(sec, key)
     name = f"{section}.{key}"
+    item = _item_type(sec, key, default)
     try:
-        setattr(sec, key, parse_value(value, default, name) if from_text else _coerce(value, default, name))
+        setattr(sec, key, parse_value(value, default, name, item) if from_text else _coerce(value, default, name, item))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 

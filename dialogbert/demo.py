@@ -22,7 +22,7 @@ DIALOG_FOLDERS = ("kakaotalk", "chatbotdata-ko", "xpersona-ko", "chitchat-en")
 EVAL_SOURCES = ("chatbotdata", "xpersona", "chitchat")
 EVAL_MAX = {"chitchat": 1000}  # the protocol: all ChatbotData and XPersona test examples, chitchat's first 1,000
 PEER_SOURCES = ("chitchat",)  # English: all-MiniLM-L6-v2 off the shelf is the protocol's peer there
-NGRAM_MINUTES = 5.0  # the ranker's n-gram encoder's training budget
+INDEX_CONFIG = ROOT / "configs" / "index_demo.toml"  # the index stage's recipe (`dialogbert index --config` it)
 ADVERSARIAL_MAX = 500  # cases of each adversarial kind (a seeded sample of the test split's)
 PRETRAIN_STEPS = 0  # dialog pretraining steps before fine-tuning (configs/e5.toml); see docs/pretraining.md
 
@@ -85,14 +85,12 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     _done(t0, str(encoder))
 
     t0 = _stage("index the training responses and their contexts (FAISS Flat), fit the ranker")
-    from retrieval.index import build_index
-    from retrieval.ngram import NgramSettings
-    from retrieval.ranker import fit_for_index
+    from dialogbert.cli import index_stage  # the same stage as `dialogbert index --config configs/index_demo.toml`
+    from retrieval.settings import load_index_config
     index = out / "index"
-    build_index(encoder, shards, index, factory="Flat")
-    # the ranker's n-gram encoder within NGRAM_MINUTES; no USE towers: the dialog model is the
-    # multilingual sentence encoder here (`dialogbert index` without --no-use trains them)
-    fit_for_index(index, shards, use=False, ngram_settings=NgramSettings(max_minutes=NGRAM_MINUTES))
+    # the recipe in configs/index_demo.toml: Flat, the ranker's n-gram encoder within 5 minutes, no
+    # USE towers (the dialog model is the multilingual sentence encoder here)
+    index_stage(load_index_config(INDEX_CONFIG), encoder, shards, index)
     _done(t0, f"{index}  (ranker.json: weights fitted on the fine-tuning validation carve-out)")
 
     t0 = _stage("evaluate on held-out conversations against BM25 and TF-IDF, one corpus at a time")

@@ -24,17 +24,21 @@ Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value
 encoder's fine-tuning, ``rerank.section.key=value`` to the re-ranker's; ``ablation.variants=
 full,mlm_only``, ``ablation.seeds=0,1,2``, ``ablation.reranker=true``, ``ablation.max_examples=N``,
 ``ablation.sources=xpersona`` (evaluate one corpus of a mixed folder; pretraining and fine-tuning
-use all of it) and ``ablation.vocab_size=N`` steer this command.
+use all of it) and ``ablation.vocab_size=N`` steer this command: the ``[ablation]`` section of
+:class:`AblationConfig`, typed and checked by the loader every command uses (dialogbert.config),
+saved resolved as ``OUT/config.resolved.toml``.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from dialogbert.config import Sections, read_config, save_config
 from retrieval.evaluate import EncoderScorer
 
 VARIANTS: dict[str, list[str]] = {
@@ -46,24 +50,48 @@ VARIANTS: dict[str, list[str]] = {
 KEYS = ("R10@1", "R10@5", "R100@1", "MRR")
 
 
-def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], list[str], dict[str, str]]:
-    pre, ft, rr, own = [], [], [], {}
+CONFIG_FILE = "config.resolved.toml"
+
+
+@dataclass
+class AblationSection:
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # rows pretrained (VARIANTS' names)
+    seeds: list[int] = field(default_factory=lambda: [0])  # each variant pretrained and fine-tuned once per seed
+    reranker: bool = False   # also the cross-encoder re-ranker fine-tuned from each checkpoint
+    max_examples: int = 0    # test examples evaluated (0 = all)
+    sources: list[str] = field(default_factory=list)  # evaluate only these corpora ([] = all)
+    vocab_size: int = 8000   # the tokenizer trained when none is given
+
+
+@dataclass
+class AblationConfig(Sections):
+    ablation: AblationSection = field(default_factory=AblationSection)
+
+
+def load_ablation_config(overrides: Sequence[str] = ()) -> AblationConfig:
+    """Defaults, then ``ablation.key=value`` overrides, typed and checked like every config."""
+    cfg = read_config(None, overrides, cls=AblationConfig)
+    a = cfg.ablation
+    unknown = [v for v in a.variants if v not in VARIANTS]
+    if unknown or not a.variants:
+        raise ValueError(f"ablation.variants: unknown or no variants {unknown}; known: {list(VARIANTS)}")
+    if not a.seeds or a.max_examples < 0 or a.vocab_size < 1:
+        raise ValueError("ablation.seeds needs a seed, ablation.max_examples must be >= 0 and ablation.vocab_size >= 1")
+    return cfg
+
+
+def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], list[str], AblationConfig]:
+    pre, ft, rr, own = [], [], [], []
     for ov in overrides:
         if ov.startswith("finetune."):
             ft.append(ov[len("finetune."):])
         elif ov.startswith("rerank."):
             rr.append(ov[len("rerank."):])
         elif ov.startswith("ablation."):
-            k, _, v = ov[len("ablation."):].partition("=")
-            if k not in OWN_KEYS:
-                raise ValueError(f"override {ov!r}: known ablation keys are {', '.join(OWN_KEYS)}")
-            own[k] = v
+            own.append(ov)
         else:
             pre.append(ov)
-    return pre, ft, rr, own
-
-
-OWN_KEYS = ("variants", "max_examples", "vocab_size", "seeds", "reranker", "sources")
+    return pre, ft, rr, load_ablation_config(own)
 
 
 def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
@@ -77,20 +105,17 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pre_ov, ft_ov, rr_ov, own = _split_overrides(overrides)
-    names = [v for v in own.get("variants", ",".join(VARIANTS)).split(",") if v]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown ablation variants {unknown}; known: {list(VARIANTS)}")
-    seeds = [int(x) for x in own.get("seeds", "0").split(",") if x.strip()]
-    with_reranker = own.get("reranker", "false").lower() in ("1", "true", "yes")
-    max_examples = int(own["max_examples"]) if own.get("max_examples") else None
-    sources = [x for x in own.get("sources", "").split(",") if x] or None  # evaluated corpora
+    pre_ov, ft_ov, rr_ov, cfg = _split_overrides(overrides)
+    own = cfg.ablation
+    names, seeds, with_reranker = own.variants, own.seeds, own.reranker
+    max_examples = own.max_examples or None
+    sources = own.sources or None  # evaluated corpora
+    save_config(cfg, out / CONFIG_FILE, "ablation")
     if tokenizer_dir is None:
         tokenizer_dir = out / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():
             from dialogbert.tokenizer import train_tokenizer
-            train_tokenizer(shards, tokenizer_dir, vocab_size=int(own.get("vocab_size", 8000)))
+            train_tokenizer(shards, tokenizer_dir, vocab_size=own.vocab_size)
     t0 = time.time()
     runs: dict[str, list[dict]] = {}  # row name -> one metrics dict per seed
     base = evaluate(None, shards, None, max_examples=max_examples, baselines_only=True, sources=sources)

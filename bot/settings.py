@@ -1,0 +1,63 @@
+"""The config of `dialogbert serve`: one typed ``[serve]`` section, a TOML file, dotted overrides,
+checked by the same loader as every other command's (dialogbert.config). The service writes no
+artifact, so the resolved config is printed, not saved.
+
+    cfg = load_serve_config("configs/serve.toml", ["serve.port=8123"])
+    bot.server.serve(cfg.app_config(), **cfg.server_kwargs())
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from dialogbert.config import Sections, read_config
+
+APP_DEFAULT = "default"  # serve.rate_limit: the app's own limit (bot.app: 30/minute); "" turns it off
+
+
+@dataclass
+class ServeSection:
+    index: str = ""            # index folder written by `dialogbert index` (required)
+    model: str = ""            # encoder folder ("" = the one the index names)
+    reranker: str = ""         # re-ranker folder ("" = the one the index's ranker.json names)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 4           # requests answered at once (bot.server.THREADS)
+    rate_limit: str = APP_DEFAULT  # POST /api/chat per client address, e.g. 30/minute; "" = off
+    max_body_kb: int = 0       # largest request body; 0 = the app's (64)
+    behind_proxies: int = 0    # reverse proxies that set X-Forwarded-For in front of the service
+    connection_limit: int = 100  # bot.server.CONNECTION_LIMIT
+    channel_timeout: int = 30  # seconds (bot.server.CHANNEL_TIMEOUT)
+
+
+@dataclass
+class ServeConfig(Sections):
+    serve: ServeSection = field(default_factory=ServeSection)
+
+    def app_config(self) -> dict:
+        """The Flask config bot.app.create_app reads (keys left out keep the app's defaults)."""
+        s = self.serve
+        config = {"INDEX_DIR": s.index, "MODEL_DIR": s.model or None, "RERANKER_DIR": s.reranker or None}
+        if s.rate_limit != APP_DEFAULT:
+            config["RATE_LIMIT"] = s.rate_limit
+        if s.max_body_kb:
+            config["MAX_CONTENT_LENGTH"] = s.max_body_kb * 1024
+        if s.behind_proxies:
+            config["PROXIES"] = s.behind_proxies
+        return config
+
+    def server_kwargs(self) -> dict:
+        s = self.serve
+        return {"host": s.host, "port": s.port, "threads": s.threads, "connection_limit": s.connection_limit,
+                "channel_timeout": s.channel_timeout}
+
+
+def load_serve_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ServeConfig:
+    cfg = read_config(path, overrides, cls=ServeConfig)
+    s = cfg.serve
+    if not s.index:
+        raise ValueError("no index folder: pass --index DIR (serve.index=DIR)")
+    if s.max_body_kb < 0 or s.behind_proxies < 0:
+        raise ValueError("serve.max_body_kb and serve.behind_proxies must be >= 0")
+    return cfg
