@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="files processed in parallel")
     s.add_argument("--session-gap", type=float, default=360.0,
                    help="minutes of silence that start a new session (default 360)")
-    s.add_argument("--sentence-backend", default="punct", choices=["fast", "punct", "pecab", "none"],
-                   help="kss backend for splitting long turns (see docs/preprocess.md)")
+    s.add_argument("--sentence-backend", default="rules", choices=["rules", "fast", "punct", "pecab", "none"],
+                   help="sentence splitter: our punctuation rules (default), a kss backend, or none "
+                        "(see docs/preprocess.md)")
     s.add_argument("--shard-size", type=int, default=10000, help="conversations per shard")
     s.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
