@@ -36,7 +36,13 @@ LONG_MESSAGE = 60   # characters; longer messages go to kss even without punctua
 _INNER_PUNCT = re.compile(r"[.!?。？！…][\"'”’)\]]*\s+\S")
 
 # ---------------------------------------------------------------------------- the "rules" backend
-_SF_RUN = re.compile(r"[.!?]+")
+# A run of sentence-final punctuation followed by what may start the next sentence: a space, an
+# opening bracket, jamo or a symbol/emoji (a superset of _is_emoji; checked again in Python). One
+# C-level search decides most messages ("먹을래?", "3.5", "ok!!"): no candidate, one sentence.
+_SF_RUN = re.compile("[.!?]+(?=[\\s([{<（［〔【｛「『〈《\u3131-\u3163^©®\u2000-\u2bff\u3030\u303d\u3297\u3299"
+                     "\U0001F000-\U0001FAFF])")
+_QUOTE_OR_BRACKET = re.compile("[\"'″“‘([{<（［〔【｛「『〈《]")
+_WORD = re.compile("[^\\W_\u3131-\u3163]")     # a letter, syllable or digit; not jamo
 _SPACE = frozenset(" \t\n\r\f\v\u200b\u200c\u2060\ufeff")
 _OPEN = "([{<（［〔【｛「『〈《"
 _CLOSE = ")]}>）］〕】｝」』〉》"
@@ -100,11 +106,8 @@ def _ends_sentence(m: str, s: int, e: int) -> bool:
     a = _next_nonspace(m, e)
     if a < len(m) and m[a] != "." and (na := _next_nonspace(m, a + 1)) < len(m) and m[na] == ".":
         return False
-    if m[s:e] == ".":
-        k = s
-        while k > 0 and m[k - 1] not in _SPACE:
-            k -= 1
-        word = m[k:s]
+    if e - s == 1 and m[s] == ".":
+        word = m[m.rfind(" ", 0, s) + 1:s]
         if word in _ABBREV or _UNIT.match(word) or (len(word) == 1 and (word in _JAMO or word.isupper() and word != "I")):
             return False                      # "Mr. Kim", "plan A. Then", "ㅋ. 그래", "3항. 다만"
     j = e
@@ -137,12 +140,13 @@ def _open_until(m: str) -> list[int]:
 
 def split_rules(message: str) -> list[str]:
     """The sentences of one message by the rules above (the "rules" backend)."""
-    if "." not in message and "!" not in message and "?" not in message:
+    run = _SF_RUN.search(message)
+    if run is None:
         return [message]
     m, n = message, len(message)
     cuts: list[int] = []
     closes = None
-    for run in _SF_RUN.finditer(m):
+    for run in _SF_RUN.finditer(m, run.start()):
         s, e = run.span()
         if e >= n or (cuts and s < cuts[-1]):
             continue
@@ -162,7 +166,7 @@ def split_rules(message: str) -> list[str]:
         if j >= n:
             break
         if closes is None:
-            closes = _open_until(m) if any(c in m for c in "\"'″“‘([{<（［〔【｛「『〈《") else [n] * n
+            closes = _open_until(m) if _QUOTE_OR_BRACKET.search(m) else [n] * n
         if closes[s] < n and closes[s] >= e:
             continue                          # inside quotes or brackets that close later
         cuts.append(j)
@@ -171,7 +175,7 @@ def split_rules(message: str) -> list[str]:
     parts, a, start = [], 0, 0
     for c in cuts + [n]:
         p = m[a:c].strip()
-        if p and parts and not any(ch.isalnum() and ch not in _JAMO for ch in p):
+        if p and parts and not _WORD.search(p):
             parts[-1] = m[start:c].strip()    # symbols only ("ㅡ_ㅡ", "^^*", ";;"): the sentence before's
         elif p:
             parts.append(p)
@@ -217,6 +221,8 @@ class SentenceSplitter:
     def split_turn(self, text: str) -> list[str]:
         """Sentences of a turn (messages joined by "\\n"); never empty for a non-empty turn."""
         out: list[str] = []
+        if self.backend == "rules" and _SF_RUN.search(text) is None:
+            return text.split("\n")          # most turns: no punctuation with text after it
         split = self.split_message
         for m in text.split("\n"):
             out.extend(split(m))
