@@ -11,6 +11,7 @@ every system scored on them.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,30 +33,40 @@ class Example:
     conv_id: str = ""
     source: str = ""
     turn: int = 0
+    # the conversation's turn texts, shared by its examples (fine-tuning's hard negatives)
+    turns: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 def conversation_examples(conv: Conversation, context_turns: int = CONTEXT_TURNS) -> list[Example]:
     out = []
+    texts = tuple(x.text for x in conv.turns)
     for t in range(1, len(conv.turns)):
         ctx = [(x.speaker, x.text) for x in conv.turns[max(0, t - context_turns):t]]
         r = conv.turns[t]
-        out.append(Example(ctx, r.text, r.speaker, conv.id, conv.source, t))
+        out.append(Example(ctx, r.text, r.speaker, conv.id, conv.source, t, texts))
     return out
+
+
+def read_examples(shards: str | Path, split: str | None = "train", context_turns: int = CONTEXT_TURNS,
+                  sources: Iterable[str] | None = None, fraction: float = 0.0,
+                  valid: bool = False) -> Iterator[Example]:
+    """The one reader of (context, reply) pairs from shards, streamed in shard order (file order,
+    then turn order): the examples of ``split`` (None: every conversation), only ``sources`` when
+    given; with ``fraction`` > 0 only the validation carve-out's conversations (``valid``) or only
+    the others (not ``valid``). Evaluation, fine-tuning (retrieval.finetune.training_pairs) and the
+    ranker's own encoders (retrieval.ngram.training_texts) all read through it."""
+    keep = set(sources) if sources else None
+    for conv in read_shards(shards, split=split):
+        if (keep is not None and conv.source not in keep) or is_valid_conv(conv.id, fraction) != valid:
+            continue
+        yield from conversation_examples(conv, context_turns)
 
 
 def load_examples(shards: str | Path, split: str | None = "test", max_examples: int | None = None,
                   context_turns: int = CONTEXT_TURNS, sources: Iterable[str] | None = None) -> list[Example]:
     """Examples of one split in shard order (file order, then turn order); the first
     ``max_examples`` when capped (the protocol's chitchat cap is 1,000)."""
-    keep = set(sources) if sources else None
-    out: list[Example] = []
-    for conv in read_shards(shards, split=split):
-        if keep is not None and conv.source not in keep:
-            continue
-        out.extend(conversation_examples(conv, context_turns))
-        if max_examples is not None and len(out) >= max_examples:
-            return out[:max_examples]
-    return out
+    return list(itertools.islice(read_examples(shards, split, context_turns, sources), max_examples))
 
 
 def is_valid_conv(conv_id: str, fraction: float) -> bool:
@@ -69,11 +80,7 @@ def train_examples(shards: str | Path, fraction: float, valid: bool, context_tur
                    sources: Iterable[str] | None = None) -> Iterator[Example]:
     """Protocol examples of the TRAIN split, streamed: those of the validation carve-out
     ``fraction`` (``valid``), or all the others (not ``valid``); only ``sources`` when given."""
-    keep = set(sources) if sources else None
-    for conv in read_shards(shards, split="train"):
-        if (keep is not None and conv.source not in keep) or is_valid_conv(conv.id, fraction) != valid:
-            continue
-        yield from conversation_examples(conv, context_turns)
+    return read_examples(shards, "train", context_turns, sources, fraction, valid)
 
 
 class _Reservoir:
@@ -142,8 +149,7 @@ def validation_examples(shards: str | Path, fraction: float, max_examples: int |
 
 def train_responses(shards: str | Path) -> list[str]:
     """Every response text of the training split (turns t >= 1), for fitting the baselines."""
-    return [ex.response for conv in read_shards(shards, split="train")
-            for ex in conversation_examples(conv, 1)]
+    return [ex.response for ex in read_examples(shards, "train", 1)]
 
 
 @dataclass

@@ -39,9 +39,10 @@ import torch
 from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
 from dialogbert.train import lr_at
-from preprocess.schema import atomic_write_text, read_shards
+from preprocess.schema import atomic_write_text
 from retrieval.encoder import Encoder, EncoderSettings
-from retrieval.examples import conversation_examples, is_valid_conv
+from retrieval.examples import train_examples
+from retrieval.losses import duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
 
 # ---- config: typed sections, checked like pretraining's (dialogbert.config) ------------------
@@ -119,17 +120,11 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
 # ---- data -----------------------------------------------------------------------------------
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
                    valid_fraction: float = 0.0) -> list[dict]:
-    """(context, response) pairs of the TRAIN split, less the validation carve-out."""
-    keep = set(sources or ())
-    pairs = []
-    for conv in read_shards(shards, split="train"):
-        if (keep and conv.source not in keep) or is_valid_conv(conv.id, valid_fraction):
-            continue
-        others = [t.text for t in conv.turns]
-        for ex in conversation_examples(conv, context_turns):
-            pairs.append({"context": ex.context, "response": ex.response, "speaker": ex.speaker,
-                          "conv_turns": others, "turn": ex.turn})
-    return pairs
+    """(context, response) pairs of the TRAIN split, less the validation carve-out, read by
+    retrieval.examples.train_examples (the one reader, which the ranker's encoders use too); each
+    with its conversation's turn texts (``conv_turns``) for the hard negatives."""
+    return [{"context": ex.context, "response": ex.response, "speaker": ex.speaker, "conv_turns": ex.turns,
+             "turn": ex.turn} for ex in train_examples(shards, valid_fraction, False, context_turns, sources)]
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
@@ -149,23 +144,6 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequenc
         rng.shuffle(batches)
         return batches or [perm]
     return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
-
-
-# ---- loss -----------------------------------------------------------------------------------
-def mnr_loss(ctx: torch.Tensor, resp: torch.Tensor, scale: torch.Tensor | float, same_text: torch.Tensor,
-             symmetric: bool = True) -> torch.Tensor:
-    """MultipleNegativesRankingLoss. ctx (B, d), resp (B + H, d) normalised; the first B response
-    rows are the positives; ``same_text`` (B, B+H) is True where a column repeats row i's true
-    text (not a negative; the diagonal excluded)."""
-    b = ctx.shape[0]
-    logits = scale * ctx @ resp.T
-    logits = logits.masked_fill(same_text, float("-inf"))
-    labels = torch.arange(b, device=ctx.device)
-    loss = torch.nn.functional.cross_entropy(logits, labels)
-    if symmetric:
-        sq = logits[:, :b].T
-        loss = (loss + torch.nn.functional.cross_entropy(sq, labels)) / 2
-    return loss
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -335,12 +313,11 @@ def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ra
                 resp_texts.append(rng.choice(alts))
     if T.copy_negatives:  # the newest context turn, repeated, as a wrong reply
         resp_texts += [p["context"][-1][1] for p in batch if p["context"][-1][1] != p["response"]]
-    same = torch.tensor([[j != i and resp_texts[j] == resp_texts[i] for j in range(len(resp_texts))]
-                         for i in range(len(batch))])
+    same = duplicate_mask(resp_texts[:len(batch)], resp_texts)
     c = enc.forward(enc.pad(enc.context_features(ctx_items)))
     r = enc.forward(enc.pad(enc.response_features(resp_texts)))
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
-    return mnr_loss(c, r, scale, same, T.symmetric), scale
+    return in_batch_loss(scale * c @ r.T, same, T.symmetric), scale
 
 
 def _cross_loss(enc: CrossEncoder, batch: list[dict], pool: list[str], T: FtTrain, rng: random.Random):

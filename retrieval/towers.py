@@ -137,19 +137,17 @@ class StoredReplyEncoder:
 
 
 def in_batch_loss(a, r, scale: float, rid: np.ndarray):
-    """The symmetric multiple-negatives ranking loss of context vectors ``a`` against reply
-    vectors ``r`` (row i is pair i) at logit ``scale``; pairs with the same reply id (``rid``) are
-    no negatives of each other. (batch, heads, dim) vectors: the mean of each head's own loss, so
-    the heads train as independently as separate models."""
+    """The symmetric multiple-negatives ranking loss (retrieval.losses) of context vectors ``a``
+    against reply vectors ``r`` (row i is pair i) at logit ``scale``; pairs with the same reply id
+    (``rid``) are no negatives of each other. (batch, heads, dim) vectors: one logit matrix per
+    head, the mean of each head's own loss, so the heads train as independently as separate models."""
     import torch
-    F = torch.nn.functional
+
+    from retrieval import losses
     if a.dim() == 2:
         a, r = a[:, None], r[:, None]
     logits = torch.einsum("bhd,chd->hbc", a, r) * scale  # (heads, batch, batch)
-    same = torch.from_numpy(rid[:, None] == rid[None, :])
-    logits = logits.masked_fill(same & ~torch.eye(len(rid), dtype=torch.bool), -1e4)
-    y = torch.arange(len(rid)).repeat(a.shape[1])  # each head's rows, one after the other
-    return (F.cross_entropy(logits.flatten(0, 1), y) + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), y)) / 2
+    return losses.in_batch_loss(logits, losses.duplicate_mask(rid))
 
 
 CALIBRATION_STEPS = 20  # steps timed before a learning-rate schedule is fitted to max_minutes

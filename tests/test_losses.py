@@ -1,0 +1,119 @@
+"""retrieval.losses, the one in-batch loss (against values worked out by hand, with duplicate
+replies masked), and retrieval.examples.read_examples, the one reader of (context, reply) pairs
+that evaluation, fine-tuning and the ranker's own encoders share (its known output on a tiny shard)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from preprocess.schema import Conversation, Turn, split_of, write_shard
+from retrieval.losses import duplicate_mask, in_batch_loss
+
+L = [[2.0, 0.0, 1.0],
+     [0.0, 1.0, 0.0],
+     [1.0, 1.0, 3.0]]
+
+
+def _ce(row: list[float], label: int) -> float:
+    return -row[label] + math.log(sum(math.exp(x) for x in row))
+
+
+def test_the_loss_of_a_3x3_batch_is_the_hand_computed_value():
+    logits = torch.tensor(L)
+    # rows: context i against every reply, its own at i
+    forward = (_ce([2, 0, 1], 0) + _ce([0, 1, 0], 1) + _ce([1, 1, 3], 2)) / 3
+    # columns: reply j against every context
+    backward = (_ce([2, 0, 1], 0) + _ce([0, 1, 1], 1) + _ce([1, 0, 3], 2)) / 3
+    assert in_batch_loss(logits, symmetric=False).item() == pytest.approx(forward, rel=1e-6)
+    assert in_batch_loss(logits).item() == pytest.approx((forward + backward) / 2, rel=1e-6)
+    # the same sums worked out on paper: (0.40761 + 0.55144 + 0.23954) / 3 and (0.40761 + 0.86199 + 0.16985) / 3
+    assert (forward, backward) == pytest.approx((0.39953, 0.47982), abs=1e-5)
+
+
+def test_a_repeated_reply_is_no_negative_and_the_diagonal_is_never_masked():
+    same = duplicate_mask(["a", "b", "a"])  # pairs 0 and 2 have the same reply text
+    assert same.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
+    logits = torch.tensor(L, requires_grad=True)
+    loss = in_batch_loss(logits, same)
+    forward = (_ce([2, 0], 0) + _ce([0, 1, 0], 1) + _ce([1, 3], 1)) / 3  # (0, 2) and (2, 0) left out
+    backward = (_ce([2, 0], 0) + _ce([0, 1, 1], 1) + _ce([0, 3], 1)) / 3
+    assert loss.item() == pytest.approx((forward + backward) / 2, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 2] == 0 and logits.grad[2, 0] == 0  # a masked entry does not train
+    # a masked entry's value does not matter, however large
+    bigger = torch.tensor(L)
+    bigger[0, 2] = bigger[2, 0] = 50.0
+    assert in_batch_loss(bigger, same).item() == pytest.approx(loss.item(), rel=1e-6)
+    # every reply the same: only the diagonals are left, the loss is 0 (and finite)
+    assert in_batch_loss(torch.tensor(L), duplicate_mask(["x"] * 3)).item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="own positive"):
+        in_batch_loss(torch.tensor(L), torch.eye(3, dtype=torch.bool))
+
+
+def test_extra_negative_columns_and_heads():
+    # fine-tuning's hard or copy negatives: columns after the batch's own replies
+    same = duplicate_mask(["a", "b"], ["a", "b", "b", "c"])
+    assert same.tolist() == [[False, False, False, False], [False, False, True, False]]
+    logits = torch.tensor([[1.0, 0.0, 2.0, 0.5], [0.0, 1.0, 9.0, 1.0]])
+    forward = (_ce([1, 0, 2, 0.5], 0) + _ce([0, 1, 1], 1)) / 2
+    backward = (_ce([1, 0], 0) + _ce([0, 1], 1)) / 2  # the reply->context direction: the 2x2 block
+    assert in_batch_loss(logits, same).item() == pytest.approx((forward + backward) / 2, rel=1e-6)
+    # heads: the mean of each head's own loss; the towers' wrapper (reply ids) is the same loss
+    from retrieval.towers import in_batch_loss as towers_loss
+    torch.manual_seed(0)
+    a, r = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1), torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
+    rid = np.array([0, 1, 0, 2])
+    per_head = [in_batch_loss(10.0 * a[:, h] @ r[:, h].T, duplicate_mask(rid)) for h in range(3)]
+    assert towers_loss(a, r, 10.0, rid).item() == pytest.approx(float(sum(per_head) / 3), rel=1e-5)
+
+
+def _ids(split: str, n: int) -> list[str]:
+    out, i = [], 0
+    while len(out) < n:
+        if split_of(f"c{i}", fraction=0.1) == split:
+            out.append(f"c{i}")
+        i += 1
+    return out
+
+
+def _shard(tmp_path):
+    (a, c), (b,) = _ids("train", 2), _ids("test", 1)
+    t = lambda who, text: Turn(who, text, [text])  # noqa: E731
+    convs = [Conversation(a, "chat", "ko", [t("S1", "안녕"), t("S2", "반가워"), t("S1", "뭐 해?")]),
+             Conversation(b, "chat", "ko", [t("S1", "배고파"), t("S2", "밥 먹자")]),
+             Conversation(c, "qa", "ko", [t("S1", "비 와?"), t("S2", "우산 챙기세요")])]
+    write_shard(tmp_path / "shard-00000.jsonl", convs)
+    return tmp_path, a, b, c
+
+
+def test_the_pair_reader_gives_the_known_pairs_of_a_tiny_shard(tmp_path, monkeypatch):
+    from preprocess import schema
+    monkeypatch.setattr(schema, "test_fraction", lambda source="": 0.1)
+    from retrieval.examples import load_examples, read_examples, train_examples
+    from retrieval.finetune import training_pairs
+    from retrieval.ngram import training_texts
+    shards, a, b, c = _shard(tmp_path)
+
+    def rows(exs):
+        return [(e.context, e.response, e.speaker, e.conv_id, e.source, e.turn) for e in exs]
+    assert rows(read_examples(shards)) == [
+        ([("S1", "안녕")], "반가워", "S2", a, "chat", 1),
+        ([("S1", "안녕"), ("S2", "반가워")], "뭐 해?", "S1", a, "chat", 2),
+        ([("S1", "비 와?")], "우산 챙기세요", "S2", c, "qa", 1)]
+    assert rows(read_examples(shards, context_turns=1))[1][0] == [("S2", "반가워")]
+    assert rows(load_examples(shards, "test")) == [([("S1", "배고파")], "밥 먹자", "S2", b, "chat", 1)]
+    assert [e.conv_id for e in read_examples(shards, None)] == [a, a, b, c]
+    assert [e.conv_id for e in read_examples(shards, sources=["qa"])] == [c]
+    assert len(load_examples(shards, None, max_examples=2)) == 2
+    # fine-tuning and the ranker's encoders read the same pairs
+    pairs = training_pairs(shards)
+    assert [(p["context"], p["response"], p["turn"]) for p in pairs] == [r[:2] + (r[5],) for r in rows(read_examples(shards))]
+    assert pairs[1]["conv_turns"] == ("안녕", "반가워", "뭐 해?") and pairs[2]["conv_turns"] == ("비 와?", "우산 챙기세요")
+    assert training_texts(shards, 0.0) == [("안녕", "반가워"), ("반가워", "뭐 해?"), ("비 와?", "우산 챙기세요")]
+    # the validation carve-out splits the train split's conversations, never their turns
+    valid, rest = list(train_examples(shards, 0.5, True)), list(train_examples(shards, 0.5, False))
+    assert sorted(rows(valid) + rows(rest), key=lambda r: (r[3], r[5])) == sorted(rows(read_examples(shards)), key=lambda r: (r[3], r[5]))
+    assert not {e.conv_id for e in valid} & {e.conv_id for e in rest}
