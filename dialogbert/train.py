@@ -208,29 +208,44 @@ def init_output_bias(model: DialogBertForPreTraining, log_probs: torch.Tensor) -
 
 
 # ------------------------------------------------------------------------ checkpoints & state
-def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints (step-N with a trainer state), oldest first."""
+def list_checkpoints(out: str | os.PathLike, state_file: str = STATE_FILE) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step-N with a trainer state, ``state_file``), oldest first. Shared with
+    fine-tuning (retrieval.finetune), whose state file is trainer_state.json."""
     root = Path(out) / "checkpoints"
     found = []
     if root.is_dir():
         for p in root.iterdir():
             m = CKPT_RE.match(p.name)
-            if m and (p / STATE_FILE).is_file():
+            if m and (p / state_file).is_file():
                 found.append((int(m.group(1)), p))
     return sorted(found)
 
 
-def find_resume(out: Path, resume: str | None) -> Path | None:
+def find_resume(out: Path, resume: str | None, state_file: str = STATE_FILE) -> Path | None:
+    """The checkpoint to resume from: None for "none" (or no checkpoint yet with "auto"), the
+    newest complete one for "auto", else the step-N folder named (which must be complete)."""
     if resume in (None, "", "none", "no", "false"):
         return None
     if resume == "auto":
-        ckpts = list_checkpoints(out)
+        ckpts = list_checkpoints(out, state_file)
         return ckpts[-1][1] if ckpts else None
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {STATE_FILE}); use "
+    if not (path / state_file).is_file():
+        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {state_file}); use "
                                 f"auto, none or a checkpoints/step-N folder")
     return path
+
+
+def publish_checkpoint(tmp: Path, final: Path, keep: int, state_file: str = STATE_FILE) -> Path:
+    """Rename the complete checkpoint ``tmp`` to ``final`` (<out>/checkpoints/step-N), replacing
+    one there, then remove all but the newest ``keep`` (0: keep all): a killed run never leaves
+    half a checkpoint where list_checkpoints looks."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in list_checkpoints(final.parent.parent, state_file)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def rng_state() -> dict:
@@ -416,11 +431,7 @@ def pretrain(config_path: str | os.PathLike | None, overrides=(), deepspeed_conf
             save_config(cfg, tmp / "config.resolved.toml")
             torch.save({"step": step, "engine_kind": engine.kind, "engine": engine_state, "ranks": ranks,
                         "log": log, "config": cfg.to_dict(), "world_size": world_size}, tmp / STATE_FILE)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for _, old in list_checkpoints(out)[:-t.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_checkpoint(tmp, final, t.keep_checkpoints)
         engine.barrier()
         return final
 

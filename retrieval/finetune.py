@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,11 +37,11 @@ import torch
 
 from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
-from dialogbert.train import lr_at
+from dialogbert.train import find_resume, lr_at, publish_checkpoint
 from preprocess.schema import atomic_write_text
 from retrieval.encoder import Encoder, EncoderSettings
 from retrieval.examples import train_examples
-from retrieval.losses import duplicate_mask, in_batch_loss
+from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
 
 # ---- config: typed sections, checked like pretraining's (dialogbert.config) ------------------
@@ -127,33 +126,8 @@ def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
              "turn": ex.turn} for ex in train_examples(shards, valid_fraction, False, context_turns, sources)]
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
-                window: int = 0) -> list[list[int]]:
-    """The epoch's batches: a seeded shuffle cut into ``batch_size`` rows. With ``lengths`` and
-    ``window`` > 0, each run of ``window`` batches of the shuffle is sorted by length before it is
-    cut, and the batches are shuffled again: a batch then pads to a length near its own rows'
-    (the transformer's cost is the padded tokens), while each batch's in-batch negatives are
-    still drawn from the whole corpus."""
-    rng = random.Random(seed * 1_000_003 + epoch)
-    perm = list(range(n))
-    rng.shuffle(perm)
-    if lengths is not None and window > 0:
-        span = batch_size * window
-        perm = [i for s in range(0, n, span) for i in sorted(perm[s:s + span], key=lambda i: lengths[i])]
-        batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-        rng.shuffle(batches)
-        return batches or [perm]
-    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-def _steps(out: Path) -> list[Path]:
-    d = out / "checkpoints"
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))
-             and (p / "trainer_state.json").exists()]
-    return [p for _, p in sorted(found)]
+# ---- checkpoints: pretraining's folder helpers (dialogbert.train), with a JSON trainer state ----
+STATE = "trainer_state.json"
 
 
 def _save_checkpoint(enc: Encoder, opt, state: dict, scale_param, out: Path, keep: int,
@@ -166,15 +140,15 @@ def _save_checkpoint(enc: Encoder, opt, state: dict, scale_param, out: Path, kee
                 "scale": None if scale_param is None else scale_param.detach().cpu(),
                 "torch_rng": torch.get_rng_state(),
                 "sampler_rng": None if sampler is None else sampler.getstate()}, tmp / "optimizer.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
-    shutil.rmtree(ck, ignore_errors=True)
-    tmp.rename(ck)
-    for old in _steps(out)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return ck
+    (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n", "utf-8")
+    return publish_checkpoint(tmp, ck, keep, STATE)
 
 
 # ---- the loop -------------------------------------------------------------------------------
+# Not pretraining's loop (dialogbert.train.pretrain): that one streams MLM/next-turn batches through
+# an Engine (torch or deepspeed, several ranks) and saves the stream's position per rank; this one
+# steps one process over a list of pairs with its own negative sampler. They share the schedule
+# (lr_at), the parameter groups and the checkpoint folders (find_resume, publish_checkpoint).
 def _sample_negatives(rng: random.Random, pool: list[str], true: str, k: int, same_conv: list[str]) -> list[str]:
     """k texts from ``pool`` other than ``true`` (the first from ``same_conv`` when given)."""
     out = [rng.choice(same_conv)] if same_conv and k else []
@@ -200,18 +174,11 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     torch.manual_seed(seed)
 
     start_from, state = Path(init), {"step": 0, "epoch": 0, "batch": 0, "losses": []}
-    if resume not in (None, "none", "no", "false"):
-        if resume == "auto":
-            found = _steps(out)
-            ck = found[-1] if found else None
-        else:
-            ck = Path(resume)
-            if not (ck / "trainer_state.json").exists():
-                raise FileNotFoundError(f"{ck}: no trainer_state.json; pass a checkpoints/step-N folder or --resume none")
-        if ck is not None:
-            start_from = ck
-            state = json.loads((ck / "trainer_state.json").read_text("utf-8"))
-            print(f"finetune: resuming from {ck} (step {state['step']})")
+    ck = find_resume(out, resume, STATE)
+    if ck is not None:
+        start_from = ck
+        state = json.loads((ck / STATE).read_text("utf-8"))
+        print(f"finetune: resuming from {ck} (step {state['step']})")
     settings = EncoderSettings(pooling=M.pooling, context_turns=D.context_turns, max_length=D.max_length,
                                max_turn_tokens=D.max_turn_tokens, zero_dialog_ids=M.zero_dialog_ids,
                                context_prefix=M.context_prefix, response_prefix=M.response_prefix)

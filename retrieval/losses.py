@@ -1,6 +1,6 @@
-"""The in-batch (multiple-negatives ranking) loss, in one copy: the dual encoder's fine-tuning
-(retrieval.finetune) and the ranker's own encoders (retrieval.towers: the n-gram tables, the USE
-towers) train with it.
+"""The in-batch (multiple-negatives ranking) loss, in one copy, and the batches it is taken over
+(:func:`batch_order`): the dual encoder's fine-tuning (retrieval.finetune) and the ranker's own
+encoders (retrieval.towers: the n-gram tables, the USE towers) train with both.
 
 Row i of a batch is pair i; its positive is column i of the logits and every other column is a
 negative (Henderson et al. 2017; sentence-transformers' MultipleNegativesRankingLoss). A column
@@ -10,6 +10,7 @@ each keeps its own arithmetic to the bit.
 """
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -55,3 +56,22 @@ def in_batch_loss(logits: torch.Tensor, duplicates: torch.Tensor | None = None,
     if symmetric:
         loss = (loss + F.cross_entropy(logits[:, :, :b].transpose(1, 2).flatten(0, 1), y)) / 2
     return loss
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
+                window: int = 0) -> list[list[int]]:
+    """The epoch's batches: a seeded shuffle cut into ``batch_size`` rows. With ``lengths`` and
+    ``window`` > 0, each run of ``window`` batches of the shuffle is sorted by length before it is
+    cut, and the batches are shuffled again: a batch then pads to a length near its own rows'
+    (the transformer's cost is the padded tokens), while each batch's in-batch negatives are
+    still drawn from the whole corpus."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    perm = list(range(n))
+    rng.shuffle(perm)
+    if lengths is not None and window > 0:
+        span = batch_size * window
+        perm = [i for s in range(0, n, span) for i in sorted(perm[s:s + span], key=lambda i: lengths[i])]
+        batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        return batches or [perm]
+    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]

@@ -167,8 +167,14 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     still ends its schedule (``planned_steps`` in what is returned). A progress bar from
     ``progress_from`` steps (unless ``show_progress`` says), with the mean loss of the last
     ``window`` steps, which is also the final loss reported. Returns what it measured: pairs,
-    steps, planned steps, epochs, final loss, minutes."""
-    import random
+    steps, planned steps, epochs, final loss, minutes.
+
+    Not fine-tuning's loop (retrieval.finetune): these are small models fed from numpy (hashed
+    rows with a row-sparse optimiser, the USE towers on a frozen table) that train on a time
+    budget with the schedule fitted to it, and are retrained rather than resumed (fit_and_save
+    keeps one trained on the same pairs); they share its loss (retrieval.losses) and its
+    batches (losses.batch_order: the same seeded shuffle)."""
+    from retrieval.losses import batch_order
     s = settings
     reply_id: dict[str, int] = {}
     rid = np.array([reply_id.setdefault(r, len(reply_id)) for _, r in pairs])
@@ -183,10 +189,7 @@ def train_in_batches(pairs: Sequence[tuple[str, str]], settings, vectors, scale:
     planned = total
     t0, step, losses, stopped = time.time(), 0, [], False
     for epoch in range(s.epochs):
-        order = list(range(len(pairs)))
-        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
-        for b in range(steps_per_epoch):
-            ix = order[b * bs:(b + 1) * bs]
+        for ix in batch_order(len(pairs), bs, s.seed, epoch):
             if lr_at is not None:
                 for g, lr in zip(opt.param_groups, base_lr):
                     g["lr"] = lr * lr_at(step, planned)
