@@ -14,6 +14,8 @@ model type with the Auto classes: about 4 s before any command starts).
     dialogbert demo                                   the whole way on the bundled corpus
     dialogbert bot EXPORT... --out DIR                your own exports -> your bot, served
     dialogbert audit --index DIR                      does the service ever answer with personal data?
+    dialogbert encode --model DIR --shards DIR        replies -> float16 vectors, sharded over workers
+    dialogbert bigindex --vectors DIR --out DIR       vectors -> IVF-PQ index re-scored from disk
 
 Multi-GPU: `deepspeed --module dialogbert.cli pretrain --config ... --deepspeed configs/ds_zero2.json`
 or `torchrun --nproc_per_node N -m dialogbert.cli pretrain --config ...`.
@@ -200,6 +202,27 @@ def cmd_bot(a) -> int:
     from dialogbert.mybot import run_bot
     return run_bot(a.exports, a.out, add=a.add, model=a.model, reply_as=a.reply_as, serve=not a.no_serve,
                    host=a.host, port=a.port, workers=a.workers)
+
+
+def cmd_encode(a) -> int:
+    from retrieval.bulk import encode_share
+    from retrieval.encoder import Encoder
+    enc = Encoder.load(a.model)
+    if a.device != "cpu":
+        enc.model.to(a.device)
+    info = encode_share(enc, a.shards, a.out, rank=a.rank, world=a.world, split=None if a.split == "all" else a.split,
+                        chunk=a.chunk, batch_size=a.batch_size, progress=lambda s: print(s, flush=True))
+    print(f"encode: rank {info['rank']} of {info['world']}: {info['count']:,} replies (rows {info['rows'][0]:,}-"
+          f"{info['rows'][1]:,} of {info['replies_in_corpus']:,}) in {a.out}/rank-{info['rank']}/")
+    return 0
+
+
+def cmd_bigindex(a) -> int:
+    from retrieval.bigindex import Recipe, build, open_vectors
+    recipe = Recipe(nlist=a.nlist, pq=a.pq, train_size=a.train_size, nprobe=a.nprobe, refine=a.refine)
+    info = build(open_vectors(a.vectors), a.out, recipe, progress=lambda s: print(s, flush=True))
+    print(json.dumps(info, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,6 +421,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_bot)
+
+    s = sub.add_parser("encode", help="encode a corpus's replies at scale: this worker's share, float16, resumable")
+    s.add_argument("--model", required=True, help="encoder folder")
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True, help="folder of rank-N/ subfolders (vectors.f16, replies.jsonl)")
+    s.add_argument("--rank", type=int, default=None, help="this worker (default: RANK from torchrun, else 0)")
+    s.add_argument("--world", type=int, default=None, help="workers in all (default: WORLD_SIZE, else 1)")
+    s.add_argument("--split", default="train", choices=["train", "all"], help="whose replies: TRAIN or every split")
+    s.add_argument("--chunk", type=int, default=4096, help="replies encoded between two resumable saves")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("bigindex", help="an IVF-PQ index over `dialogbert encode`'s vectors, re-scored exactly from disk")
+    s.add_argument("--vectors", required=True, help="`dialogbert encode`'s --out folder (or one vector folder)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--nlist", type=int, default=4096, help="inverted lists (about 4 x sqrt(vectors))")
+    s.add_argument("--pq", default="PQ48", help="the code, faiss factory syntax (PQ48: 48 bytes a vector)")
+    s.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train the quantisers")
+    s.add_argument("--nprobe", type=int, default=128, help="lists searched a query")
+    s.add_argument("--refine", type=int, default=200, help="candidates re-scored exactly a query")
+    s.set_defaults(func=cmd_bigindex)
     return p
 
 
