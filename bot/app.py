@@ -12,7 +12,10 @@ default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used drop
 ``MAX_MESSAGE_CHARS`` (default 1000), ``MAX_CONTENT_LENGTH`` (Flask's request body limit, default 64 KiB),
 ``RATE_LIMIT`` (requests to /api/chat per client address, Flask-Limiter's notation such as
 "30/minute" or "5/second;100/hour", counted in memory, per process; default "30/minute"; empty: no
-limit).
+limit); ``PROXIES`` (reverse proxies in front that set X-Forwarded-For, default 0);
+``RELOAD_SECONDS`` (how often the INDEX_DIR is looked at for a changed index, which is then loaded
+and swapped in without dropping a request, bot/reload.py; default 5, 0: never) and
+``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};
@@ -183,7 +186,9 @@ def choose_reply(candidates: Sequence[tuple[str, float]], history: Sequence[tupl
 
 
 def _retriever() -> Retriever:
-    return current_app.config["RETRIEVER"]
+    """The retriever for this request: the live one, swapped when the index folder changes."""
+    watcher = current_app.extensions.get("dialogbert.watcher")
+    return watcher.current() if watcher is not None else current_app.config["RETRIEVER"]
 
 
 bp = Blueprint("chat", __name__)
@@ -211,7 +216,11 @@ def healthz():
 
 @bp.get("/api/info")
 def info():
-    return jsonify(current_app.config["SERVICE_INFO"])
+    c, watcher = current_app.config, current_app.extensions.get("dialogbert.watcher")
+    out = service_info(_retriever(), c["INDEX_DIR"], c["MODEL_DIR"])
+    if watcher is not None:
+        out["reload"] = watcher.status()
+    return jsonify(out)
 
 
 @bp.get("/api/openapi.json")
@@ -359,7 +368,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None,
-                      JSON_AS_ASCII=False, PROXIES=0)
+                      JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None)
     app.config.update(config or {})
     if app.config["PROXIES"]:
         # behind N reverse proxies: the client address (what the rate limit counts by) is the
@@ -374,12 +383,20 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["dialogbert.limiter"] = _rate_limiter(app)
     app.config["SESSIONS"] = Sessions(app.config["MAX_SESSIONS"], max(2 * app.config["CONTEXT_TURNS"], 10),
                                       app.config["SESSION_IDLE_SECONDS"], app.config["SESSION_CLOCK"])
+    load = app.config["RETRIEVER_LOADER"]   # an injected RETRIEVER without a loader is never reloaded
+    if load is None and app.config["INDEX_DIR"] and app.config["RETRIEVER"] is None:
+        def load():
+            from retrieval.ranker import HybridRetriever
+            return HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"], app.config["RERANKER_DIR"])
     if app.config["RETRIEVER"] is None:
         # loaded now (after the cheap checks above), so a wrong folder or a model/index mismatch
         # stops the service at start-up with the loader's message, not at the first chat request
-        from retrieval.ranker import HybridRetriever
-        app.config["RETRIEVER"] = HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"],
-                                                       app.config["RERANKER_DIR"])
+        app.config["RETRIEVER"] = load()
+    if app.config["INDEX_DIR"] and app.config["RELOAD_SECONDS"] and load is not None:
+        from bot.reload import IndexWatcher
+        app.extensions["dialogbert.watcher"] = IndexWatcher(app.config["INDEX_DIR"], load,
+                                                            app.config["RELOAD_SECONDS"],
+                                                            app.config["SESSION_CLOCK"], app.config["RETRIEVER"])
     app.config["SERVICE_INFO"] = service_info(app.config["RETRIEVER"], app.config["INDEX_DIR"], app.config["MODEL_DIR"])
     app.json.ensure_ascii = False
     app.register_blueprint(bp)

@@ -624,3 +624,60 @@ def test_the_openapi_document_is_the_api(leaky):
     refs = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)))
     assert refs <= set(doc["components"]["schemas"])
     assert {"400", "413", "429", "500"} <= set(doc["paths"]["/api/chat"]["post"]["responses"])
+
+
+def test_a_changed_index_is_swapped_in_live_and_a_broken_one_never_answers(tmp_path):
+    import os
+    import threading
+    (tmp_path / "index_info.json").write_text('{"count": 1}')
+    clock = [0.0]
+    gate, loads = threading.Event(), []
+
+    def load():
+        loads.append(len(loads))
+        if len(loads) == 2:
+            gate.wait(10)                  # the second load is slow: requests meanwhile get the old index
+        if len(loads) == 3:
+            raise RuntimeError("a half-written index")
+        return FakeRetriever([(f"index {len(loads)} 입니다", 0.9)])
+
+    app = create_app({"INDEX_DIR": str(tmp_path), "RETRIEVER_LOADER": load, "RATE_LIMIT": "",
+                      "RELOAD_SECONDS": 5.0, "SESSION_CLOCK": lambda: clock[0]})
+    watcher = app.extensions["dialogbert.watcher"]
+    client = app.test_client()
+
+    def reply():
+        return client.post("/api/chat", json={"message": "안녕"}).get_json()["reply"]
+
+    def touch(name, text):
+        (tmp_path / name).write_text(text)
+        os.utime(tmp_path / name, ns=(int(clock[0] * 1e9) + 10**9, int(clock[0] * 1e9) + 10**9))
+
+    assert reply() == "index 1 입니다" and loads == [0]
+    touch("index_info.json", '{"count": 2}')       # `dialogbert bot --add` finished writing
+    clock[0] = 6.0
+    assert reply() == "index 1 입니다"              # seen changed once: wait for it to hold still
+    clock[0] = 12.0
+    assert reply() == "index 1 입니다"              # loading starts now, in the background
+    assert client.get("/api/info").get_json()["reload"]["loading"] is True
+    assert reply() == "index 1 입니다"              # the old index answers while the new one loads
+    gate.set()
+    watcher.wait(10)
+    assert reply() == "index 2 입니다"
+    assert client.get("/api/info").get_json()["reload"]["reloads"] == 1
+
+    touch("ranker.json", "{}")                     # a change that fails to load
+    clock[0] = 18.0
+    reply()
+    clock[0] = 24.0
+    reply()
+    watcher.wait(10)
+    assert reply() == "index 2 입니다" and len(loads) == 3
+    assert client.get("/healthz").status_code == 200
+    status = client.get("/api/info").get_json()["reload"]
+    assert status["last_error"].startswith("RuntimeError") and "half-written" not in status["last_error"]
+    clock[0] = 40.0                                # not retried until the folder changes again
+    reply()
+    assert len(loads) == 3
+    off = create_app({"INDEX_DIR": str(tmp_path), "RETRIEVER_LOADER": load, "RELOAD_SECONDS": 0})
+    assert "dialogbert.watcher" not in off.extensions
