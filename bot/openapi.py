@@ -54,7 +54,12 @@ _SCHEMAS = {
                             "description": "sha256 of index_info.json: changes with every build and every added batch"}}},
         "ranker": {"type": "object", "properties": {
             "features": {"type": "array", "items": {"type": "string"},
-                         "description": "the features the ranker weighs (retrieval.ranker)"}}}}},
+                         "description": "the features the ranker weighs (retrieval.ranker)"}}},
+        "reload": {"type": "object", "description": "only when the service watches its index folder", "properties": {
+            "reloads": {"type": "integer", "description": "changed indexes swapped in since the start"},
+            "loading": {"type": "boolean", "description": "a changed index is being loaded now"},
+            "last_error": {"type": ["string", "null"], "description": "the failed load's exception type and time"},
+            "loaded_at": {"type": "string", "description": "when the answering index was loaded (UTC)"}}}}},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "string", "enum": ["ok", "failing"]},
         "reason": {"type": "string", "description": "why it is failing (only then)"}}},
