@@ -1,6 +1,6 @@
 """`dialogbert preprocess`: messenger exports -> anonymized, deduplicated conversation shards.
 
-    run(inputs, out, workers=1, session_gap_minutes=360.0, sentence_backend="punct",
+    run(inputs, out, workers=1, session_gap_minutes=360.0, sentence_backend="rules",
         shard_size=10000, resume=True, progress=True, mark_speakers=())
         -> summary dict (also out/manifest.json)
 

@@ -37,6 +37,7 @@ class RankerSection:
     enabled: bool = True   # false: no ranker.json (rank by the dual encoder alone)
     reranker: str = ""     # a cross-encoder folder to fit into the ranker ("" = none)
     max_examples: int = 1000  # validation examples the weights are fitted on
+    copy_negatives: bool = True   # one wrong candidate of each fitting example a copy of its newest context turn
 
 
 NgramSection = mirror_section("NgramSection", NgramSettings, skip=FIT_ONLY, first=[("enabled", True)])
@@ -59,6 +60,7 @@ class IndexConfig(Sections):
     def fit_kwargs(self) -> dict:
         """The keyword arguments of retrieval.ranker.fit_for_index this config stands for."""
         return {"reranker_dir": self.ranker.reranker or None, "max_examples": self.ranker.max_examples,
+                "copy_negatives": self.ranker.copy_negatives,
                 "ngram": self.ngram.enabled, "use": self.use.enabled,
                 "ngram_settings": self.ngram_settings(), "use_settings": self.use_settings()}
 

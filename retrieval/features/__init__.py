@@ -5,6 +5,7 @@ feature: write its file (a :class:`~retrieval.features.base.Feature`) and add it
 """
 from retrieval.features.base import Batch, Feature, Sources
 from retrieval.features.dual import Dual
+from retrieval.features.echo import Echo
 from retrieval.features.lexical import Lexical
 from retrieval.features.lexical_neighbour import LexicalNeighbour
 from retrieval.features.neighbour import Neighbour
@@ -12,7 +13,7 @@ from retrieval.features.ngram import Ngram
 from retrieval.features.rerank import Rerank
 from retrieval.features.use import Use
 
-REGISTRY: tuple[type[Feature], ...] = (Dual, Lexical, Neighbour, LexicalNeighbour, Ngram, Use, Rerank)
+REGISTRY: tuple[type[Feature], ...] = (Dual, Lexical, Neighbour, LexicalNeighbour, Ngram, Use, Echo, Rerank)
 
 BY_NAME = {f.name: f for f in REGISTRY}
 FEATURES = tuple(BY_NAME)

@@ -39,7 +39,8 @@ def _reranker(reranker_dir, fraction: float):
 
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
                   fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True,
-                  use: bool = True, use_settings=None, ngram_settings=None, train: dict | None = None) -> Ranker:
+                  use: bool = True, use_settings=None, ngram_settings=None, train: dict | None = None,
+                  copy_negatives: bool = True) -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
@@ -51,7 +52,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     that carve-out, each in its own folder of ``index_dir``, or kept when they were trained on the
     same pairs with the same settings (towers.fit_and_save); one switched off is removed.
     ``train``: {feature: settings, or False to leave it out}; ``ngram``/``use`` and their
-    settings say the same for those two."""
+    settings say the same for those two. ``copy_negatives``: each fitting example's last wrong
+    candidate is a copy of its newest context turn (fitting.with_copies)."""
     from retrieval.examples import validation_examples
     from retrieval.index import ResponseIndex
     if index is None:
@@ -89,7 +91,8 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
                 if enc is not None:
                     scorer.loaded[F.name] = F(enc)
         scorer.loaded = {f: scorer.loaded[f] for f in BY_NAME if f in scorer.loaded}
-        ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""))
+        ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""),
+                            copy_negatives=copy_negatives)
         for f in OWN_ENCODERS:
             if f in scorer.loaded and f in ranker.active:
                 scorer.loaded[f].encoder.attach_replies(index_dir, index.texts)  # the chat service reads them

@@ -175,8 +175,24 @@ def _fit_languages(feats: dict, names: Sequence[str], t_of: dict, scales: dict, 
     return own, report
 
 
+def with_copies(cands: list[list[str]], contexts) -> tuple[list[list[str]], int]:
+    """Each candidate set with its last wrong candidate replaced by a copy of the context's
+    newest turn (where that differs from the true reply and is not a candidate already): the
+    wrong answer a bot must never give, so the weights learn to refuse it. Returns the sets and
+    how many got a copy."""
+    out, copied = [], 0
+    for cs, ctx in zip(cands, contexts):
+        last = ctx[-1][1].strip() if ctx else ""
+        if last and last not in cs:
+            cs = cs[:-1] + [last]
+            copied += 1
+        out.append(list(cs))
+    return out, copied
+
+
 def fit_ranker(scorer, examples, exclude_own: bool = True, neighbours: int = 20,
-               rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "", method: str = "auto") -> Ranker:
+               rerank_top: int = 20, n: int = 10, seed: int = 1, note: str = "", method: str = "auto",
+               copy_negatives: bool = False) -> Ranker:
     """Weights (and the neighbour temperatures) on ``examples`` (never the test split), each
     example's own conversation left out of the memory. ``method``:
 
@@ -187,13 +203,18 @@ def fit_ranker(scorer, examples, exclude_own: bool = True, neighbours: int = 20,
     * "auto" (the default): both fitted on each half of the examples and scored on the other,
       over CV_HALVINGS random halvings (fixed seeds); the one with the better mean held-out
       R10@1 + MRR is refitted on all of them (neither wins on every corpus).
-    ``scorer``: a ranking.scoring.FeatureScorer, or anything with its ``available`` and ``features``."""
+    ``copy_negatives``: one wrong candidate of each set is a copy of the context's newest turn
+    (:func:`with_copies`). ``scorer``: a ranking.scoring.FeatureScorer, or anything with its
+    ``available`` and ``features``."""
     if method not in METHODS:
         raise ValueError(f"unknown ranker fitting method {method!r}: one of {', '.join(METHODS)}")
     from retrieval.examples import draw_candidates
     names = scorer.available
     cands = draw_candidates([e.response for e in examples], n=n, seed=seed).texts
     contexts = [e.context for e in examples]
+    copied = 0
+    if copy_negatives:
+        cands, copied = with_copies(cands, contexts)
     feats = scorer.features(contexts, cands, names=names, neighbours=neighbours, temperatures=TEMPERATURES,
                             exclude_convs=[e.conv_id for e in examples] if exclude_own else None, late=True)
     cv = {}
@@ -211,6 +232,8 @@ def fit_ranker(scorer, examples, exclude_own: bool = True, neighbours: int = 20,
     info = {"examples": len(examples), "candidates": n, "objective": "R10@1 + MRR", "method": method,
             "dual_only": round(dual_only, 4), "fitted": round(obj, 4), "note": note,
             "sources": dict(sorted(Counter(e.source for e in examples).items()))}
+    if copy_negatives:
+        info["copy_negatives"] = copied
     if cv:
         info["cross_validated"] = cv
     if lang_report:
