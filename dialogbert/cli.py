@@ -441,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pq", default="PQ48", help="the code, faiss factory syntax (PQ48: 48 bytes a vector)")
     s.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train the quantisers")
     s.add_argument("--nprobe", type=int, default=128, help="lists searched a query")
-    s.add_argument("--refine", type=int, default=200, help="candidates re-scored exactly a query")
+    s.add_argument("--refine", type=int, default=2000,
+                   help="candidates re-scored exactly a query (2000: recall@10 0.98 at 10M, docs/scaling.md)")
     s.set_defaults(func=cmd_bigindex)
     return p
 

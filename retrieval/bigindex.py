@@ -171,8 +171,8 @@ class Recipe:
     nlist: int = 4096
     pq: str = "PQ48"
     train_size: int = 200_000
-    nprobe: int = 64
-    refine: int = 100
+    nprobe: int = 128
+    refine: int = 2000
     seed: int = 0
 
     @property
