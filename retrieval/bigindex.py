@@ -230,10 +230,14 @@ class BigIndex:
         self.set_params(recipe.nprobe, recipe.refine)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, vectors: str | os.PathLike | None = None) -> "BigIndex":
+    def load(cls, folder: str | os.PathLike, vectors: str | os.PathLike | None = None, mmap: bool = True) -> "BigIndex":
+        """``mmap``: the inverted lists are memory-mapped, not read into this process, so several
+        serving processes on one machine share them (and the vectors) through the page cache."""
         folder = Path(folder)
         info = json.loads((folder / INFO).read_text("utf-8"))
-        index = _faiss().read_index(str(folder / CODES))
+        faiss = _faiss()
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(folder / CODES), flags)
         return cls(index, open_vectors(vectors or info["vectors"]).array(), Recipe(**info["recipe"]))
 
     def set_params(self, nprobe: int, refine: int) -> None:

@@ -63,6 +63,8 @@ def test_ivfpq_with_the_exact_rescore_finds_the_true_neighbours(tmp_path):
     truth = exact_top(vf, q, 10)
     scores, ids = bi.search(q, 10)
     assert recall_at(ids, truth) >= 0.9
+    in_memory = BigIndex.load(tmp_path / "idx", mmap=False)   # the memory-mapped lists answer the same
+    np.testing.assert_array_equal(in_memory.search(q, 10)[1], ids)
     # the scores are the exact float16 inner products, highest first
     exact = np.einsum("qd,qkd->qk", q, vf.array()[ids].astype(np.float32))
     np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-5)
