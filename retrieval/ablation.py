@@ -9,7 +9,10 @@ Variants (each pretrained with ``dialogbert.train.pretrain`` and the same config
 * ``next_turn_only``  ``objectives.mlm=false``;
 * ``no_dialog_ids``   MLM + next-turn prediction with speaker (token type) and turn ids all 0,
   in pretraining (``data.dialog_ids=false``), fine-tuning and evaluation (the encoder flag
-  ``zero_dialog_ids``): BERT reading a flat ``[SEP]``-joined history.
+  ``zero_dialog_ids``): BERT reading a flat ``[SEP]``-joined history;
+* ``not_pretrained``  no dialog pretraining: fine-tuned straight from ``model.init_from`` (a warm
+  start such as ``dialogbert base``'s e5 folder; not in the default list, which suits a
+  from-scratch config), its first row the init scored as it is.
 
 Each is evaluated as pretrained (mean pooling, no fine-tuning) and fine-tuned as a dual
 encoder (retrieval.finetune), on the same test examples and candidate sets as the baselines;
@@ -24,7 +27,9 @@ Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value
 encoder's fine-tuning, ``rerank.section.key=value`` to the re-ranker's; ``ablation.variants=
 full,mlm_only``, ``ablation.seeds=0,1,2``, ``ablation.reranker=true``, ``ablation.max_examples=N``,
 ``ablation.sources=xpersona`` (evaluate one corpus of a mixed folder; pretraining and fine-tuning
-use all of it) and ``ablation.vocab_size=N`` steer this command: the ``[ablation]`` section of
+use all of it), ``ablation.finetune_config=configs/finetune_e5.toml`` (the fine-tuning recipe;
+its encoder settings, such as e5's prefixes and pooling, also score the pretrained-only rows) and
+``ablation.vocab_size=N`` steer this command: the ``[ablation]`` section of
 :class:`AblationConfig`, typed and checked by the loader every command uses (dialogbert.config),
 saved resolved as ``OUT/config.resolved.toml``.
 """
@@ -41,7 +46,8 @@ import numpy as np
 from dialogbert.config import Sections, read_config, save_config
 from retrieval.evaluate import EncoderScorer
 
-VARIANTS: dict[str, list[str]] = {
+VARIANTS: dict[str, list[str] | None] = {
+    "not_pretrained": None,  # no pretraining run: model.init_from is fine-tuned as it is
     "full": [],
     "mlm_only": ["objectives.next_turn=false"],
     "next_turn_only": ["objectives.mlm=false"],
@@ -55,12 +61,13 @@ CONFIG_FILE = "config.resolved.toml"
 
 @dataclass
 class AblationSection:
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # rows pretrained (VARIANTS' names)
+    variants: list[str] = field(default_factory=lambda: [v for v in VARIANTS if v != "not_pretrained"])  # VARIANTS' names
     seeds: list[int] = field(default_factory=lambda: [0])  # each variant pretrained and fine-tuned once per seed
     reranker: bool = False   # also the cross-encoder re-ranker fine-tuned from each checkpoint
     max_examples: int = 0    # test examples evaluated (0 = all)
     sources: list[str] = field(default_factory=list)  # evaluate only these corpora ([] = all)
     vocab_size: int = 8000   # the tokenizer trained when none is given
+    finetune_config: str = ""  # the dual encoder's fine-tuning TOML ("" = retrieval.finetune's defaults)
 
 
 @dataclass
@@ -96,11 +103,13 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str], li
 
 def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
                  config_path: str | Path | None = "configs/tiny.toml", overrides: Sequence[str] = ()) -> dict:
+    from dialogbert.config import load_config as load_pretrain_config
     from dialogbert.train import pretrain
     from retrieval.encoder import Encoder
     from retrieval.evaluate import RetrievalEvaluator, evaluate
     from retrieval.examples import load_examples
     from retrieval.finetune import finetune
+    from retrieval.finetune import load_config as load_finetune_config
     from retrieval.rerank import CrossEncoder
 
     out = Path(out)
@@ -111,7 +120,18 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
     max_examples = own.max_examples or None
     sources = own.sources or None  # evaluated corpora
     save_config(cfg, out / CONFIG_FILE, "ablation")
-    if tokenizer_dir is None:
+    ft_config = own.finetune_config or None
+    ft = load_finetune_config(ft_config, ft_ov)
+    scored_as = dict(pooling=ft.model.pooling, context_turns=ft.data.context_turns, max_length=ft.data.max_length,
+                     max_turn_tokens=ft.data.max_turn_tokens, context_prefix=ft.model.context_prefix,
+                     response_prefix=ft.model.response_prefix)  # how fine-tuning will read its inputs
+    init_from = load_pretrain_config(config_path, pre_ov).model.init_from
+    if "not_pretrained" in names and not init_from:
+        raise ValueError("ablation.variants: not_pretrained fine-tunes model.init_from, and the pretraining "
+                         "config sets none (e.g. model.init_from=runs/demo/base with configs/e5.toml)")
+    if tokenizer_dir is None and init_from and (Path(init_from) / "tokenizer.json").is_file():
+        pass  # pretraining adopts the init's own tokenizer (dialogbert.train.pick_tokenizer)
+    elif tokenizer_dir is None:
         tokenizer_dir = out / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():
             from dialogbert.tokenizer import train_tokenizer
@@ -129,12 +149,19 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
     for seed in seeds:
         for name in names:
             run = out / name / f"seed-{seed}"
-            ckpt = Path(pretrain(config_path, [*pre_ov, f"run.out={run / 'pretrain'}", f"run.seed={seed}",
-                                               f"data.shards={shards}", f"data.tokenizer={tokenizer_dir}",
-                                               *VARIANTS[name]]))
             zero = name == "no_dialog_ids"
-            add(f"{name} (pretrained only)", ev(EncoderScorer(Encoder.load(ckpt, zero_dialog_ids=zero))))
-            ft_dir = finetune(ckpt, shards, run / "encoder",
+            if VARIANTS[name] is None:  # no pretraining: the init is the same for every seed, scored once
+                ckpt = Path(init_from)
+                if seed == seeds[0]:
+                    add(f"{name} (the init alone)", ev(EncoderScorer(Encoder.load(ckpt, **scored_as))))
+            else:
+                ckpt = Path(pretrain(config_path, [*pre_ov, f"run.out={run / 'pretrain'}", f"run.seed={seed}",
+                                                   f"data.shards={shards}",
+                                                   *([f"data.tokenizer={tokenizer_dir}"] if tokenizer_dir else []),
+                                                   *VARIANTS[name]]))
+                add(f"{name} (pretrained only)",
+                    ev(EncoderScorer(Encoder.load(ckpt, zero_dialog_ids=zero, **scored_as))))
+            ft_dir = finetune(ckpt, shards, run / "encoder", config_path=ft_config,
                               overrides=[*ft_ov, f"run.seed={seed}", f"model.zero_dialog_ids={str(zero).lower()}"])
             add(f"{name} + fine-tuned", ev(EncoderScorer(Encoder.load(ft_dir))))
             if with_reranker:

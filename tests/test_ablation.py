@@ -100,3 +100,40 @@ def test_the_reranker_row_scores_the_first_ten_candidates_only():
     assert not any(k.startswith("R100") for k in got)  # the other 90 candidates were never scored
     got = wrong(ev(wrong))  # the true reply last of ten
     assert (got["R10@1"], got["R10@5"], got["MRR"]) == (0.0, 0.0, pytest.approx(0.1))
+
+
+def test_not_pretrained_fine_tunes_the_init_and_scores_it_once(tiny_shards, tmp_path):
+    """The warm-start arm: no pretraining run, the init scored once with the fine-tuning recipe's
+    encoder settings (prefixes, pooling), and fine-tuned once per seed from it."""
+    from conftest import save_random_dialogbert
+
+    from retrieval.ablation import run_ablation
+    from retrieval.encoder import Encoder
+    from retrieval.evaluate import EncoderScorer, RetrievalEvaluator
+    from retrieval.examples import load_examples
+    from retrieval.finetune import load_config
+
+    init = save_random_dialogbert(tmp_path / "init", hidden=32)
+    recipe = tmp_path / "ft.toml"
+    recipe.write_text('[model]\ncontext_prefix = "query:"\nresponse_prefix = "passage:"\n'
+                      '[data]\ncontext_turns = 2\n[train]\nmax_steps = 3\nbatch_size = 8\nthreads = 1\n')
+    common = [f"model.init_from={init}", "ablation.max_examples=150", f"ablation.finetune_config={recipe}"]
+    rep = run_ablation(tiny_shards, tmp_path / "abl", config_path=ROOT / "configs" / "tiny.toml",
+                       overrides=[*common, "ablation.variants=not_pretrained", "ablation.seeds=0,1"])
+    rows, runs = rep["rows"], rep["runs"]
+    assert rows["not_pretrained (the init alone)"]["seeds"] == 1
+    assert rows["not_pretrained + fine-tuned"]["seeds"] == 2
+    assert not (tmp_path / "abl" / "not_pretrained" / "seed-0" / "pretrain").exists()
+    assert not (tmp_path / "abl" / "tokenizer").exists()  # the init's own tokenizer is used
+    ft = json.loads((tmp_path / "abl" / "not_pretrained" / "seed-1" / "encoder" / "finetune.json").read_text())
+    assert ft["config"]["model"]["context_prefix"] == "query:" and ft["config"]["train"]["max_steps"] == 3
+    # the init's row: the init scored with the recipe's prefixes and turns, not its bare defaults
+    d = load_config(recipe)
+    ev = RetrievalEvaluator(load_examples(tiny_shards, "test", max_examples=150))
+    as_recipe = ev(EncoderScorer(Encoder.load(init, context_prefix="query:", response_prefix="passage:",
+                                              context_turns=2, pooling=d.model.pooling, max_length=d.data.max_length,
+                                              max_turn_tokens=d.data.max_turn_tokens)))
+    assert runs["not_pretrained (the init alone)"][0]["MRR"] == as_recipe["MRR"]
+    with pytest.raises(ValueError, match="not_pretrained fine-tunes model.init_from"):
+        run_ablation(tiny_shards, tmp_path / "abl2", config_path=ROOT / "configs" / "tiny.toml",
+                     overrides=["ablation.variants=not_pretrained"])
