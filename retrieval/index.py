@@ -406,6 +406,9 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if split is None or info.get("split") == "all":
         info["split"] = "all"
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    if not memory and not add:  # a rebuild without the memory: an older build's is no longer read
+        for name in (MEMORY_INDEX, MEMORY_FILE):
+            (out / name).unlink(missing_ok=True)
     print(f"index: {'added' if add else 'indexed'} {len(rows)} responses ({info['count']} in all, "
           f"{factory})" + (f" and {len(mem_rows)} contexts ({info['memory']} in the memory)" if memory else "")
           + f" in {time.time() - t0:.1f}s; left out: {dropped}")

@@ -30,6 +30,7 @@ class IndexSection:
     factory: str = "Flat"  # FAISS factory string: "Flat", "IVF4096,PQ32", "HNSW32"
     gpu: bool = False      # build and search on GPU (faiss-gpu)
     batch_size: int = 64   # texts encoded at once
+    memory: bool = True    # also encode the training contexts (the ranker's neighbour features); false: replies only
 
 
 @dataclass

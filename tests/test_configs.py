@@ -115,6 +115,10 @@ def test_index_flags_map_onto_overrides(recorded, tmp_path):
     recorded.clear()
     assert main([*base, "--out", str(tmp_path / "b"), "--no-ranker", "--factory", "HNSW32"]) == 0
     assert "fit" not in recorded and recorded["built"][1]["factory"] == "HNSW32"
+    assert recorded["built"][1]["memory"] is True
+    recorded.clear()
+    assert main([*base, "--out", str(tmp_path / "c"), "index.memory=false"]) == 0
+    assert recorded["built"][1]["memory"] is False
 
 
 def test_flags_override_the_file_and_dotted_overrides_override_the_flags(recorded, tmp_path):
@@ -194,7 +198,7 @@ def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     build = inspect.signature(__import__("retrieval.index", fromlist=["build_index"]).build_index)
     before = build.bind("enc", "shards", "index", factory="Flat")
     now = build.bind("enc", "shards", "index", factory=cfg.index.factory, gpu=cfg.index.gpu, add=False,
-                     batch_size=cfg.index.batch_size)
+                     batch_size=cfg.index.batch_size, memory=cfg.index.memory)
     before.apply_defaults(), now.apply_defaults()
     assert before.arguments == now.arguments
     fit = inspect.signature(fit_for_index)

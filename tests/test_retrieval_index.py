@@ -134,3 +134,21 @@ def test_ivf_with_too_few_vectors_says_what_to_use(setup, tmp_path):
     with pytest.raises(ValueError, match="use 'Flat'"):
         build_index(model, shards, tmp_path / "idx", factory="IVF64,Flat", encoder=enc,
                     filt=ResponseFilter(pii_check=fake_pii))
+
+
+def test_an_index_without_the_context_memory(setup, tmp_path):
+    """index.memory=false: replies only; a rebuild over a folder with a memory removes it, and the
+    ranker's neighbour features are then unavailable (nothing to vote with), the others are not."""
+    from retrieval.ranker import FeatureScorer
+    shards, model, enc = setup
+    out = build_index(model, shards, tmp_path / "idx", encoder=enc, filt=ResponseFilter(pii_check=fake_pii))
+    assert (out / "memory.index").exists() and ResponseIndex.load(out, encoder=enc).memory is not None
+    build_index(model, shards, out, encoder=enc, filt=ResponseFilter(pii_check=fake_pii), memory=False)
+    info = json.loads((out / "index_info.json").read_text())
+    assert "memory" not in info and info["count"] == 4
+    assert not (out / "memory.index").exists() and not (out / "memory.jsonl").exists()
+    idx = ResponseIndex.load(out, encoder=enc)
+    assert idx.memory is None and idx.memory_texts == []
+    (hits,) = idx.search([[("S1", "내일 비가 와?")]], k=1)
+    assert hits[0][1]["text"] == "내일 비가 온대요"
+    assert FeatureScorer.for_index(idx).available == ["dual", "lexical", "echo"]
