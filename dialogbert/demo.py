@@ -84,7 +84,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
         finetune(ckpt, shards, encoder, config_path=ROOT / "configs" / "finetune_e5.toml")
     _done(t0, str(encoder))
 
-    t0 = _stage("index the training responses and their contexts (FAISS Flat), fit the ranker")
+    t0 = _stage("index the training responses (FAISS Flat), fit the ranker")
     from dialogbert.cli import index_stage  # the same stage as `dialogbert index --config configs/index_demo.toml`
     from retrieval.settings import load_index_config
     index = out / "index"

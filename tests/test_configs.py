@@ -185,8 +185,9 @@ def test_serve_flags_map_onto_overrides(monkeypatch, tmp_path):
 # ---- the demo's recipe -------------------------------------------------------------------------
 
 def test_the_demo_recipe_file_is_what_the_demo_ran_before():
-    """configs/index_demo.toml against the literal call demo.py made before it read the file:
-    build_index(encoder, shards, index, factory="Flat"); fit_for_index(index, shards, use=False,
+    """configs/index_demo.toml against the literal call demo.py made before it read the file,
+    less the context memory (index.memory=false since): build_index(encoder, shards, index,
+    factory="Flat", memory=False); fit_for_index(index, shards, use=False,
     ngram_settings=NgramSettings(max_minutes=5.0))."""
     from dialogbert import demo
     from retrieval.ngram import NgramSettings
@@ -196,7 +197,7 @@ def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     assert demo.INDEX_CONFIG == ROOT / "configs" / "index_demo.toml"
     cfg = load_index_config(demo.INDEX_CONFIG)
     build = inspect.signature(__import__("retrieval.index", fromlist=["build_index"]).build_index)
-    before = build.bind("enc", "shards", "index", factory="Flat")
+    before = build.bind("enc", "shards", "index", factory="Flat", memory=False)
     now = build.bind("enc", "shards", "index", factory=cfg.index.factory, gpu=cfg.index.gpu, add=False,
                      batch_size=cfg.index.batch_size, memory=cfg.index.memory)
     before.apply_defaults(), now.apply_defaults()
