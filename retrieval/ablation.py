@@ -14,9 +14,9 @@ Variants (each pretrained with ``dialogbert.train.pretrain`` and the same config
   start such as ``dialogbert base``'s e5 folder; not in the default list, which suits a
   from-scratch config), its first row the init scored as it is.
 
-Each is evaluated as pretrained (mean pooling, no fine-tuning) and fine-tuned as a dual
-encoder (retrieval.finetune), on the same test examples and candidate sets as the baselines;
-with ``ablation.reranker=true`` also as the cross-encoder re-ranker fine-tuned from the same
+Each is evaluated as pretrained (no fine-tuning; its inputs read as the fine-tuning recipe reads
+them) and fine-tuned as a dual encoder (retrieval.finetune), on the same test examples and
+candidate sets as the baselines; with ``ablation.reranker=true`` also as the cross-encoder re-ranker fine-tuned from the same
 checkpoint (where the next-turn head is the re-ranker's head: the other place next-turn
 pretraining could matter), scored on the 10-candidate sets only (R10@k and MRR; R100 would cost
 100 model passes per example). With ``ablation.seeds=0,1,2`` every variant is pretrained and
