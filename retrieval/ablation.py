@@ -16,12 +16,12 @@ Variants (each pretrained with ``dialogbert.train.pretrain`` and the same config
 
 Each is evaluated as pretrained (no fine-tuning; its inputs read as the fine-tuning recipe reads
 them) and fine-tuned as a dual encoder (retrieval.finetune), on the same test examples and
-candidate sets as the baselines; with ``ablation.reranker=true`` also as the cross-encoder re-
-ranker fine-tuned from the same checkpoint (where the next-turn head is the re-ranker's head: the
-other place next-turn pretraining could matter), scored on the 10-candidate sets only (R10@k and
-MRR; R100 would cost 100 model passes per example). With ``ablation.seeds=0,1,2`` every variant is
-pretrained and fine-tuned once per seed and the table gives mean ± sd over seeds, so a difference
-can be told from seed noise.
+candidate sets as the baselines; with ``ablation.reranker=true`` also as the cross-encoder
+re-ranker fine-tuned from the same checkpoint (where the next-turn head is the re-ranker's head:
+the other place next-turn pretraining could matter), scored on the 10-candidate sets only (R10@k
+and MRR; R100 would cost 100 model passes per example). With ``ablation.seeds=0,1,2`` every
+variant is pretrained and fine-tuned once per seed and the table gives mean ± sd over seeds, so a
+difference can be told from seed noise.
 
 Overrides: ``section.key=value`` go to pretraining; ``finetune.section.key=value`` to the dual
 encoder's fine-tuning, ``rerank.section.key=value`` to the re-ranker's; ``ablation.variants=
