@@ -44,6 +44,7 @@ candidate in that language, the best overall only when none of the candidates is
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -225,7 +226,7 @@ def info():
 
 @bp.get("/api/openapi.json")
 def openapi():
-    return jsonify(document(current_app.config["SERVICE_INFO"]["version"]))
+    return jsonify(document(_package_version()))
 
 
 def _json_object(example: str) -> dict:
@@ -303,6 +304,7 @@ def _api_error(e: HTTPException):
     return jsonify(error=description), e.code
 
 
+@functools.lru_cache(maxsize=1)
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -397,7 +399,6 @@ def create_app(config: dict | None = None) -> Flask:
         app.extensions["dialogbert.watcher"] = IndexWatcher(app.config["INDEX_DIR"], load,
                                                             app.config["RELOAD_SECONDS"],
                                                             app.config["SESSION_CLOCK"], app.config["RETRIEVER"])
-    app.config["SERVICE_INFO"] = service_info(app.config["RETRIEVER"], app.config["INDEX_DIR"], app.config["MODEL_DIR"])
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

@@ -20,14 +20,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from preprocess.schema import atomic_write_text
+
 VECTORS, VECTORS_INFO, CODES, INFO = "vectors.f16", "vectors.json", "ivfpq.index", "bigindex.json"
 RANK_INFO, RANK_ROWS = "rank.json", "replies.jsonl"  # beside each rank's vectors (retrieval/bulk.py)
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", "utf-8")
-    os.replace(tmp, path)
+def write_json(path: Path, obj: dict) -> None:
+    """``obj`` as indented JSON, written atomically (a reader never sees half of it)."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 class VectorFile:
@@ -56,7 +57,7 @@ class VectorFile:
         self._commit()
 
     def _commit(self) -> None:
-        _atomic_json(self.folder / VECTORS_INFO, {"dim": self.dim, "count": self.count, "dtype": "float16"})
+        write_json(self.folder / VECTORS_INFO, {"dim": self.dim, "count": self.count, "dtype": "float16"})
 
     def append(self, batch: np.ndarray) -> None:
         batch = np.asarray(batch)
@@ -217,7 +218,7 @@ def build(vectors: VectorFile | VectorSet, out: str | os.PathLike, recipe: Recip
             "vectors": str(Path(vectors.folder).resolve()), "train_s": round(t_train, 1),
             "add_s": round(t_add, 1), "index_bytes": (out / CODES).stat().st_size}
     info["bytes_per_vector_in_ram"] = round(info["index_bytes"] / n, 1)
-    _atomic_json(out / INFO, info)
+    write_json(out / INFO, info)
     return info
 
 

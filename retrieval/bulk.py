@@ -15,9 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from retrieval.bigindex import RANK_INFO, RANK_ROWS, VectorFile
+from retrieval.bigindex import RANK_INFO, RANK_ROWS, VectorFile, write_json
 from retrieval.index import ResponseFilter, collect_responses
 
 def rank_and_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
@@ -62,9 +60,7 @@ def encode_share(encoder, shards: str | os.PathLike, out: str | os.PathLike, ran
         say(f"rank {rank}/{world}: {vf.count:,} / {len(mine):,} replies")
     info = {"rank": rank, "world": world, "rows": [lo, hi], "count": vf.count, "resumed_at": start,
             "replies_in_corpus": len(rows), "dropped": dropped, "shards": str(shards), "split": split or "all"}
-    tmp = folder / f".rank.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2) + "\n", "utf-8")
-    os.replace(tmp, folder / RANK_INFO)
+    write_json(folder / RANK_INFO, info)
     return info
 
 

@@ -25,8 +25,9 @@ class Feature:
 
     @classmethod
     def load(cls, src: "Sources") -> "Feature | None":
-        """This feature for ``src.index``, or None when the index cannot give it."""
-        raise NotImplementedError
+        """This feature for ``src.index``, or None when the index cannot give it. The default is
+        for a feature that needs nothing from the folder (the texts, the index's encoder)."""
+        return cls()
 
     def score(self, batch: "Batch", temperatures: Sequence[float] = ()) -> np.ndarray | dict:
         """(m, n) scores of the batch's candidates; {temperature: (m, n)} for a neighbour vote."""

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.features.base import Batch, Feature, Sources
+from retrieval.features.base import Batch, Feature
 
 
 class Dual(Feature):
     name, needs = "dual", "the index's encoder"
-
-    @classmethod
-    def load(cls, src: Sources) -> "Dual":
-        return cls()
 
     def score(self, batch: Batch, temperatures=()) -> np.ndarray:
         return np.einsum("md,mnd->mn", batch.C, batch.cand_vecs)

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from retrieval.features.base import Batch, Feature, Sources
+from retrieval.features.base import Batch, Feature
 
 ECHO_FROM = 0.5    # overlap below this is ordinary topical sharing, not an echo
 ECHO_TURNS = 2     # the user's newest turn and the one before it
@@ -33,10 +33,6 @@ def echo(candidate: str, turns: list[set[str]]) -> float:
 
 class Echo(Feature):
     name, needs = "echo", "only the texts"
-
-    @classmethod
-    def load(cls, src: Sources) -> "Echo":
-        return cls()
 
     def score(self, batch: Batch, temperatures=()) -> np.ndarray:
         out = np.zeros((len(batch.candidates), max((len(c) for c in batch.candidates), default=0)), np.float32)
