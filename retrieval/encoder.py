@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -51,6 +52,24 @@ class EncoderSettings:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """"fp32" or "bf16" for a config's ``precision``: "auto" is bf16 where the hardware computes it
+    natively (a CPU with avx512_bf16 or AMX, a CUDA card with bf16), else fp32: without those,
+    bf16 autocast is emulated and slower than fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
 def model_hash(folder: str | Path) -> str:
     """sha256 of the weights file (model.safetensors, else pytorch_model.bin)."""
     from preprocess.pipeline import file_sha256
@@ -73,6 +92,9 @@ class Encoder:
         if self.settings.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.settings.pooling!r}")
         self.path = Path(path) if path else None
+        # "bf16": ``run`` autocasts matmuls to bfloat16 (1.7x on CPUs with avx512_bf16; the
+        # vectors rank as the fp32 ones do: docs/retrieval.md); a runtime choice, not saved
+        self.precision = "fp32"
         cfg = model.config
         self.is_dialog = getattr(cfg, "model_type", "") == "dialogbert"
         self.max_turns = int(getattr(cfg, "max_turns", 16))
@@ -164,6 +186,15 @@ class Encoder:
         dev = next(self.model.parameters()).device
         return {k: v.to(dev) for k, v in pad_batch(feats, pad_id).items()}
 
+    @contextmanager
+    def at_precision(self, precision: str):
+        """``run`` at ``precision`` (:func:`resolve_precision`) inside the block, the encoder's own after."""
+        kept, self.precision = self.precision, resolve_precision(precision, self.model.device.type)
+        try:
+            yield self
+        finally:
+            self.precision = kept
+
     # ---- encode -------------------------------------------------------------------------
     def encode(self, items: Sequence[Turns], batch_size: int = 64, show_progress: bool | None = None,
                prefix: str = "") -> np.ndarray:
@@ -186,7 +217,8 @@ class Encoder:
         if show_progress:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc=desc, unit="batch")
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
             for i in starts:
                 idx = order[i:i + batch_size]
                 out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()

@@ -39,7 +39,7 @@ from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
 from dialogbert.train import find_resume, lr_at, publish_checkpoint
 from preprocess.schema import atomic_write_text
-from retrieval.encoder import Encoder, EncoderSettings
+from retrieval.encoder import PRECISIONS, Encoder, EncoderSettings, resolve_precision
 from retrieval.examples import train_examples
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
@@ -89,6 +89,8 @@ class FtTrain:
     keep_checkpoints: int = 2
     log_every: int = 25
     threads: int = 0               # torch CPU threads; 0 keeps torch's default
+    precision: str = "fp32"        # "bf16": matmuls autocast to bfloat16, weights and optimizer in fp32; "auto": bf16 where the hardware has it natively
+    freeze_layers: int = 0         # > 0: the embeddings (word, position, speaker, turn) and the bottom N layers are not trained: no backward through them
 
 
 @dataclass
@@ -110,10 +112,31 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
         raise ValueError(f"model.pooling={m.pooling!r}: use 'mean' or 'cls'")
     if t.group_size < 2:
         raise ValueError(f"train.group_size={t.group_size}: a group needs the true candidate and >= 1 negative")
+    if t.precision not in PRECISIONS:
+        raise ValueError(f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
     for key in ("batch_size", "max_steps", "log_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
+    if t.freeze_layers < 0:
+        raise ValueError(f"train.freeze_layers={t.freeze_layers} must be >= 0")
     return cfg
+
+
+def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
+    """Stop training the embeddings and the bottom ``layers`` transformer layers of a BERT-shaped
+    ``model`` (a DialogBERT, a plain BertModel, or the cross-encoder's ``bert``); return how many
+    parameters stay trainable. Autograd then ends at layer ``layers``: a step costs the forward of
+    every layer but the backward of the top ones only."""
+    if layers <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = int(getattr(model.config, "num_hidden_layers", 0))
+    if layers >= total:
+        raise ValueError(f"train.freeze_layers={layers}: the model has {total} layers; at least one must train")
+    frozen = ("embeddings.", "turn_embeddings.") + tuple(f"encoder.layer.{i}." for i in range(layers))
+    for name, p in model.named_parameters():
+        if name.removeprefix("bert.").startswith(frozen):
+            p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -186,6 +209,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     enc.path = None
     model = enc.model
     model.train()
+    precision = resolve_precision(T.precision, next(model.parameters()).device.type)
 
     pairs = training_pairs(shards, D.context_turns, D.sources, D.valid_fraction)
     bs = T.batch_size
@@ -196,9 +220,13 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     pool = sorted({p["response"] for p in pairs})
     if cross and len(pool) < 2:
         raise ValueError(f"{shards}: the re-ranker needs at least 2 distinct training responses")
-    print(f"finetune: {M.kind} model, {len(pairs)} training pairs from {shards}, batch {bs}"
+    print(f"finetune: {M.kind} model, {len(pairs)} training pairs from {shards}, batch {bs}, {precision}"
           + (f" x {T.group_size} candidates" if cross else "") + f", init {init}")
 
+    trainable = freeze_bottom(model, T.freeze_layers)
+    if T.freeze_layers:
+        print(f"finetune: embeddings and the bottom {T.freeze_layers} layers frozen; "
+              f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
     groups = param_groups(model, T.weight_decay)
     if T.learn_scale and not cross:
@@ -232,11 +260,12 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         lr = lr_at(step, T)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        if cross:
-            loss = _cross_loss(enc, batch, pool, T, rng)
-            scale = 1.0
-        else:
-            loss, scale = _dual_loss(enc, batch, scale_param, T, rng)
+        with autocast(precision, model):
+            if cross:
+                loss = _cross_loss(enc, batch, pool, T, rng)
+                scale = 1.0
+            else:
+                loss, scale = _dual_loss(enc, batch, scale_param, T, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if T.grad_clip:
@@ -261,13 +290,20 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     model.eval()
     enc.save(out)
     info = {"init": str(init), "shards": str(shards), "kind": M.kind, "steps": step, "pairs": len(pairs),
-            "config": cfg.to_dict(), "seconds": round(time.time() - t0, 1),
+            "config": cfg.to_dict(), "precision": precision, "seconds": round(time.time() - t0, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "losses": state["losses"]}
     if D.valid_fraction > 0:
         info["valid"] = validate(enc, shards, cfg)
         print(f"finetune: validation {info['valid']}")
     atomic_write_text(out / "finetune.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def autocast(precision: str, model: torch.nn.Module):
+    """bf16 autocast on the model's device (matmuls in bfloat16, sums and the loss in fp32), or
+    nothing for fp32."""
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):
@@ -284,7 +320,9 @@ def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ra
     c = enc.forward(enc.pad(enc.context_features(ctx_items)))
     r = enc.forward(enc.pad(enc.response_features(resp_texts)))
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
-    return in_batch_loss(scale * c @ r.T, same, T.symmetric), scale
+    with torch.autocast(c.device.type, enabled=False):  # the cosines in fp32 under bf16 autocast: scale 20 magnifies rounding
+        logits = scale * c.float() @ r.float().T
+    return in_batch_loss(logits, same, T.symmetric), scale
 
 
 def _cross_loss(enc: CrossEncoder, batch: list[dict], pool: list[str], T: FtTrain, rng: random.Random):

@@ -21,6 +21,7 @@ are stored once), which is exactly the evidence a paraphrased question gives.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -324,14 +325,20 @@ def _write_rows(path: Path, rows: list[dict], append: bool) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def _at_precision(encoder, precision: str):
+    """The encoder's ``at_precision`` block; fp32 asks nothing of it (any object with the encode methods)."""
+    return contextlib.nullcontext() if precision == "fp32" else encoder.at_precision(precision)
+
+
 def build_index(model: str | Path, shards: str | Path, out: str | Path, factory: str = "Flat", gpu: bool = False,
                 add: bool = False, *, encoder=None, filt: ResponseFilter | None = None, batch_size: int = 64,
-                memory: bool = True, split: str | None = "train") -> Path:
+                memory: bool = True, split: str | None = "train", precision: str = "fp32") -> Path:
     """Encode the filtered training responses of ``shards`` (and, with ``memory``, their
     contexts) and write the index folder. With ``add=True`` append the new responses and
     contexts to an existing index (same model) without rebuilding. ``split=None`` indexes every
     conversation, the test split's too (a user's own bot: index_info.json then says
-    ``"split": "all"``, and the index's recall on the test split is no held-out measure)."""
+    ``"split": "all"``, and the index's recall on the test split is no held-out measure).
+    ``precision="bf16"`` encodes under bfloat16 autocast (the encoder's own setting is restored)."""
     faiss = _faiss()
     out = Path(out)
     from retrieval.encoder import Encoder, model_hash
@@ -353,8 +360,9 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     for i, r in enumerate(rows):
         r["id"] = start + i
         text_id[r["text"]] = r["id"]
-    vecs = encoder.encode_responses([r["text"] for r in rows], batch_size=batch_size) if rows else \
-        np.zeros((0, encoder.dim), np.float32)
+    with _at_precision(encoder, precision):
+        vecs = encoder.encode_responses([r["text"] for r in rows], batch_size=batch_size) if rows else \
+            np.zeros((0, encoder.dim), np.float32)
     if not add:
         if not rows:
             raise ValueError(f"{shards}: no responses passed the filters ({dropped}); nothing to index")
@@ -363,8 +371,9 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
         index.add(np.ascontiguousarray(vecs, dtype=np.float32))
     mem_rows: list[dict] = []
     if memory:
-        ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
-            np.zeros((0, encoder.dim), np.float32)
+        with _at_precision(encoder, precision):
+            ctx_vecs = encoder.encode_contexts([c for c, _, _ in pairs], batch_size=batch_size) if pairs else \
+                np.zeros((0, encoder.dim), np.float32)
         # the newest context turn as text, for the lexical features; never served, and left empty
         # where it holds unredacted personal data (the response filter's guard, docs/personal-data.md)
         pii = (filt or ResponseFilter()).checker()
@@ -392,7 +401,7 @@ def build_index(model: str | Path, shards: str | Path, out: str | Path, factory:
     if info is None:
         info = {"model": str(Path(model).resolve()) if model is not None else None,
                 "model_sha256": model_hash(encoder.path) if encoder.path else None,
-                "dimension": int(encoder.dim), "factory": factory, "metric": "inner_product",
+                "dimension": int(encoder.dim), "factory": factory, "metric": "inner_product", "precision": precision,
                 "normalized": True, "count": 0, "nprobe": 16, "ef_search": 64, "shards": [],
                 "dropped": {}, "created": now, "build": uuid.uuid4().hex,  # what a fit for this build records
                 "created_with": {"dialogbert": dialogbert.__version__, "faiss": faiss.__version__,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dialogbert.config import Sections, mirror_section, read_config, settings_from
+from retrieval.encoder import PRECISIONS
 from retrieval.ngram import NgramSettings
 from retrieval.use import UseSettings
 
@@ -31,6 +32,7 @@ class IndexSection:
     gpu: bool = False      # build and search on GPU (faiss-gpu)
     batch_size: int = 64   # texts encoded at once
     memory: bool = True    # also encode the training contexts (the ranker's neighbour features); false: replies only
+    precision: str = "fp32"  # "bf16": encode the stored texts under bfloat16 autocast; "auto": bf16 where the hardware has it natively (retrieval.encoder.resolve_precision)
 
 
 @dataclass
@@ -77,6 +79,8 @@ def load_index_config(path: str | Path | None = None, overrides: Sequence[str] =
             raise ValueError(f"{path or 'the defaults'} with overrides {list(overrides)}: [{section}]: {e}") from None
     if not cfg.index.factory:
         raise ValueError("index.factory is empty: give a FAISS factory string such as Flat")
+    if cfg.index.precision not in PRECISIONS:
+        raise ValueError(f"index.precision={cfg.index.precision!r}: use one of {', '.join(PRECISIONS)}")
     if cfg.index.batch_size < 1 or cfg.ranker.max_examples < 1:
         raise ValueError("index.batch_size and ranker.max_examples must be >= 1")
     return cfg

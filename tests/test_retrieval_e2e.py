@@ -131,6 +131,57 @@ def test_a_killed_finetune_resumes_exactly_where_it_was(tiny_model, tiny_shards,
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+def test_frozen_bottom_layers_and_bf16_train_only_the_top(tiny_model, tiny_shards, tmp_path):
+    """train.freeze_layers=1 with bf16 autocast: the embeddings (word, position, speaker, turn) and
+    layer 0 come out bit for bit as they went in, the top layer moves, and the loss falls."""
+    import torch
+    from safetensors.torch import load_file
+
+    from retrieval.finetune import finetune, load_config
+
+    threads = torch.get_num_threads()
+    ov = ["train.max_steps=30", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=1",
+          "train.save_every=1000", "train.log_every=10", "data.max_length=64", "train.threads=1",
+          "data.valid_fraction=0", "train.freeze_layers=1", "train.precision=bf16"]
+    out = finetune(tiny_model, tiny_shards, tmp_path / "ft", overrides=ov, progress=False)
+    torch.set_num_threads(threads)
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
+    key = {k.removeprefix("bert."): k for k in before}
+    moved = {k for k in after if not torch.equal(after[k], before[key[k.removeprefix("bert.")]])}
+    assert moved and all(".layer.1." in k for k in moved), sorted(moved)
+    assert any("attention" in k for k in moved) and any("output.dense" in k for k in moved)
+    losses = [loss for _, loss in json.loads((out / "finetune.json").read_text())["losses"]]
+    assert losses[-1] < losses[0] - 0.2, losses
+    with pytest.raises(ValueError, match="2 layers"):
+        finetune(tiny_model, tiny_shards, tmp_path / "all", overrides=ov[:-2] + ["train.freeze_layers=2"],
+                 progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        load_config(None, ["train.precision=fp8"])
+
+
+def test_bf16_encoding_ranks_as_fp32_and_is_scoped(finetuned, tiny_shards, tmp_path):
+    """Encoding at bf16 (the index's ``precision``) gives vectors within bf16 rounding of the fp32
+    ones, the block restores the encoder's own precision, and the index records what it used."""
+    from retrieval.encoder import Encoder, resolve_precision
+    from retrieval.index import build_index
+
+    enc = Encoder.load(finetuned)
+    texts = ["안녕하세요 반가워요", "오늘 날씨 어때요?", "I had a terrible day at work", "ㅋㅋㅋ 진짜?"] * 4
+    full = enc.encode_responses(texts)
+    with enc.at_precision("bf16"):
+        assert enc.precision == "bf16"
+        half = enc.encode_responses(texts)
+    assert enc.precision == "fp32"
+    cos = (full * half).sum(1)
+    assert cos.min() > 0.99 and not np.array_equal(full, half), cos
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16")
+    info = json.loads((build_index(finetuned, tiny_shards, tmp_path / "ix", precision="bf16", memory=False)
+                       / "index_info.json").read_text())
+    assert info["precision"] == "bf16"
+
+
 def test_encoder_contract(finetuned):
     import numpy as np
 
