@@ -57,6 +57,7 @@ class FtData:
     max_turn_tokens: int = 64
     sources: list[str] = field(default_factory=list)  # e.g. ["chatbotdata"]: one corpus of a mixed folder
     valid_fraction: float = 0.0    # > 0: hold out this share of TRAIN conversations, report R10@1 on it
+    batch_by_source: bool = False  # dual: each batch from one corpus (its in-batch negatives of the same kind); remainders mixed
 
 
 @dataclass
@@ -146,7 +147,7 @@ def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
     retrieval.examples.train_examples (the one reader, which the ranker's encoders use too); each
     with its conversation's turn texts (``conv_turns``) for the hard negatives."""
     return [{"context": ex.context, "response": ex.response, "speaker": ex.speaker, "conv_turns": ex.turns,
-             "turn": ex.turn} for ex in train_examples(shards, valid_fraction, False, context_turns, sources)]
+             "turn": ex.turn, "source": ex.source} for ex in train_examples(shards, valid_fraction, False, context_turns, sources)]
 
 
 # ---- checkpoints: pretraining's folder helpers (dialogbert.train), with a JSON trainer state ----
@@ -249,12 +250,13 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     spent = float(state.get("seconds", 0.0))  # training time of the runs this one resumes
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs] if T.length_window else None
-    order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window)
+    groups = [p["source"] for p in pairs] if D.batch_by_source else None
+    order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, groups)
     recent: list[float] = []
     while step < max_steps:
         if bi >= len(order):
             epoch, bi = epoch + 1, 0
-            order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window)
+            order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, groups)
         batch = [pairs[i] for i in order[bi]]
         bi += 1
         lr = lr_at(step, T)

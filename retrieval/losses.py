@@ -59,19 +59,37 @@ def in_batch_loss(logits: torch.Tensor, duplicates: torch.Tensor | None = None,
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
-                window: int = 0) -> list[list[int]]:
+                window: int = 0, groups: Sequence[str] | None = None) -> list[list[int]]:
     """The epoch's batches: a seeded shuffle cut into ``batch_size`` rows. With ``lengths`` and
     ``window`` > 0, each run of ``window`` batches of the shuffle is sorted by length before it is
     cut, and the batches are shuffled again: a batch then pads to a length near its own rows'
     (the transformer's cost is the padded tokens), while each batch's in-batch negatives are
-    still drawn from the whole corpus."""
+    still drawn from the whole corpus. With ``groups`` (one label a row, e.g. its corpus) each
+    batch is cut from one group, so its in-batch negatives are of the same kind as its positives
+    (a Korean reply is no lesson as the negative of an English context); each group's remainder
+    is pooled into mixed batches, and the batches of all groups are shuffled together."""
     rng = random.Random(seed * 1_000_003 + epoch)
-    perm = list(range(n))
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups if groups is not None else [""] * n):
+        members.setdefault(g, []).append(i)
+    batches, rest = [], []
+    for g in sorted(members):
+        for b in _cut(members[g], batch_size, rng, lengths, window):
+            (batches.append(b) if len(b) == batch_size else rest.extend(b))
+    if groups is not None:  # the groups' remainders, in mixed batches
+        batches += [b for b in _cut(rest, batch_size, rng, lengths, window) if len(b) == batch_size]
+    if groups is not None or lengths is not None and window > 0:
+        rng.shuffle(batches)
+    return batches or [rest]  # fewer rows than a batch: all of them, as one
+
+
+def _cut(rows: list[int], batch_size: int, rng: random.Random, lengths: Sequence[int] | None,
+         window: int) -> list[list[int]]:
+    """``rows`` shuffled (each run of ``window`` batches then sorted by length) and cut into
+    batches; the last one may be short."""
+    perm = list(rows)
     rng.shuffle(perm)
     if lengths is not None and window > 0:
         span = batch_size * window
-        perm = [i for s in range(0, n, span) for i in sorted(perm[s:s + span], key=lambda i: lengths[i])]
-        batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-        rng.shuffle(batches)
-        return batches or [perm]
-    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
+        perm = [i for s in range(0, len(perm), span) for i in sorted(perm[s:s + span], key=lambda i: lengths[i])]
+    return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]

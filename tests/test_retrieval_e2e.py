@@ -389,6 +389,27 @@ def test_length_window_batches_cover_every_pair_once_and_pad_less():
     assert bucketed != batch_order(len(lengths), 32, seed=0, epoch=2, lengths=lengths, window=20)
 
 
+def test_batches_by_source_keep_each_corpus_apart():
+    """data.batch_by_source: every full batch of a corpus holds that corpus's rows only; the
+    corpora's remainders (here 10 + 20 rows) fill mixed batches; nothing but the last short
+    batch's rows is dropped, and the same seed gives the same batches."""
+    import random
+
+    from retrieval.losses import batch_order
+    rng = random.Random(5)
+    groups = ["ko"] * 650 + ["en"] * 340 + ["mix"] * 10
+    lengths = [rng.randrange(5, 200) for _ in groups]
+    batches = batch_order(len(groups), 32, seed=0, epoch=0, lengths=lengths, window=4, groups=groups)
+    kinds = [{groups[i] for i in b} for b in batches]
+    assert all(len(b) == 32 for b in batches)
+    assert sum(k == {"ko"} for k in kinds) == 650 // 32 and sum(k == {"en"} for k in kinds) == 340 // 32
+    assert sum(len(k) > 1 for k in kinds) == 1  # 10 + 20 + 10 remainder rows: one mixed batch, 8 rows left
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 1000 - 8
+    assert batches == batch_order(len(groups), 32, seed=0, epoch=0, lengths=lengths, window=4, groups=groups)
+    assert [b[0] for b in batches] != [b[0] for b in batch_order(len(groups), 32, 0, 1, lengths, 4, groups)]
+
+
 def test_context_and_reply_prefixes_make_an_echo_another_input(tiny_model):
     from retrieval.encoder import Encoder
     enc = Encoder.load(tiny_model, context_prefix="query:", response_prefix="passage:")
