@@ -250,13 +250,13 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     spent = float(state.get("seconds", 0.0))  # training time of the runs this one resumes
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs] if T.length_window else None
-    groups = [p["source"] for p in pairs] if D.batch_by_source else None
-    order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, groups)
+    corpus = [p["source"] for p in pairs] if D.batch_by_source else None
+    order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, corpus)
     recent: list[float] = []
     while step < max_steps:
         if bi >= len(order):
             epoch, bi = epoch + 1, 0
-            order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, groups)
+            order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, corpus)
         batch = [pairs[i] for i in order[bi]]
         bi += 1
         lr = lr_at(step, T)
