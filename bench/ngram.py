@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.retrieval import update_section  # noqa: E402
+from bench.retrieval import publish  # noqa: E402
 from bench.serving import shown  # noqa: E402
 
 HEADING = "## N-gram encoder training"
@@ -101,11 +101,7 @@ def main(argv=None) -> int:
     lines += ["", f"RowAdam's one-head table ends within {gap:.1e} of SparseAdam's (both rounded to float16): "
               f"the same updates. Four heads cost **{rows[2][1] / rows[1][1]:.1f}x** one head's RowAdam time, "
               f"**{rows[2][1] / base:.1f}x** the old one-head SparseAdam time."]
-    body = "\n".join(lines)
-    print(body)
-    if not a.no_write:
-        update_section(Path(a.out), body, heading=HEADING)
-        print(f"updated the {HEADING} section of {a.out}")
+    publish("\n".join(lines), a.out, HEADING, write=not a.no_write)
     return 0
 
 

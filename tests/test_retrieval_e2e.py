@@ -389,6 +389,26 @@ def test_length_window_batches_cover_every_pair_once_and_pad_less():
     assert bucketed != batch_order(len(lengths), 32, seed=0, epoch=2, lengths=lengths, window=20)
 
 
+def test_the_fine_tuning_benchmark_times_every_arm(tiny_model, tiny_shards, capsys):
+    """bench/finetune.py on the tiny model: four arms on the same batches, the reference at 1.00x."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_finetune", root / "bench" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    assert bench.main(["--base", str(tiny_model), "--shards", str(tiny_shards), "--steps", "3",
+                       "--batch-size", "8", "--threads", "1", "--freeze", "1", "--no-write"]) == 0
+    torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 4 and rows[0].endswith("| 1.00x |") and "bottom 1 layers frozen" in rows[3]
+    assert bench.main(["--base", str(tiny_model / "nope"), "--no-write"]) == 2
+
+
 def test_batches_by_source_keep_each_corpus_apart():
     """data.batch_by_source: every full batch of a corpus holds that corpus's rows only; the
     corpora's remainders (here 10 + 20 rows) fill mixed batches; nothing but the last short

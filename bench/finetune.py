@@ -1,0 +1,123 @@
+"""Dual-encoder fine-tuning step benchmark: fp32 against bf16 autocast and frozen lower layers.
+
+    .venv/bin/python bench/finetune.py                       # the demo's base and shards (after `make demo`)
+    .venv/bin/python bench/finetune.py --base runs/demo/base --steps 8 --no-write
+
+Every arm trains the same model (the demo's warm-started DialogBERT, ``configs/finetune_e5.toml``'s
+input settings) on the SAME batches of training pairs (random batches of ``--batch-size``, the
+same for every arm), forward + backward + AdamW, as ``retrieval.finetune`` steps them:
+
+* the reference: fp32, every parameter trained (the demo's recipe before 2026-12-06);
+* ``train.precision=bf16``: the matmuls autocast to bfloat16 (weights, AdamW and the cosines fp32);
+* ``train.freeze_layers=6`` (``--freeze``), fp32 and bf16: the embeddings and the bottom six layers fixed.
+
+Reports seconds per step (the first step of each arm is warm-up and not counted) and the speed-up
+against the reference in the same run. bf16 pays only where the hardware has it
+(``retrieval.encoder.resolve_precision``); this machine's answer is printed. Writes the
+``## Fine-tuning`` section of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.retrieval import publish  # noqa: E402
+from bench.serving import shown  # noqa: E402
+
+HEADING = "## Fine-tuning"
+
+
+def arms(freeze: int) -> list[tuple[str, str, int]]:
+    return [("fp32, every layer trained (the reference)", "fp32", 0), ("bf16 autocast", "bf16", 0),
+            (f"fp32, embeddings + bottom {freeze} layers frozen", "fp32", freeze),
+            (f"bf16 + bottom {freeze} layers frozen", "bf16", freeze)]
+
+
+def step_seconds(base: str, batches: list, precision: str, freeze: int) -> float:
+    """Mean seconds of a training step after the first, for one arm on a fresh copy of ``base``."""
+    import torch
+
+    from dialogbert.engine import param_groups
+    from retrieval.encoder import Encoder
+    from retrieval.finetune import autocast, freeze_bottom, load_config
+    from retrieval.losses import duplicate_mask, in_batch_loss
+    cfg = load_config(ROOT / "configs" / "finetune_e5.toml")
+    D, M = cfg.data, cfg.model
+    enc = Encoder.load(base, strict_kind=False, pooling=M.pooling, context_turns=D.context_turns,
+                       max_length=D.max_length, max_turn_tokens=D.max_turn_tokens,
+                       context_prefix=M.context_prefix, response_prefix=M.response_prefix)
+    model = enc.model
+    model.train()
+    freeze_bottom(model, freeze)
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-6)
+    times = []
+    for batch in batches:
+        t = time.perf_counter()
+        with autocast(precision, model):
+            c = enc.forward(enc.pad(enc.context_features([p["context"] for p in batch])))
+            r = enc.forward(enc.pad(enc.response_features([p["response"] for p in batch])))
+        loss = in_batch_loss(20.0 * c.float() @ r.float().T, duplicate_mask([p["response"] for p in batch]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return sum(times[1:]) / len(times[1:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default=str(ROOT / "runs" / "demo" / "base"))
+    p.add_argument("--shards", default=str(ROOT / "runs" / "demo" / "shards"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6, help="steps an arm (the first is warm-up)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--freeze", type=int, default=6, help="bottom layers the frozen arms fix")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    a = p.parse_args(argv)
+    for folder, what, there in ((a.base, "model", Path(a.base, "config.json").exists()),
+                                (a.shards, "shards", any(Path(a.shards).rglob("*.jsonl")))):
+        if not there:
+            print(f"{folder}: no {what} there; run `make demo` first", file=sys.stderr)
+            return 2
+    if a.steps < 2:
+        print("--steps must be >= 2 (the first step is warm-up)", file=sys.stderr)
+        return 2
+    import torch
+
+    from retrieval.encoder import resolve_precision
+    from retrieval.finetune import training_pairs
+    torch.set_num_threads(a.threads)
+    t_all = time.time()
+    pairs = training_pairs(a.shards, 3, (), 0.1)
+    rng = random.Random(0)
+    batches = [rng.sample(pairs, a.batch_size) for _ in range(a.steps)]
+    rows = [(name, step_seconds(a.base, batches, precision, freeze)) for name, precision, freeze in arms(a.freeze)]
+    base = rows[0][1]
+    cmd = " ".join(["python bench/finetune.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
+             f"{a.threads} thread(s), {platform.processor() or platform.machine()}, Python "
+             f"{platform.python_version()}, torch {torch.__version__}; `precision=auto` resolves to "
+             f"**{resolve_precision('auto')}** here; total {time.time() - t_all:.0f} s).", "",
+             f"Base `{shown(a.base)}`, {a.steps - 1} timed steps of {a.batch_size} random training pairs "
+             f"(no length bucketing) from `{shown(a.shards)}`, the same batches for every arm.", "",
+             "| arm | s / step | pairs / s | speed-up |", "|---|---|---|---|"]
+    for name, sec in rows:
+        lines.append(f"| {name} | {sec:.2f} | {a.batch_size / sec:.1f} | {base / sec:.2f}x |")
+    lines += ["", "What the arms give in R10@1 for the same minutes: "
+              "docs/experiments/2026-12-06-bf16-and-more-steps.md (bf16 kept, frozen layers not)."]
+    publish("\n".join(lines), a.out, HEADING, write=not a.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
