@@ -75,7 +75,10 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequenc
     batches, rest = [], []
     for g in sorted(members):
         for b in _cut(members[g], batch_size, rng, lengths, window):
-            (batches.append(b) if len(b) == batch_size else rest.extend(b))
+            if len(b) == batch_size:
+                batches.append(b)
+            else:
+                rest.extend(b)
     if groups is not None:  # the groups' remainders, in mixed batches
         batches += [b for b in _cut(rest, batch_size, rng, lengths, window) if len(b) == batch_size]
     if groups is not None or lengths is not None and window > 0:
