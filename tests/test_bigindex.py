@@ -139,3 +139,25 @@ def test_the_index_builds_over_the_ranks_and_searches_their_rows(tmp_path):
     scores, ids = bi.search(q, 5)
     assert ids[:, 0].tolist() == [3, 4999, 5000, 11_999]
     assert recall_at(ids, exact_top(vs, q, 5)) >= 0.9
+
+
+def test_the_encode_command_at_bf16_writes_the_fp32_vectors_within_rounding(tmp_path, tiny_shards):
+    """`dialogbert encode --precision bf16`: the same replies, in the same order, each vector within
+    bf16 rounding of the fp32 command's (cosine > 0.99), and not merely a copy of them."""
+    import torch
+
+    from conftest import save_random_dialogbert
+    from dialogbert.cli import main
+    from retrieval.bigindex import open_vectors
+    from retrieval.bulk import reply_rows
+    model = save_random_dialogbert(tmp_path / "m")
+    threads = torch.get_num_threads()
+    for name, precision in (("fp32", "fp32"), ("bf16", "bf16")):
+        assert main(["encode", "--model", str(model), "--shards", str(tiny_shards), "--out", str(tmp_path / name),
+                     "--precision", precision]) == 0
+    torch.set_num_threads(threads)
+    full, half = (np.asarray(open_vectors(tmp_path / n).array(), dtype=np.float32) for n in ("fp32", "bf16"))
+    assert full.shape == half.shape and full.shape[0] > 300
+    assert [r["text"] for r in reply_rows(tmp_path / "fp32")] == [r["text"] for r in reply_rows(tmp_path / "bf16")]
+    cos = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cos.min() > 0.99 and not np.array_equal(full, half), cos.min()
