@@ -47,9 +47,8 @@ def step_seconds(base: str, batches: list, precision: str, freeze: int) -> float
     import torch
 
     from dialogbert.engine import param_groups
-    from retrieval.encoder import Encoder
-    from retrieval.finetune import autocast, freeze_bottom, load_config
-    from retrieval.losses import duplicate_mask, in_batch_loss
+    from retrieval.encoder import Encoder, autocast
+    from retrieval.finetune import dual_loss, freeze_bottom, load_config
     cfg = load_config(ROOT / "configs" / "finetune_e5.toml")
     D, M = cfg.data, cfg.model
     enc = Encoder.load(base, strict_kind=False, pooling=M.pooling, context_turns=D.context_turns,
@@ -59,13 +58,12 @@ def step_seconds(base: str, batches: list, precision: str, freeze: int) -> float
     model.train()
     freeze_bottom(model, freeze)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-6)
+    rng = random.Random(0)  # dual_loss draws negatives only when the recipe asks for extra ones
     times = []
     for batch in batches:
         t = time.perf_counter()
-        with autocast(precision, model):
-            c = enc.forward(enc.pad(enc.context_features([p["context"] for p in batch])))
-            r = enc.forward(enc.pad(enc.response_features([p["response"] for p in batch])))
-        loss = in_batch_loss(20.0 * c.float() @ r.float().T, duplicate_mask([p["response"] for p in batch]))
+        with autocast(precision, "cpu"):
+            loss, _ = dual_loss(enc, batch, None, cfg.train, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

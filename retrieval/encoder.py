@@ -70,6 +70,12 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return "bf16" if native else "fp32"
 
 
+def autocast(precision: str, device: str):
+    """bf16 autocast on ``device`` for a resolved ``precision`` ("bf16"; matmuls in bfloat16,
+    sums and losses in fp32), a no-op for "fp32": the one switch of encoding and fine-tuning."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def model_hash(folder: str | Path) -> str:
     """sha256 of the weights file (model.safetensors, else pytorch_model.bin)."""
     from preprocess.pipeline import file_sha256
@@ -217,8 +223,7 @@ class Encoder:
         if show_progress:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc=desc, unit="batch")
-        with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        with torch.inference_mode(), autocast(self.precision, self.model.device.type):
             for i in starts:
                 idx = order[i:i + batch_size]
                 out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()

@@ -39,7 +39,7 @@ from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
 from dialogbert.train import find_resume, lr_at, publish_checkpoint
 from preprocess.schema import atomic_write_text
-from retrieval.encoder import PRECISIONS, Encoder, EncoderSettings, resolve_precision
+from retrieval.encoder import PRECISIONS, Encoder, EncoderSettings, autocast, resolve_precision
 from retrieval.examples import train_examples
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
@@ -128,15 +128,14 @@ def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
     ``model`` (a DialogBERT, a plain BertModel, or the cross-encoder's ``bert``); return how many
     parameters stay trainable. Autograd then ends at layer ``layers``: a step costs the forward of
     every layer but the backward of the top ones only."""
-    if layers <= 0:
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = int(getattr(model.config, "num_hidden_layers", 0))
-    if layers >= total:
-        raise ValueError(f"train.freeze_layers={layers}: the model has {total} layers; at least one must train")
-    frozen = ("embeddings.", "turn_embeddings.") + tuple(f"encoder.layer.{i}." for i in range(layers))
-    for name, p in model.named_parameters():
-        if name.removeprefix("bert.").startswith(frozen):
-            p.requires_grad_(False)
+    if layers > 0:
+        total = int(getattr(model.config, "num_hidden_layers", 0))
+        if layers >= total:
+            raise ValueError(f"train.freeze_layers={layers}: the model has {total} layers; at least one must train")
+        frozen = ("embeddings.", "turn_embeddings.") + tuple(f"encoder.layer.{i}." for i in range(layers))
+        for name, p in model.named_parameters():
+            if name.removeprefix("bert.").startswith(frozen):
+                p.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -210,7 +209,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     enc.path = None
     model = enc.model
     model.train()
-    precision = resolve_precision(T.precision, next(model.parameters()).device.type)
+    device = next(model.parameters()).device.type
+    precision = resolve_precision(T.precision, device)
 
     pairs = training_pairs(shards, D.context_turns, D.sources, D.valid_fraction)
     bs = T.batch_size
@@ -262,12 +262,12 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         lr = lr_at(step, T)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        with autocast(precision, model):
+        with autocast(precision, device):
             if cross:
                 loss = _cross_loss(enc, batch, pool, T, rng)
                 scale = 1.0
             else:
-                loss, scale = _dual_loss(enc, batch, scale_param, T, rng)
+                loss, scale = dual_loss(enc, batch, scale_param, T, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if T.grad_clip:
@@ -301,14 +301,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     return out
 
 
-def autocast(precision: str, model: torch.nn.Module):
-    """bf16 autocast on the model's device (matmuls in bfloat16, sums and the loss in fp32), or
-    nothing for fp32."""
-    device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):
+def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):
+    """The in-batch loss of one batch of pairs (and the scale it used): a step's forward."""
     ctx_items = [p["context"] for p in batch]
     resp_texts = [p["response"] for p in batch]
     if T.hard_negatives:

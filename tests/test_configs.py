@@ -186,8 +186,9 @@ def test_serve_flags_map_onto_overrides(monkeypatch, tmp_path):
 
 def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     """configs/index_demo.toml against the literal call demo.py made before it read the file,
-    less the context memory (index.memory=false since): build_index(encoder, shards, index,
-    factory="Flat", memory=False); fit_for_index(index, shards, use=False,
+    less the context memory (index.memory=false since) and with the replies encoded in bf16 where
+    native (index.precision=auto since): build_index(encoder, shards, index, factory="Flat",
+    memory=False, precision="auto"); fit_for_index(index, shards, use=False,
     ngram_settings=NgramSettings(max_minutes=5.0))."""
     from dialogbert import demo
     from retrieval.ngram import NgramSettings
@@ -197,9 +198,9 @@ def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     assert demo.INDEX_CONFIG == ROOT / "configs" / "index_demo.toml"
     cfg = load_index_config(demo.INDEX_CONFIG)
     build = inspect.signature(__import__("retrieval.index", fromlist=["build_index"]).build_index)
-    before = build.bind("enc", "shards", "index", factory="Flat", memory=False)
+    before = build.bind("enc", "shards", "index", factory="Flat", memory=False, precision="auto")
     now = build.bind("enc", "shards", "index", factory=cfg.index.factory, gpu=cfg.index.gpu, add=False,
-                     batch_size=cfg.index.batch_size, memory=cfg.index.memory)
+                     batch_size=cfg.index.batch_size, memory=cfg.index.memory, precision=cfg.index.precision)
     before.apply_defaults(), now.apply_defaults()
     assert before.arguments == now.arguments
     fit = inspect.signature(fit_for_index)

@@ -159,6 +159,19 @@ def test_frozen_bottom_layers_and_bf16_train_only_the_top(tiny_model, tiny_shard
         load_config(None, ["train.precision=fp8"])
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    """precision "auto": bf16 on a CPU with avx512_bf16 or AMX tiles, fp32 on one without either
+    (emulated bf16 is slower there); explicit values pass through."""
+    import torch
+
+    from retrieval.encoder import resolve_precision
+    for avx, amx, want in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert resolve_precision("auto") == want, (avx, amx)
+        assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
 def test_bf16_encoding_ranks_as_fp32_and_is_scoped(finetuned, tiny_shards, tmp_path):
     """Encoding at bf16 (the index's ``precision``) gives vectors within bf16 rounding of the fp32
     ones, the block restores the encoder's own precision, and the index records what it used."""
@@ -174,7 +187,6 @@ def test_bf16_encoding_ranks_as_fp32_and_is_scoped(finetuned, tiny_shards, tmp_p
     assert enc.precision == "fp32"
     cos = (full * half).sum(1)
     assert cos.min() > 0.99 and not np.array_equal(full, half), cos
-    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16")
     info = json.loads((build_index(finetuned, tiny_shards, tmp_path / "ix", precision="bf16", memory=False)
