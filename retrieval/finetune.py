@@ -322,14 +322,16 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
 
 
 def _cross_loss(enc: CrossEncoder, batch: list[dict], pool: list[str], T: FtTrain, rng: random.Random):
-    """Listwise: each context against its true response and group_size - 1 sampled negatives."""
+    """Listwise: each context against its true response and group_size - 1 negatives (with
+    ``copy_negatives`` the first is the context's newest turn, as in the dual loss)."""
     g = T.group_size
     contexts, cands = [], []
     for p in batch:
         same_conv = [t for j, t in enumerate(p["conv_turns"]) if j != p["turn"] and t != p["response"]] \
             if T.hard_negatives else []
+        copy = [p["context"][-1][1]] if T.copy_negatives and p["context"][-1][1] != p["response"] else []
         contexts += [p["context"]] * g
-        cands += [p["response"]] + _sample_negatives(rng, pool, p["response"], g - 1, same_conv)
+        cands += [p["response"]] + copy + _sample_negatives(rng, pool, p["response"], g - 1 - len(copy), same_conv)
     scores = enc.forward(enc.pad(enc.pair_features(contexts, cands)))
     return listwise_loss(scores.view(len(batch), g))
 

@@ -117,3 +117,33 @@ def test_the_pair_reader_gives_the_known_pairs_of_a_tiny_shard(tmp_path, monkeyp
     valid, rest = list(train_examples(shards, 0.5, True)), list(train_examples(shards, 0.5, False))
     assert sorted(rows(valid) + rows(rest), key=lambda r: (r[3], r[5])) == sorted(rows(read_examples(shards)), key=lambda r: (r[3], r[5]))
     assert not {e.conv_id for e in valid} & {e.conv_id for e in rest}
+
+
+def test_the_rerankers_copy_negative_is_the_newest_context_turn_and_groups_keep_their_size():
+    import random
+
+    from retrieval.finetune import FtTrain, _cross_loss
+
+    class Recorder:  # what _cross_loss asks of a CrossEncoder, scores all equal
+        def pair_features(self, contexts, candidates):
+            self.contexts, self.candidates = contexts, candidates
+            return candidates
+
+        def pad(self, rows):
+            return rows
+
+        def forward(self, rows):
+            return torch.zeros(len(rows), requires_grad=True)
+
+    batch = [{"context": [("S1", "밥 먹었어?"), ("S2", "아직이요")], "response": "빨리 먹어", "conv_turns": [], "turn": 2},
+             {"context": [("S1", "안녕")], "response": "안녕", "conv_turns": [], "turn": 1}]  # a reply that repeats the turn
+    pool = ["우산 챙겨", "푹 쉬어", "맛있는 거 드세요", "안녕", "빨리 먹어"]
+    rec = Recorder()
+    loss = _cross_loss(rec, batch, pool, FtTrain(group_size=4, copy_negatives=True), random.Random(0))
+    first, second = rec.candidates[:4], rec.candidates[4:]
+    assert first[:2] == ["빨리 먹어", "아직이요"] and "빨리 먹어" not in first[2:]
+    assert second[0] == "안녕" and "안녕" not in second[1:] and len(second) == 4  # no copy of the true reply
+    assert rec.contexts == [batch[0]["context"]] * 4 + [batch[1]["context"]] * 4
+    assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6)
+    _cross_loss(rec, batch, pool, FtTrain(group_size=4), random.Random(0))
+    assert "아직이요" not in rec.candidates[:4]  # off: random negatives only
