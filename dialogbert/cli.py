@@ -119,7 +119,7 @@ def index_stage(cfg, model, shards, out, add: bool = False) -> Path:
     build_index(model, shards, out, factory=cfg.index.factory, gpu=cfg.index.gpu, add=add,
                 batch_size=cfg.index.batch_size, memory=cfg.index.memory,
                 precision=cfg.index.precision)
-    if add:  # the new replies' vectors of the ranker's own encoders (the index knows nothing of them)
+    if add:  # the ranker's files for the new replies (own encoders' vectors, TF-IDF cache): the index knows nothing of them
         from retrieval.ranker import update_for_index
         update_for_index(out)
         return Path(out)

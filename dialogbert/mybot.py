@@ -241,7 +241,7 @@ def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequ
     before = json.loads((index / INFO_FILE).read_text("utf-8")) if add else {"count": 0, "dropped": {}}
     try:
         build_index(model, shards, index, factory="Flat", add=add, filt=filt, split=None)
-        if add:  # the new replies' vectors of the ranker's own encoders
+        if add:  # the ranker's files (own encoders' vectors, TF-IDF cache) for the new replies
             from retrieval.ranker import update_for_index
             update_for_index(index)
     except ValueError as e:

@@ -245,7 +245,7 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     more.mkdir()
     write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
     build_index(enc.path, more, folder, add=True, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
-    update_for_index(folder)  # what `dialogbert index --add` runs after the index (which knows no ranker)
+    update_for_index(folder, encoder=enc)  # what `dialogbert index --add` runs after the index (which knows no ranker)
     grown = ResponseIndex.load(folder, encoder=enc)
     assert grown.texts[-1] == "새로 들어온 답"
     assert json.loads((folder / "ngram" / "replies.json").read_text())["count"] == len(grown.texts)

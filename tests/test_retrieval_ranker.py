@@ -306,6 +306,48 @@ def test_the_fitted_tfidf_is_cached_in_the_index_folder_and_refitted_when_stale(
     assert json.loads((folder / "vocabulary.json").read_text("utf-8"))
 
 
+def test_the_readers_of_an_index_write_nothing_into_its_folder(memory_index, tmp_path):
+    """The chat service and `eval` load the ranker's features with for_ranker: with no TF-IDF cache
+    they fit one in memory and write nothing; the fitting (for_index) writes the cache they read."""
+    idx, _ = memory_index
+    folder = tmp_path / "idx"
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    ranker = Ranker(weights={"dual": 1.0, "lexical": 0.5, "lexical_neighbour": 0.5})
+    ctx, cands = [[("U", "진짜 배고파 또")]], [["우산 챙겨", "맛있는 거 드세요", "푹 쉬어"]]
+    read = FeatureScorer.for_ranker(idx, ranker).features(ctx, cands, names=ranker.active, neighbours=3)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    FeatureScorer.for_index(idx)  # the fitting's load writes the cache ...
+    assert (folder / "lexical" / "key.json").exists()
+    again = FeatureScorer.for_ranker(ResponseIndex.load(folder, encoder=idx.encoder), ranker)
+    cached = again.features(ctx, cands, names=ranker.active, neighbours=3)
+    for f in ("lexical", "lexical_neighbour"):  # ... and a reader gets the features it computed alone
+        assert np.allclose(cached[f], read[f])
+
+
+def test_an_add_refits_the_tfidf_cache_that_the_readers_then_read(memory_index, tmp_path, monkeypatch):
+    from preprocess.schema import write_shard
+    from retrieval.baselines import TfidfScorer
+    from retrieval.ranker import update_for_index
+    idx, _ = memory_index
+    folder = tmp_path / "idx"
+    ranker = Ranker(weights={"dual": 1.0, "lexical": 0.5})
+    ranker.save(folder)
+    old = FeatureScorer.for_index(idx).lexical.vec.vocabulary_  # the fitting wrote the cache of three replies
+    more = tmp_path / "more"
+    more.mkdir()
+    write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
+    build_index(idx.encoder.path, more, folder, add=True, encoder=idx.encoder, filt=ResponseFilter(pii_check=lambda t: False))
+    update_for_index(folder, encoder=idx.encoder)  # what `--add` runs after the index
+    grown = ResponseIndex.load(folder, encoder=idx.encoder)
+    assert grown.texts[-1] == "새로 들어온 답"
+
+    def no_fit(self, texts):
+        raise AssertionError("refitted")
+    monkeypatch.setattr(TfidfScorer, "fit", no_fit)  # the chat service reads the refreshed cache
+    served = FeatureScorer.for_ranker(grown, ranker).lexical
+    assert "들어온" in served.vec.vocabulary_ and "들어온" not in old
+
+
 def test_leaving_out_a_long_own_conversation_still_finds_k_neighbours():
     """The 60 nearest memory entries are the example's own conversation (a long chat): the search
     goes deeper until it has k entries of other conversations, in similarity order."""

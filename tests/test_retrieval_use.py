@@ -115,7 +115,7 @@ def test_fit_for_index_trains_the_towers_and_the_served_replies_read_them(tmp_pa
     more.mkdir()
     write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
     build_index(enc.path, more, folder, add=True, encoder=enc, filt=ResponseFilter(pii_check=lambda t: False))
-    update_for_index(folder)  # what `dialogbert index --add` runs after the index (which knows no ranker)
+    update_for_index(folder, encoder=enc)  # what `dialogbert index --add` runs after the index (which knows no ranker)
     grown = ResponseIndex.load(folder, encoder=enc)
     assert json.loads((folder / "use" / "replies.json").read_text())["count"] == len(grown.texts)
     served = FeatureScorer.for_index(grown).use

@@ -45,12 +45,14 @@ class Feature:
 @dataclass
 class Sources:
     """What features load from: the index (its folder, memory and stored replies), the names
-    wanted (a feature not wanted is not loaded), a loaded re-ranker or the folder of one, and
-    what several features share (the fitted TF-IDF), loaded once."""
+    wanted (a feature not wanted is not loaded), a loaded re-ranker or the folder of one, whether
+    a missing or stale cache may be written back, and what several features share (the fitted
+    TF-IDF), loaded once."""
     index: Any
     wanted: frozenset
     reranker: Any = None
     reranker_dir: str | Path | None = None
+    write: bool = True   # caches (the fitted TF-IDF) may be written into the index folder: the fitting, not the readers
     shared: dict = field(default_factory=dict)
 
     @property

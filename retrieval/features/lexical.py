@@ -17,7 +17,7 @@ class Lexical(Feature):
     @classmethod
     def load(cls, src: Sources) -> "Lexical":
         from retrieval.features.tfidf import load_tfidf
-        return cls(*src.once("tfidf", lambda: load_tfidf(src.index, "lexical_neighbour" in src.wanted)))
+        return cls(*src.once("tfidf", lambda: load_tfidf(src.index, "lexical_neighbour" in src.wanted, src.write)))
 
     def score(self, batch: Batch, temperatures=()) -> np.ndarray:
         return self.tfidf.score([c[-MEMORY_TEXT_TURNS:] for c in batch.contexts], batch.candidates,

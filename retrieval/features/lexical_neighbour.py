@@ -16,7 +16,7 @@ class LexicalNeighbour(Feature):
     @classmethod
     def load(cls, src: Sources) -> "LexicalNeighbour | None":
         from retrieval.features.tfidf import load_tfidf
-        mem = src.once("tfidf", lambda: load_tfidf(src.index, True))[1]
+        mem = src.once("tfidf", lambda: load_tfidf(src.index, True, src.write))[1]
         return cls(mem) if mem is not None else None
 
     def search(self, contexts, C, k, exclude_convs=None):

@@ -142,11 +142,12 @@ class LexicalCache:
             print(f"ranker: could not cache the TF-IDF in {self.folder} ({e}); it is refitted at every load")
 
 
-def load_tfidf(index, memory: bool):
+def load_tfidf(index, memory: bool, save: bool = True):
     """(fitted baselines.TfidfScorer, LexicalMemory or None) of an index: read from its
     ``lexical/`` cache when that holds these texts, else fitted on its stored responses and memory
-    contexts (a fixed sample of at most LEXICAL_FIT_MAX texts) and cached. ``memory``: with the
-    memory's lexical view, when the memory has its texts and is not too big."""
+    contexts (a fixed sample of at most LEXICAL_FIT_MAX texts) and, with ``save``, cached (the
+    fitting writes it; the chat service and ``eval`` only read). ``memory``: with the memory's
+    lexical view, when the memory has its texts and is not too big."""
     from retrieval.baselines import TfidfScorer
     n = len(index.memory_texts)
     want_mem = bool(memory and index.memory is not None and n and any(index.memory_texts[:1000]))
@@ -166,6 +167,6 @@ def load_tfidf(index, memory: bool):
         scorer, matrices = TfidfScorer(drop_space=True).fit(texts), None
     if want_mem:
         mem = LexicalMemory(scorer.vec, index, matrices)
-    if got is None or (want_mem and matrices is None):
+    if save and (got is None or (want_mem and matrices is None)):
         cache.save(scorer, mem)
     return scorer, mem

@@ -129,20 +129,24 @@ def own_encoders(folder, texts, **want: bool) -> dict:
     return out
 
 
-def update_for_index(index_dir: str | Path) -> None:
-    """After ``build_index(add=True)``: the new replies' vectors of the ranker's own encoders that
-    its ranker.json weighs, written now, not at the chat service's start."""
+def update_for_index(index_dir: str | Path, encoder=None) -> None:
+    """After ``build_index(add=True)``: what the ranker.json weighs, brought up to the grown
+    replies now, not at the chat service's start (which only reads): the new replies' vectors of
+    the ranker's own encoders, and the TF-IDF cache refitted on the grown texts (``encoder``: the
+    index's, when loaded already)."""
     import json
 
-    from retrieval.index import INFO_FILE, RESPONSES_FILE, _read_jsonl
+    from retrieval.index import INFO_FILE, RESPONSES_FILE, ResponseIndex, _read_jsonl
     index_dir = Path(index_dir)
-    if not any((index_dir / BY_NAME[f].subdir).is_dir() for f in OWN_ENCODERS):
-        return
     try:
         ranker = Ranker.load(index_dir, json.loads((index_dir / INFO_FILE).read_text("utf-8")))
         if ranker is None:
             return
-        texts = [r["text"] for r in _read_jsonl(index_dir / RESPONSES_FILE)]
-        own_encoders(index_dir, texts, **{f: f in ranker.active for f in OWN_ENCODERS})
+        if any((index_dir / BY_NAME[f].subdir).is_dir() for f in OWN_ENCODERS):
+            texts = [r["text"] for r in _read_jsonl(index_dir / RESPONSES_FILE)]
+            own_encoders(index_dir, texts, **{f: f in ranker.active for f in OWN_ENCODERS})
+        lexical = [f for f in ("lexical", "lexical_neighbour") if f in ranker.active]
+        if lexical:
+            FeatureScorer.for_index(ResponseIndex.load(index_dir, encoder=encoder), wanted=lexical)  # refits and caches
     except (ValueError, RuntimeError) as e:  # the index itself is complete; the chat service says more
-        print(f"ranker: the new replies' vectors were not written ({e})")
+        print(f"ranker: the grown replies' ranker files were not written ({e})")

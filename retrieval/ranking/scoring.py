@@ -60,18 +60,18 @@ class FeatureScorer:
 
     @classmethod
     def for_index(cls, index, reranker=None, wanted: Sequence[str] | None = None, reranker_dir=None,
-                  **switches: bool) -> "FeatureScorer":
+                  write: bool = True, **switches: bool) -> "FeatureScorer":
         """The features an index folder supports, those in ``wanted`` (default: all) less those
         switched off by name (``lexical=False``; ``lexical_memory=False`` is ``lexical_neighbour``).
         Each feature loads itself (retrieval.features); the fitted TF-IDF is cached in the
-        folder's ``lexical/`` (features.tfidf.LexicalCache)."""
+        folder's ``lexical/`` (features.tfidf.LexicalCache) unless ``write`` is false."""
         if "lexical_memory" in switches:
             switches["lexical_neighbour"] = switches.pop("lexical_memory")
         unknown = set(switches) - set(FEATURES)
         if unknown:
             raise TypeError(f"unknown features {sorted(unknown)}; known: {list(FEATURES)}")
         want = frozenset(f for f in (FEATURES if wanted is None else wanted) if switches.get(f, True))
-        src = Sources(index, want, reranker=reranker, reranker_dir=reranker_dir)
+        src = Sources(index, want, reranker=reranker, reranker_dir=reranker_dir, write=write)
         loaded = {}
         for F in REGISTRY:
             if F.name in want:
@@ -83,8 +83,9 @@ class FeatureScorer:
     @classmethod
     def for_ranker(cls, index, ranker: Ranker, reranker=None, reranker_dir=None) -> "FeatureScorer":
         """:meth:`for_index` with only what ``ranker`` weighs: nothing loaded for a feature it
-        leaves out (the chat service and ``eval``)."""
-        return cls.for_index(index, reranker, wanted=ranker.active, reranker_dir=reranker_dir)
+        leaves out, and nothing written into the index folder (the chat service and ``eval`` read;
+        `dialogbert index` and ``update_for_index`` write)."""
+        return cls.for_index(index, reranker, wanted=ranker.active, reranker_dir=reranker_dir, write=False)
 
     def neighbour_hits(self, contexts, C: np.ndarray, names: Sequence[str], k: int,
                        exclude_convs: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
