@@ -3,7 +3,8 @@
     create_app(config=None) -> Flask app
 
 Config keys: ``INDEX_DIR`` and ``MODEL_DIR`` (what `dialogbert index` / `finetune` wrote; the index's
-fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or ``RERANKER_DIR``), or
+fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or ``RERANKER_DIR``; a
+folder `dialogbert bigindex` wrote is served by the dialog model alone, retrieval.bigserve), or
 ``RETRIEVER`` (any object with ``search(contexts, k)``, see :class:`Retriever`; tests inject one);
 ``CONTEXT_TURNS`` (turns of history fed to the encoder, default 5), ``TOP_K`` (candidates ranked,
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
@@ -15,7 +16,7 @@ default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used drop
 limit); ``PROXIES`` (reverse proxies in front that set X-Forwarded-For, default 0);
 ``RELOAD_SECONDS`` (how often the INDEX_DIR is looked at for a changed index, which is then loaded
 and swapped in without dropping a request, bot/reload.py; default 5, 0: never) and
-``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever).
+``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};
@@ -315,15 +316,20 @@ def _package_version() -> str:
 
 def service_info(retriever, index_dir=None, model_dir=None) -> dict:
     """What /api/info says: the package's version, the model's folder name and hash, the index's size
-    and the sha256 of its index_info.json, the ranker's features. Names only, never a path (paths
-    carry user and folder names), no session count, nothing from the conversations."""
+    and the sha256 of its index_info.json (a bigindex's bigindex.json), the ranker's features. Names
+    only, never a path (paths carry user and folder names), no session count, nothing from the
+    conversations."""
     index = getattr(retriever, "index", None)
     folder = index_dir or getattr(index, "folder", None)
     meta, meta_sha = getattr(index, "info", None), None
-    path = Path(folder) / "index_info.json" if folder else None
-    if path is not None and path.is_file():
-        raw = path.read_bytes()
-        meta, meta_sha = json.loads(raw), hashlib.sha256(raw).hexdigest()
+    for name in ("index_info.json", "bigindex.json"):
+        path = Path(folder) / name if folder else None
+        if path is not None and path.is_file():
+            raw = path.read_bytes()
+            meta_sha = hashlib.sha256(raw).hexdigest()
+            if name == "index_info.json":
+                meta = json.loads(raw)
+            break
     meta = meta if isinstance(meta, dict) else {}
     model = model_dir or meta.get("model")
     return {"version": _package_version(),
@@ -388,6 +394,12 @@ def create_app(config: dict | None = None) -> Flask:
     load = app.config["RETRIEVER_LOADER"]   # an injected RETRIEVER without a loader is never reloaded
     if load is None and app.config["INDEX_DIR"] and app.config["RETRIEVER"] is None:
         def load():
+            from retrieval.bigserve import BigRetriever, is_bigindex
+            if is_bigindex(app.config["INDEX_DIR"]):  # `dialogbert bigindex`: the dialog model alone, at scale
+                if app.config["RERANKER_DIR"]:
+                    raise ValueError(f"{app.config['INDEX_DIR']} is a bigindex: it is served by the dialog model "
+                                     f"alone, without a re-ranker")
+                return BigRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"])
             from retrieval.ranker import HybridRetriever
             return HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"], app.config["RERANKER_DIR"])
     if app.config["RETRIEVER"] is None:

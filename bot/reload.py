@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 LOG = logging.getLogger("dialogbert.reload")
-WATCHED = ("index_info.json", "ranker.json")  # written last by the index build and by the ranker fit
+WATCHED = ("index_info.json", "ranker.json", "bigindex.json")  # written last by the index build, the ranker fit, `dialogbert bigindex`
 
 
 class IndexWatcher:

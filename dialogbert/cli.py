@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(bot/settings.py); a TOML file (--config) and dotted overrides such as "
                                    "serve.port=8123 say the same.")
     s.add_argument("--config", default=None, help="a TOML file with a [serve] section (default: built-in settings)")
-    s.add_argument("--index", default=None, help="index folder written by `dialogbert index` (required, here or as serve.index)")
-    s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
+    s.add_argument("--index", default=None, help="index folder written by `dialogbert index`, or by `dialogbert bigindex` (served by the "
+                        "dialog model alone) (required, here or as serve.index)")
+    s.add_argument("--model", default=None, help="encoder folder (default: the one the index or the encoded vectors name)")
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
     s.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=None, help="default 8000")
@@ -395,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("audit", help="replay the test split and prompts asking for personal data through "
                                       "the chat service; report every reply a detector flags (exit 1 if any)")
     s.add_argument("--index", required=True, help="index folder written by `dialogbert index`")
-    s.add_argument("--model", default=None, help="encoder folder (default: the one the index names)")
+    s.add_argument("--model", default=None, help="encoder folder (default: the one the index or the encoded vectors name)")
     s.add_argument("--shards", default=None, help="shard folder whose test split is replayed (default: the index's)")
     s.add_argument("--max-messages", type=int, default=500, help="test-split messages replayed at most (each corpus in turn)")
     s.add_argument("--report", default=None, help="also write the report as JSON here")

@@ -226,8 +226,9 @@ class BigIndex:
     """Search: the IVF-PQ index proposes ``refine`` candidates a query, the float16 vectors on disk
     score them exactly, the best ``k`` come back (inner product, highest first)."""
 
-    def __init__(self, index, vectors: np.ndarray, recipe: Recipe):
-        self.index, self.vectors, self.recipe = index, vectors, recipe
+    def __init__(self, index, vectors: np.ndarray, recipe: Recipe, info: dict | None = None):
+        self.index, self.vectors, self.recipe, self.info = index, vectors, recipe, info or {}
+        self.folder: Path | None = None
         self.set_params(recipe.nprobe, recipe.refine)
 
     @classmethod
@@ -239,7 +240,9 @@ class BigIndex:
         faiss = _faiss()
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index(str(folder / CODES), flags)
-        return cls(index, open_vectors(vectors or info["vectors"]).array(), Recipe(**info["recipe"]))
+        big = cls(index, open_vectors(vectors or info["vectors"]).array(), Recipe(**info["recipe"]), info)
+        big.folder = folder
+        return big
 
     def set_params(self, nprobe: int, refine: int) -> None:
         faiss = _faiss()

@@ -58,10 +58,21 @@ def encode_share(encoder, shards: str | os.PathLike, out: str | os.PathLike, ran
             os.fsync(f.fileno())
         vf.append(vecs)   # the count moves last: a kill before this line redoes the chunk
         say(f"rank {rank}/{world}: {vf.count:,} / {len(mine):,} replies")
-    info = {"rank": rank, "world": world, "rows": [lo, hi], "count": vf.count, "resumed_at": start,
+    info = {"rank": rank, "world": world, "rows": [lo, hi], "count": vf.count, "resumed_at": start, **_model_of(encoder),
             "replies_in_corpus": len(rows), "dropped": dropped, "shards": str(shards), "split": split or "all"}
     write_json(folder / RANK_INFO, info)
     return info
+
+
+def _model_of(encoder) -> dict:
+    """The model folder and weights hash the vectors come from: the chat service encodes its
+    queries with the same model (retrieval.bigserve), and refuses another."""
+    path = getattr(encoder, "path", None)
+    try:
+        sha = encoder.hash() if path else None
+    except FileNotFoundError:  # an encoder object without a weights file
+        sha = None
+    return {"model": str(Path(path).resolve()) if path else None, "model_sha256": sha}
 
 
 def _cut_rows(path: Path, keep: int) -> None:
