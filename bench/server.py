@@ -3,6 +3,7 @@ and 32 concurrent clients, beside the bare retriever's throughput in the same ru
 
     .venv/bin/python bench/server.py                          # on the demo's index (after `make demo`)
     .venv/bin/python bench/server.py --index runs/demo/index --shards runs/demo/shards --requests 200
+    .venv/bin/python bench/server.py --grow 100000     # also a copy grown to 100,000 replies
 
 The bare arm calls ``HybridRetriever.search`` in this process, one context after another (the
 work one chat request does, without HTTP, JSON or sessions): the limit the server should
@@ -67,22 +68,42 @@ def load(url: str, messages: list[str], clients: int) -> tuple[float, list[float
     return len(ms) / (time.perf_counter() - t0), ms
 
 
-def main(argv=None) -> int:
-    def own(p):
-        p.add_argument("--requests", type=int, default=200, help="messages sent at each concurrency")
-        p.add_argument("--clients", default="1,8,32")
-        p.add_argument("--threads", type=int, default=4, help="the server's worker threads (its default)")
-    a = parse_serving_args(__doc__, argv, own)
-    if a is None:
-        return 2
-    from retrieval.examples import load_examples
-    from retrieval.ranker import HybridRetriever
-    t_all = time.time()
-    exs = load_examples(a.shards, "test", max_examples=a.requests)
-    contexts = [[e.context[-1]] for e in exs]   # a new session's first message: its newest turn alone
-    messages = [c[0][1] for c in contexts]
+def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
+    """A copy of ``index_dir`` grown to ``replies`` stored replies through the product's own `--add`
+    path (build_index(add=True), then update_for_index: the n-gram vectors and the TF-IDF cache
+    of the grown texts). The new replies are pairs of stored replies joined by a space (seeded):
+    real words and lengths, distinct texts, encoded by the index's own model."""
+    import random
+    import shutil
 
-    hybrid = HybridRetriever.load(a.index)
+    from preprocess.schema import Conversation, Turn, write_shard
+    from retrieval.index import ResponseIndex, build_index
+    from retrieval.ranker import update_for_index
+    from retrieval.encoder import resolve_precision
+    shutil.copytree(index_dir, out / "index")
+    idx = ResponseIndex.load(out / "index")
+    texts, seen, rng = idx.texts, set(idx.texts), random.Random(0)
+    new = []
+    while len(seen) < replies:
+        t = f"{rng.choice(texts)} {rng.choice(texts)}"
+        if t not in seen and len(t) <= 300:
+            seen.add(t)
+            new.append(t)
+    (out / "shards").mkdir()
+    convs = [Conversation(f"grow-{i}", "grow", "ko", [Turn("S1", "?"), Turn("S2", t)]) for i, t in enumerate(new)]
+    write_shard(out / "shards" / "shard-00000.jsonl", convs)
+    t0 = time.time()
+    build_index(idx.info["model"], out / "shards", out / "index", add=True, encoder=idx.encoder, split=None,
+                precision=resolve_precision("auto", "cpu"))
+    update_for_index(out / "index", encoder=idx.encoder)
+    print(f"grown to {len(seen):,} replies in {time.time() - t0:.0f} s", flush=True)
+    return out / "index"
+
+
+def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int) -> tuple[float, list]:
+    """(the bare retriever's requests/s, [(clients, requests/s, p50 ms, p99 ms)]) on one index."""
+    from retrieval.ranker import HybridRetriever
+    hybrid = HybridRetriever.load(index)
     hybrid.search(contexts[:5], 20)  # warm-up
     t = time.perf_counter()
     for c in contexts:
@@ -91,8 +112,8 @@ def main(argv=None) -> int:
     del hybrid
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", a.index, "--port", str(port),
-                             "--threads", str(a.threads), "--rate-limit", ""],
+    proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", index, "--port", str(port),
+                             "--threads", str(threads), "--rate-limit", ""],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -106,21 +127,53 @@ def main(argv=None) -> int:
                 time.sleep(0.5)
         load(base + "/api/chat", messages[:8], 2)  # warm-up
         rows = []
-        for c in [int(x) for x in a.clients.split(",")]:
+        for c in clients:
             rps, ms = load(base + "/api/chat", messages, c)
             rows.append((c, rps, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))))
             print(f"{c} clients: {rps:.1f} requests/s, p50 {rows[-1][2]:.0f} ms, p99 {rows[-1][3]:.0f} ms", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
+    return bare, rows
+
+
+def main(argv=None) -> int:
+    def own(p):
+        p.add_argument("--requests", type=int, default=200, help="messages sent at each concurrency")
+        p.add_argument("--clients", default="1,8,32")
+        p.add_argument("--threads", type=int, default=4, help="the server's worker threads (its default)")
+        p.add_argument("--grow", type=int, default=0,
+                       help="also measure a copy of the index grown to this many replies (e.g. 100000)")
+    a = parse_serving_args(__doc__, argv, own)
+    if a is None:
+        return 2
+    import tempfile
+
+    from retrieval.examples import load_examples
+    t_all = time.time()
+    exs = load_examples(a.shards, "test", max_examples=a.requests)
+    contexts = [[e.context[-1]] for e in exs]   # a new session's first message: its newest turn alone
+    messages = [c[0][1] for c in contexts]
+    clients = [int(x) for x in a.clients.split(",")]
+    count = json.loads((Path(a.index) / "index_info.json").read_text("utf-8"))["count"]
+    results = [(f"`{shown(a.index)}`, {count:,} replies", *measure(a.index, messages, contexts, clients, a.threads))]
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.grow > count:
+            grown = grown_copy(a.index, a.grow, Path(tmp))
+            results.append((f"the same grown to {a.grow:,} replies",
+                            *measure(str(grown), messages, contexts, clients, a.threads)))
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
              f"with {a.threads} worker threads, rate limit off; total {time.time() - t_all:.0f} s).", "",
-             f"Index `{shown(a.index)}`; {len(messages)} test-split messages at each concurrency, each one a new "
-             f"session (a one-turn context, as in the bare arm). The bare retriever (`HybridRetriever.search` in-process, one after another) answered "
-             f"**{bare:.1f} requests/s** in the same run.", "",
-             "| clients | requests/s | share of the bare retriever's | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {rps:.1f} | {rps / bare:.0%} | {p50:.0f} | {p99:.0f} |" for c, rps, p50, p99 in rows]
+             f"{len(messages)} test-split messages at each concurrency, each one a new session (a one-turn context, "
+             f"as in the bare arm). The bare arm: `HybridRetriever.search` in-process, one request after another, "
+             f"in the same run." + (" The grown index: the index's replies plus pairs of them joined by a space, "
+                                    "added through `--add` (bench/server.py `grown_copy`)." if a.grow > count else ""), "",
+             "| index | bare retriever requests/s | clients | requests/s | share of the bare retriever's | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for name, bare, rows in results:
+        lines += [f"| {name} | {bare:.1f} | {c} | {rps:.1f} | {rps / bare:.0%} | {p50:.0f} | {p99:.0f} |"
+                  for c, rps, p50, p99 in rows]
     publish("\n".join(lines), a.out, "## Serving through the server", write=not a.no_write)
     return 0
 
