@@ -8,7 +8,11 @@ Both arms answer the same test-split contexts one request at a time, as the chat
 (the same, plus the context memory's dense and lexical neighbours, the stored vectors of ~70
 candidates, and the fitted ranker's features). Reports p50/p99 milliseconds per request and the
 ratio, how often the two agree on the first reply, and the chat service's start-up with and
-without the index folder's cached TF-IDF. Writes the ``## Serving`` section of docs/benchmarks.md.
+without the index folder's cached TF-IDF. With ``--bigindex DIR`` (the same replies through
+`dialogbert encode` and `dialogbert bigindex`) a third arm: ``BigRetriever.search``, what the chat
+service serves from a bigindex. Writes the ``## Serving`` section of docs/benchmarks.md.
+
+    .venv/bin/python bench/serving.py --bigindex runs/bigindex
 """
 from __future__ import annotations
 
@@ -84,6 +88,9 @@ def _own_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--k", type=int, default=20, help="replies per request (the chat service's TOP_K)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bigindex", default=None,
+                   help="also a bigindex of the same replies (`dialogbert encode` + `dialogbert bigindex`), "
+                        "served by the dialog model alone (retrieval.bigserve.BigRetriever)")
 
 
 def main(argv=None) -> int:
@@ -111,6 +118,18 @@ def main(argv=None) -> int:
     p50 = (np.percentile(ms_plain, 50), np.percentile(ms_hybrid, 50))
     p99 = (np.percentile(ms_plain, 99), np.percentile(ms_hybrid, 99))
     info = plain.info
+    big_lines = []
+    if a.bigindex:
+        from retrieval.bigserve import BigRetriever
+        big = BigRetriever.load(a.bigindex, info["model"])
+        big.search(contexts[:5], a.k)
+        ms_big, out_big = per_request(lambda c: big.search(c, a.k), contexts)
+        agree = float(np.mean([bool(x and y and x[0][1]["text"] == y[0][1]["text"]) for x, y in zip(out_plain, out_big)]))
+        r = big.index.recipe
+        big_lines = [f"| dialog model over the bigindex (`BigRetriever.search`: {big.index.info['factory']}, nprobe "
+                     f"{r.nprobe}, refine {r.refine}) | {np.percentile(ms_big, 50):.1f} | {np.percentile(ms_big, 99):.1f} |"]
+        big_note = (f" The bigindex (`{shown(a.bigindex)}`, the same {len(big.rows):,} replies as float16 rows) gives "
+                    f"the Flat index's first reply for {agree:.0%} of the contexts.")
     cold, warm = startup(a.index)
     cmd = " ".join(["python bench/serving.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
@@ -120,9 +139,9 @@ def main(argv=None) -> int:
              f"{', '.join(hybrid.ranker.active)}. {len(contexts)} test contexts, one request each, top {a.k}.", "",
              "| retriever | p50 ms | p99 ms |", "|---|---|---|",
              f"| dual encoder alone (`ResponseIndex.search`) | {p50[0]:.1f} | {p99[0]:.1f} |",
-             f"| ranker (`HybridRetriever.search`) | {p50[1]:.1f} | {p99[1]:.1f} |", "",
+             f"| ranker (`HybridRetriever.search`) | {p50[1]:.1f} | {p99[1]:.1f} |", *big_lines, "",
              f"The ranker costs **{p50[1] / p50[0]:.1f}x** the dual encoder's p50 per request; the two pick the same "
-             f"first reply for {same:.0%} of the contexts.", "",
+             f"first reply for {same:.0%} of the contexts." + (big_note if a.bigindex else ""), "",
              f"Start-up (`HybridRetriever.load` on a copy of the folder): {cold:.1f} s when the ranker's TF-IDF is "
              f"fitted, {warm:.1f} s when it is read from the index folder's `lexical/` cache that the first load "
              f"wrote (**{cold / warm:.1f}x** faster)."]

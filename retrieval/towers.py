@@ -75,22 +75,34 @@ class StoredReplyEncoder:
             R = self.encode_replies(uniq)[idx]
         return np.einsum("md,mnd->mn", Q, R)
 
-    def attach_replies(self, folder: str | Path, texts: Sequence[str]) -> None:
+    def attach_replies(self, folder: str | Path, texts: Sequence[str], write: bool = True) -> None:
         """Give :meth:`score` the vectors of an index's stored replies (``texts``, in row order):
         ``folder/subdir/replies.npy``, memory-mapped, so a chat request reads its ~70 candidates'
         rows instead of encoding them. The file is written when missing (``dialogbert index`` does
         it after training, and ``--add`` appends the new replies' vectors). The key, replies.json,
         names the texts the vectors are of (their count and sha256): a store that has grown gets
         the new rows appended here, vectors of other texts are recomputed, and saving a (re)trained
-        encoder removes them (:meth:`drop_replies`). Where the folder is read-only they are kept
-        in RAM instead, with a note."""
+        encoder removes them (:meth:`drop_replies`). Where the folder is read-only, or ``write``
+        is false (the chat service and ``eval``, which only read an index folder), they are kept
+        in RAM instead."""
         d = Path(folder) / self.subdir
         old = self._stored(d, texts)
         have = 0 if old is None else len(old)
         if old is not None and have == len(texts):
             self.replies = old
             return
-        t0, tmp = time.time(), None
+        t0 = time.time()
+        self.replies = self._store(d, texts, old, have) if write else None
+        if self.replies is None:  # in RAM: this process only
+            self.replies = np.zeros((len(texts), self.dim), np.float16)
+            self._fill(self.replies, texts, old, have)
+        print(f"ranker: {self.label} vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
+              + (f" ({have} kept)" if have else ""))
+
+    def _store(self, d: Path, texts: Sequence[str], old, have: int) -> np.ndarray | None:
+        """``d/replies.npy`` (the ``have`` rows of ``old`` kept, the rest encoded) and its key,
+        written atomically, memory-mapped back; None, with a note, where ``d`` cannot be written."""
+        tmp = None
         try:
             d.mkdir(parents=True, exist_ok=True)
             (d / REPLIES_KEY).unlink(missing_ok=True)  # no key while the vectors change
@@ -103,15 +115,12 @@ class StoredReplyEncoder:
             from retrieval.index import texts_sha256
             atomic_write_text(d / REPLIES_KEY, json.dumps({"count": len(texts), "dim": self.dim,
                                                            "texts_sha256": texts_sha256(texts)}) + "\n")
-            self.replies = np.load(d / REPLIES, mmap_mode="r")
+            return np.load(d / REPLIES, mmap_mode="r")
         except OSError as e:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             print(f"ranker: could not store the {self.label} reply vectors in {d} ({e}); they are kept in RAM")
-            self.replies = np.zeros((len(texts), self.dim), np.float16)
-            self._fill(self.replies, texts, old, have)
-        print(f"ranker: {self.label} vectors of {len(texts) - have} stored replies in {time.time() - t0:.1f} s"
-              + (f" ({have} kept)" if have else ""))
+            return None
 
     def _stored(self, d: Path, texts: Sequence[str]) -> np.ndarray | None:
         """``d/replies.npy`` memory-mapped when its key says it holds this encoder's vectors of

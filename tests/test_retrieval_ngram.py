@@ -239,6 +239,12 @@ def test_fit_for_index_trains_it_on_the_training_pairs_and_the_ranker_scores_wit
     feats = scorer.features([e.context for e in val], cands, names=["dual", "ngram"])
     assert np.mean(ranks(feats["ngram"]) <= 1) > 0.9  # the stub's character overlap cannot do this
     assert np.mean(ranks(feats["dual"]) <= 1) < 0.5
+    # the chat service and eval only read: without the stored vectors they encode them in RAM
+    for name in ("replies.npy", "replies.json"):
+        (folder / "ngram" / name).unlink()
+    read = FeatureScorer.for_ranker(index, ranker)
+    assert not (folder / "ngram" / "replies.npy").exists() and not (folder / "ngram" / "replies.json").exists()
+    np.testing.assert_array_equal(np.asarray(read.ngram.replies), np.asarray(scorer.ngram.replies))
     # an --add gives the new replies their vectors at once, so the chat service starts without it
     from preprocess.schema import Conversation, Turn, write_shard
     more = tmp_path / "more"

@@ -52,7 +52,7 @@ class OwnEncoder(Feature):
         enc = cls.read(src.folder)
         if enc is None:
             return None
-        enc.attach_replies(src.folder, src.index.texts)
+        enc.attach_replies(src.folder, src.index.texts, write=src.write)
         return cls(enc)
 
     def score(self, batch: Batch, temperatures=()) -> np.ndarray:
