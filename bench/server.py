@@ -96,7 +96,8 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
     build_index(idx.info["model"], out / "shards", out / "index", add=True, encoder=idx.encoder, split=None,
                 precision=resolve_precision("auto", "cpu"))
     update_for_index(out / "index", encoder=idx.encoder)
-    print(f"grown to {len(seen):,} replies in {time.time() - t0:.0f} s", flush=True)
+    count = json.loads((out / "index" / "index_info.json").read_text("utf-8"))["count"]  # less any the PII guard refused
+    print(f"grown to {count:,} replies in {time.time() - t0:.0f} s", flush=True)
     return out / "index"
 
 
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if a.grow > count:
             grown = grown_copy(a.index, a.grow, Path(tmp))
-            results.append((f"the same grown to {a.grow:,} replies",
+            grown_count = json.loads((grown / "index_info.json").read_text("utf-8"))["count"]
+            results.append((f"the same grown to {grown_count:,} replies",
                             *measure(str(grown), messages, contexts, clients, a.threads)))
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "

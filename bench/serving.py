@@ -143,7 +143,7 @@ def main(argv=None) -> int:
              f"The ranker costs **{p50[1] / p50[0]:.1f}x** the dual encoder's p50 per request; the two pick the same "
              f"first reply for {same:.0%} of the contexts." + (big_note if a.bigindex else ""), "",
              f"Start-up (`HybridRetriever.load` on a copy of the folder): {cold:.1f} s when the ranker's TF-IDF is "
-             f"fitted, {warm:.1f} s when it is read from the index folder's `lexical/` cache that the first load "
+             f"fitted, {warm:.1f} s when it is read from the index folder's `lexical/` cache that `dialogbert index` "
              f"wrote (**{cold / warm:.1f}x** faster)."]
     publish("\n".join(lines), a.out, "## Serving", write=not a.no_write)
     return 0
