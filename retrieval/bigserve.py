@@ -93,6 +93,10 @@ class ReplyRows:
             os.close(fd)
         self._fds = []
 
+    def __del__(self) -> None:  # a retriever replaced by a live reload lets go of its files
+        if getattr(self, "_fds", None):
+            self.close()
+
 
 class BigRetriever:
     """``search(contexts, k)`` as the chat service asks it (retrieval.ranker.HybridRetriever's

@@ -52,7 +52,7 @@ class Sources:
     wanted: frozenset
     reranker: Any = None
     reranker_dir: str | Path | None = None
-    write: bool = True   # caches (the fitted TF-IDF) may be written into the index folder: the fitting, not the readers
+    write: bool = True   # the fitted TF-IDF and the own encoders' reply vectors may be written into the index folder: the fitting, not the readers
     shared: dict = field(default_factory=dict)
 
     @property
