@@ -84,6 +84,7 @@ class FtTrain:
     symmetric: bool = True         # dual: context->response and response->context losses
     hard_negatives: bool = False   # another turn of the same conversation as a negative
     copy_negatives: bool = False   # each context's newest turn as a negative (a bot must not echo it)
+    contrast_negatives: bool = False  # dual: a negated or tense-shifted copy of each true reply as a negative (retrieval.adversarial)
     grad_clip: float = 1.0
     length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
     save_every: int = 200
@@ -312,6 +313,13 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
                 resp_texts.append(rng.choice(alts))
     if T.copy_negatives:  # the newest context turn, repeated, as a wrong reply
         resp_texts += [p["context"][-1][1] for p in batch if p["context"][-1][1] != p["response"]]
+    if T.contrast_negatives:  # the same words, the meaning turned: only reading the reply tells them apart
+        from retrieval.adversarial import negate, shift_tense
+        for p in batch:
+            first, second = (negate, shift_tense) if rng.random() < 0.5 else (shift_tense, negate)
+            turned = first(p["response"]) or second(p["response"])
+            if turned and turned != p["response"]:
+                resp_texts.append(turned)
     same = duplicate_mask(resp_texts[:len(batch)], resp_texts)
     c = enc.forward(enc.pad(enc.context_features(ctx_items)))
     r = enc.forward(enc.pad(enc.response_features(resp_texts)))

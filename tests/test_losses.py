@@ -147,3 +147,35 @@ def test_the_rerankers_copy_negative_is_the_newest_context_turn_and_groups_keep_
     assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6)
     _cross_loss(rec, batch, pool, FtTrain(group_size=4), random.Random(0))
     assert "아직이요" not in rec.candidates[:4]  # off: random negatives only
+
+
+def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_reply():
+    import random
+
+    from retrieval.adversarial import negate, shift_tense
+    from retrieval.finetune import FtTrain, dual_loss
+
+    class Recorder:  # what dual_loss asks of an Encoder; every vector the same
+        def context_features(self, items):
+            return items
+
+        def response_features(self, texts):
+            self.replies = list(texts)
+            return texts
+
+        def pad(self, rows):
+            return rows
+
+        def forward(self, rows):
+            return torch.ones(len(rows), 4, requires_grad=True)
+
+    batch = [{"context": [("S1", "밥은?")], "response": "밥 먹었어요", "conv_turns": [], "turn": 1},
+             {"context": [("S1", "what food?")], "response": "I like pizza", "conv_turns": [], "turn": 1},
+             {"context": [("S1", "어디 가?")], "response": "응", "conv_turns": [], "turn": 1}]  # nothing to turn
+    rec = Recorder()
+    dual_loss(rec, batch, None, FtTrain(contrast_negatives=True), random.Random(0))
+    assert rec.replies[:3] == ["밥 먹었어요", "I like pizza", "응"] and len(rec.replies) == 5
+    assert rec.replies[3] in (negate("밥 먹었어요"), shift_tense("밥 먹었어요"))
+    assert rec.replies[4] in (negate("I like pizza"), shift_tense("I like pizza"))
+    dual_loss(rec, batch, None, FtTrain(), random.Random(0))
+    assert len(rec.replies) == 3  # off: the batch's own replies only
