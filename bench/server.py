@@ -79,7 +79,6 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
     from preprocess.schema import Conversation, Turn, write_shard
     from retrieval.index import ResponseIndex, build_index
     from retrieval.ranker import update_for_index
-    from retrieval.encoder import resolve_precision
     shutil.copytree(index_dir, out / "index")
     idx = ResponseIndex.load(out / "index")
     texts, seen, rng = idx.texts, set(idx.texts), random.Random(0)
@@ -94,7 +93,7 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
     write_shard(out / "shards" / "shard-00000.jsonl", convs)
     t0 = time.time()
     build_index(idx.info["model"], out / "shards", out / "index", add=True, encoder=idx.encoder, split=None,
-                precision=resolve_precision("auto", "cpu"))
+                precision="auto")
     update_for_index(out / "index", encoder=idx.encoder)
     count = json.loads((out / "index" / "index_info.json").read_text("utf-8"))["count"]  # less any the PII guard refused
     print(f"grown to {count:,} replies in {time.time() - t0:.0f} s", flush=True)

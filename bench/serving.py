@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p50 = (np.percentile(ms_plain, 50), np.percentile(ms_hybrid, 50))
     p99 = (np.percentile(ms_plain, 99), np.percentile(ms_hybrid, 99))
     info = plain.info
-    big_lines = []
+    big_lines, big_note = [], ""
     if a.bigindex:
         from retrieval.bigserve import BigRetriever
         big = BigRetriever.load(a.bigindex, info["model"])
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
              f"| dual encoder alone (`ResponseIndex.search`) | {p50[0]:.1f} | {p99[0]:.1f} |",
              f"| ranker (`HybridRetriever.search`) | {p50[1]:.1f} | {p99[1]:.1f} |", *big_lines, "",
              f"The ranker costs **{p50[1] / p50[0]:.1f}x** the dual encoder's p50 per request; the two pick the same "
-             f"first reply for {same:.0%} of the contexts." + (big_note if a.bigindex else ""), "",
+             f"first reply for {same:.0%} of the contexts." + big_note, "",
              f"Start-up (`HybridRetriever.load` on a copy of the folder): {cold:.1f} s when the ranker's TF-IDF is "
              f"fitted, {warm:.1f} s when it is read from the index folder's `lexical/` cache that `dialogbert index` "
              f"wrote (**{cold / warm:.1f}x** faster)."]

@@ -102,12 +102,11 @@ class BigRetriever:
     """``search(contexts, k)`` as the chat service asks it (retrieval.ranker.HybridRetriever's
     shape): the k best (score, reply row) of each context, by the dialog model's cosine."""
 
-    def __init__(self, encoder, index: BigIndex, rows: ReplyRows, folder: str | os.PathLike | None = None):
+    def __init__(self, encoder, index: BigIndex, rows: ReplyRows):
         if len(rows) != index.index.ntotal:
-            raise ValueError(f"{folder}: the index holds {index.index.ntotal:,} vectors but the encoding's "
+            raise ValueError(f"{index.folder}: the index holds {index.index.ntotal:,} vectors but the encoding's "
                              f"reply rows are {len(rows):,}: build the bigindex again from these vectors")
-        self.encoder, self.index, self.rows = encoder, index, rows
-        index.folder = Path(folder) if folder is not None else None  # what /api/info reads, with index.info
+        self.encoder, self.index, self.rows = encoder, index, rows  # /api/info reads index.info and index.folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model_dir: str | os.PathLike | None = None) -> "BigRetriever":
@@ -133,7 +132,7 @@ class BigRetriever:
                                      f"({recorded})")
         big = BigIndex.load(folder)
         big.info.update(dimension=info["dim"], model=str(model), model_sha256=want)  # /api/info's names
-        return cls(encoder, big, rows, folder)
+        return cls(encoder, big, rows)
 
     def search(self, contexts: Sequence, k: int = 5) -> list[list[tuple[float, dict]]]:
         C = self.encoder.encode_contexts(list(contexts))
