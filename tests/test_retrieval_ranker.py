@@ -287,7 +287,7 @@ def test_the_fitted_tfidf_is_cached_in_the_index_folder_and_refitted_when_stale(
     ctx, cands = [[("U", "진짜 배고파 또")]], [["우산 챙겨", "맛있는 거 드세요", "푹 쉬어"]]
     names = ["lexical", "lexical_neighbour"]
     first = FeatureScorer.for_index(idx).features(ctx, cands, names=names, neighbours=3)
-    assert (folder / "key.json").exists() and (folder / "contexts.npz").exists()
+    assert (folder / "key.json").exists() and (folder / "contexts.npz").exists() and (folder / "replies.npz").exists()
 
     def no_fit(self, texts):
         raise AssertionError("refitted")
@@ -304,6 +304,23 @@ def test_the_fitted_tfidf_is_cached_in_the_index_folder_and_refitted_when_stale(
     fixed = FeatureScorer.for_index(ResponseIndex.load(tmp_path / "idx", encoder=idx.encoder))
     assert np.allclose(fixed.features(ctx, cands, names=names, neighbours=3)["lexical"], first["lexical"])
     assert json.loads((folder / "vocabulary.json").read_text("utf-8"))
+
+
+def test_the_stored_replies_tfidf_rows_are_looked_up_not_transformed(memory_index, monkeypatch):
+    """The chat service's candidates are stored replies: the lexical feature reads their TF-IDF rows
+    (computed once at load) instead of transforming the texts at every request, with or without
+    the memory's lexical neighbours, and gets the same scores."""
+    import retrieval.baselines
+
+    idx, _ = memory_index
+    ranker = Ranker(weights={"dual": 1.0, "lexical": 0.5})
+    fs = FeatureScorer.for_ranker(idx, ranker)
+    assert "lexical_neighbour" not in fs.loaded          # not weighed: the memory's contexts are not loaded
+    ctx, cands = [[("U", "맛있는 거 먹고 쉬어")]], [list(idx.texts)]
+    transformed = fs.features(ctx, cands, names=["lexical"])["lexical"]
+    monkeypatch.setattr(retrieval.baselines, "candidate_rows", lambda *a: pytest.fail("transformed at the request"))
+    looked_up = fs.features(ctx, cands, names=["lexical"], cand_rows=np.arange(len(idx.texts))[None])["lexical"]
+    assert transformed.max() > 0 and np.allclose(looked_up, transformed)
 
 
 def test_the_readers_of_an_index_write_nothing_into_its_folder(memory_index, tmp_path):

@@ -17,7 +17,7 @@ class LexicalNeighbour(Feature):
     def load(cls, src: Sources) -> "LexicalNeighbour | None":
         from retrieval.features.tfidf import load_tfidf
         mem = src.once("tfidf", lambda: load_tfidf(src.index, True, src.write))[1]
-        return cls(mem) if mem is not None else None
+        return cls(mem) if mem is not None and mem.contexts is not None else None
 
     def search(self, contexts, C, k, exclude_convs=None):
         from retrieval.baselines import context_text

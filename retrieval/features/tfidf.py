@@ -26,16 +26,19 @@ def tfidf_rows(vec, candidates: Sequence[Sequence[str]], cand_rows=None, memory:
 
 
 class LexicalMemory:
-    """TF-IDF rows of the memory's contexts and of the stored replies, with the vectorizer of the
-    ``lexical`` feature; in RAM (sparse), for corpora up to LEXICAL_MEMORY_MAX entries.
-    ``matrices`` (contexts (V, N), replies (M, V)) when already computed (the cache)."""
+    """TF-IDF rows of the stored replies and (``contexts``: when the index keeps a context memory)
+    of the memory's contexts, with the vectorizer of the ``lexical`` feature; in RAM (sparse), for
+    corpora up to LEXICAL_MEMORY_MAX entries. The reply rows spare every request the transform of
+    its candidates (a stored reply's row is looked up). ``matrices`` (contexts (V, N) or None,
+    replies (M, V) or None) where already computed (the cache)."""
 
-    def __init__(self, vectorizer, index, matrices=None):
+    def __init__(self, vectorizer, index, matrices=None, contexts: bool = True):
         self.vec, self.index = vectorizer, index
-        if matrices is None:
-            matrices = (vectorizer.transform(index.memory_texts).T.tocsr(),  # (V, N): Q @ contexts
-                        vectorizer.transform(index.texts).tocsr())
-        self.contexts, self.replies = matrices
+        ctx, replies = matrices if matrices is not None else (None, None)
+        if contexts and ctx is None:
+            ctx = vectorizer.transform(index.memory_texts).T.tocsr()  # (V, N): Q @ contexts
+        self.contexts = ctx if contexts else None
+        self.replies = replies if replies is not None else vectorizer.transform(index.texts).tocsr()
 
     def search(self, context_texts: Sequence[str], k: int, exclude_convs=None, chunk: int | None = None):
         """The k memory contexts sharing most TF-IDF weight with each context: (sims, rows).
@@ -97,8 +100,9 @@ class LexicalCache:
                          "fit_max": LEXICAL_FIT_MAX, "sklearn": sklearn.__version__}
         return self._key
 
-    def load(self, matrices: bool):
-        """(TfidfScorer, (contexts, replies) or None) from the cache, or None when absent or stale."""
+    def load(self, contexts: bool):
+        """(TfidfScorer, (contexts or None, replies or None)) from the cache (the memory's contexts
+        only when asked for), or None when absent or stale."""
         if self.folder is None or not (self.folder / "key.json").exists():
             return None
         import scipy.sparse as sp
@@ -111,11 +115,16 @@ class LexicalCache:
             scorer = TfidfScorer(drop_space=True)
             scorer.vec.vocabulary_ = vocab
             scorer.vec.idf_ = np.load(self.folder / "idf.npy")
-            mats = None
-            if matrices and (self.folder / "contexts.npz").exists():
-                mats = (sp.load_npz(self.folder / "contexts.npz").tocsr(), sp.load_npz(self.folder / "replies.npz").tocsr())
-                if mats[0].shape[1] != len(self.index.memory_texts) or mats[1].shape[0] != len(self.index.texts):
+            ctx = replies = None
+            if (self.folder / "replies.npz").exists():
+                replies = sp.load_npz(self.folder / "replies.npz").tocsr()
+                if replies.shape[0] != len(self.index.texts):
                     return None
+            if contexts and (self.folder / "contexts.npz").exists():
+                ctx = sp.load_npz(self.folder / "contexts.npz").tocsr()
+                if ctx.shape[1] != len(self.index.memory_texts):
+                    return None
+            mats = (ctx, replies)
         except (OSError, ValueError, KeyError) as e:  # damaged: refit (and rewrite)
             print(f"ranker: {self.folder} is damaged ({e}); refitting the TF-IDF")
             return None
@@ -131,11 +140,11 @@ class LexicalCache:
             vocab = {g: int(i) for g, i in scorer.vec.vocabulary_.items()}
             atomic_write_text(self.folder / "vocabulary.json", json.dumps(vocab, ensure_ascii=False))
             np.save(self.folder / "idf.npy", np.asarray(scorer.vec.idf_))
-            if mem is not None:
-                sp.save_npz(self.folder / "contexts.npz", mem.contexts)
-                sp.save_npz(self.folder / "replies.npz", mem.replies)
-            else:
-                for name in ("contexts.npz", "replies.npz"):
+            for name, matrix in (("contexts.npz", getattr(mem, "contexts", None)),
+                                 ("replies.npz", getattr(mem, "replies", None))):
+                if matrix is not None:
+                    sp.save_npz(self.folder / name, matrix)
+                else:
                     (self.folder / name).unlink(missing_ok=True)
             atomic_write_text(self.folder / "key.json", json.dumps(self.key(), indent=1) + "\n")
         except OSError as e:
@@ -146,17 +155,18 @@ def load_tfidf(index, memory: bool, save: bool = True):
     """(fitted baselines.TfidfScorer, LexicalMemory or None) of an index: read from its
     ``lexical/`` cache when that holds these texts, else fitted on its stored responses and memory
     contexts (a fixed sample of at most LEXICAL_FIT_MAX texts) and, with ``save``, cached (the
-    fitting writes it; the chat service and ``eval`` only read). ``memory``: with the memory's
-    lexical view, when the memory has its texts and is not too big."""
+    fitting writes it; the chat service and ``eval`` only read). The LexicalMemory holds the stored
+    replies' rows whenever there are at most LEXICAL_MEMORY_MAX of them, and with ``memory`` the
+    memory's contexts' too, when the memory has its texts and is not too big."""
     from retrieval.baselines import TfidfScorer
     n = len(index.memory_texts)
     want_mem = bool(memory and index.memory is not None and n and any(index.memory_texts[:1000]))
     if want_mem and n > LEXICAL_MEMORY_MAX:
         print(f"ranker: {n} memory entries > {LEXICAL_MEMORY_MAX}: no lexical neighbours")
         want_mem = False
-    mem = None
+    want_rows = want_mem or len(index.texts) <= LEXICAL_MEMORY_MAX
     cache = LexicalCache(index)
-    got = cache.load(matrices=want_mem)
+    got = cache.load(contexts=want_mem)
     if got is not None:
         scorer, matrices = got
     else:
@@ -164,9 +174,9 @@ def load_tfidf(index, memory: bool, save: bool = True):
         if len(texts) > LEXICAL_FIT_MAX:
             pick = np.random.default_rng(0).choice(len(texts), LEXICAL_FIT_MAX, replace=False)
             texts = [texts[i] for i in sorted(pick)]
-        scorer, matrices = TfidfScorer(drop_space=True).fit(texts), None
-    if want_mem:
-        mem = LexicalMemory(scorer.vec, index, matrices)
-    if save and (got is None or (want_mem and matrices is None)):
+        scorer, matrices = TfidfScorer(drop_space=True).fit(texts), (None, None)
+    mem = LexicalMemory(scorer.vec, index, matrices, contexts=want_mem) if want_rows else None
+    computed = mem is not None and ((want_mem and matrices[0] is None) or matrices[1] is None)
+    if save and (got is None or computed):
         cache.save(scorer, mem)
     return scorer, mem
