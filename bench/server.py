@@ -6,8 +6,10 @@ and 32 concurrent clients, beside the bare retriever's throughput in the same ru
     .venv/bin/python bench/server.py --grow 100000     # also a copy grown to 100,000 replies
 
 The bare arm calls ``HybridRetriever.search`` in this process, one context after another (the
-work one chat request does, without HTTP, JSON or sessions): the limit the server should
-approach. The server arm starts ``python -m dialogbert.cli serve`` (rate limit off, ``--threads``)
+work one chat request does, without HTTP, JSON or sessions), and then ``--batch`` contexts a call
+(what the server's request batching, bot/batching.py, does when requests overlap): the limit the
+server should approach. The server arm starts ``python -m dialogbert.cli serve`` (rate limit off,
+``--threads``, ``--batch``)
 in a subprocess and sends the same test-split messages from N client threads over HTTP, each
 message a new session, so both arms encode the same one-turn contexts. Reports requests/s,
 p50/p99 ms per request and the ratio to the bare arm; writes the ``## Serving through the
@@ -100,8 +102,10 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
     return out / "index"
 
 
-def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int) -> tuple[float, list]:
-    """(the bare retriever's requests/s, [(clients, requests/s, p50 ms, p99 ms)]) on one index."""
+def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int,
+            batch: int = 8) -> tuple[float, float, list]:
+    """(the bare retriever's requests/s one at a time and ``batch`` a call,
+    [(clients, requests/s, p50 ms, p99 ms)]) on one index."""
     from retrieval.ranker import HybridRetriever
     hybrid = HybridRetriever.load(index)
     hybrid.search(contexts[:5], 20)  # warm-up
@@ -109,11 +113,15 @@ def measure(index: str, messages: list[str], contexts: list, clients: list[int],
     for c in contexts:
         hybrid.search([c], 20)
     bare = len(contexts) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(0, len(contexts), batch):
+        hybrid.search(contexts[i:i + batch], 20)
+    batched = len(contexts) / (time.perf_counter() - t)
     del hybrid
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", index, "--port", str(port),
-                             "--threads", str(threads), "--rate-limit", ""],
+                             "--threads", str(threads), "--batch", str(batch), "--rate-limit", ""],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -134,14 +142,15 @@ def measure(index: str, messages: list[str], contexts: list, clients: list[int],
     finally:
         proc.terminate()
         proc.wait(30)
-    return bare, rows
+    return bare, batched, rows
 
 
 def main(argv=None) -> int:
     def own(p):
         p.add_argument("--requests", type=int, default=200, help="messages sent at each concurrency")
         p.add_argument("--clients", default="1,8,32")
-        p.add_argument("--threads", type=int, default=4, help="the server's worker threads (its default)")
+        p.add_argument("--threads", type=int, default=8, help="the server's worker threads (its default)")
+        p.add_argument("--batch", type=int, default=8, help="the server's request batching (its default; 1: off)")
         p.add_argument("--grow", type=int, default=0,
                        help="also measure a copy of the index grown to this many replies (e.g. 100000)")
     a = parse_serving_args(__doc__, argv, own)
@@ -156,24 +165,26 @@ def main(argv=None) -> int:
     messages = [c[0][1] for c in contexts]
     clients = [int(x) for x in a.clients.split(",")]
     count = json.loads((Path(a.index) / "index_info.json").read_text("utf-8"))["count"]
-    results = [(f"`{shown(a.index)}`, {count:,} replies", *measure(a.index, messages, contexts, clients, a.threads))]
+    results = [(f"`{shown(a.index)}`, {count:,} replies", *measure(a.index, messages, contexts, clients, a.threads, a.batch))]
     with tempfile.TemporaryDirectory() as tmp:
         if a.grow > count:
             grown = grown_copy(a.index, a.grow, Path(tmp))
             grown_count = json.loads((grown / "index_info.json").read_text("utf-8"))["count"]
             results.append((f"the same grown to {grown_count:,} replies",
-                            *measure(str(grown), messages, contexts, clients, a.threads)))
+                            *measure(str(grown), messages, contexts, clients, a.threads, a.batch)))
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
-             f"with {a.threads} worker threads, rate limit off; total {time.time() - t_all:.0f} s).", "",
+             f"with {a.threads} worker threads, request batching up to {a.batch}, rate limit off; total "
+             f"{time.time() - t_all:.0f} s).", "",
              f"{len(messages)} test-split messages at each concurrency, each one a new session (a one-turn context, "
              f"as in the bare arm). The bare arm: `HybridRetriever.search` in-process, one request after another, "
-             f"in the same run." + (" The grown index: the index's replies plus pairs of them joined by a space, "
+             f"and {a.batch} contexts a call, in the same run." + (" The grown index: the index's replies plus pairs of them joined by a space, "
                                     "added through `--add` (bench/server.py `grown_copy`)." if a.grow > count else ""), "",
-             "| index | bare retriever requests/s | clients | requests/s | share of the bare retriever's | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
-    for name, bare, rows in results:
-        lines += [f"| {name} | {bare:.1f} | {c} | {rps:.1f} | {rps / bare:.0%} | {p50:.0f} | {p99:.0f} |"
+             f"| index | bare requests/s, one a call | bare, {a.batch} a call | clients | requests/s | "
+             f"share of the bare {a.batch} a call | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, bare, batched, rows in results:
+        lines += [f"| {name} | {bare:.1f} | {batched:.1f} | {c} | {rps:.1f} | {rps / batched:.0%} | {p50:.0f} | {p99:.0f} |"
                   for c, rps, p50, p99 in rows]
     publish("\n".join(lines), a.out, "## Serving through the server", write=not a.no_write)
     return 0

@@ -16,7 +16,9 @@ default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used drop
 limit); ``PROXIES`` (reverse proxies in front that set X-Forwarded-For, default 0);
 ``RELOAD_SECONDS`` (how often the INDEX_DIR is looked at for a changed index, which is then loaded
 and swapped in without dropping a request, bot/reload.py; default 5, 0: never) and
-``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever).
+``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever);
+``SEARCH_BATCH`` (chat requests that arrive together are searched in one call of the retriever, up to
+this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};
@@ -193,6 +195,11 @@ def _retriever() -> Retriever:
     return watcher.current() if watcher is not None else current_app.config["RETRIEVER"]
 
 
+def _searcher() -> Retriever:
+    """What a request searches with: the batcher in front of the live retriever, or that retriever."""
+    return current_app.extensions.get("dialogbert.batcher") or _retriever()
+
+
 bp = Blueprint("chat", __name__)
 
 
@@ -206,7 +213,7 @@ def healthz():
     """200 {"status": "ok"} when the retriever answers HEALTH_PROBE with at least one reply; else
     503 with the reason (the exception's type only: its message, in the log, may name paths)."""
     try:
-        hits = _retriever().search([[(USER, HEALTH_PROBE)]], 1)
+        hits = _searcher().search([[(USER, HEALTH_PROBE)]], 1)
         if not (hits and hits[0] and isinstance(hits[0][0][1].get("text"), str)):
             return jsonify(status="failing", reason="the retriever found no reply to the probe message"), 503
     except Exception as e:
@@ -222,6 +229,9 @@ def info():
     out = service_info(_retriever(), c["INDEX_DIR"], c["MODEL_DIR"])
     if watcher is not None:
         out["reload"] = watcher.status()
+    batcher = current_app.extensions.get("dialogbert.batcher")
+    if batcher is not None:
+        out["batching"] = batcher.status()
     return jsonify(out)
 
 
@@ -272,7 +282,7 @@ def chat():
     turn = (USER, anonymize(message))
     history = sessions.history(sid)
     context = (history + [turn])[-current_app.config["CONTEXT_TURNS"]:]
-    hits = _retriever().search([context], current_app.config["TOP_K"])[0]
+    hits = _searcher().search([context], current_app.config["TOP_K"])[0]
     candidates = [(row["text"], score) for score, row in hits]
     lang = detect_lang([turn[1]])
     reply = choose_reply(candidates, history, user_gave_pii=bool(PLACEHOLDER.search(turn[1])), lang=lang)
@@ -376,7 +386,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None,
-                      JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None)
+                      JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None, SEARCH_BATCH=8)
     app.config.update(config or {})
     if app.config["PROXIES"]:
         # behind N reverse proxies: the client address (what the rate limit counts by) is the
@@ -411,6 +421,11 @@ def create_app(config: dict | None = None) -> Flask:
         app.extensions["dialogbert.watcher"] = IndexWatcher(app.config["INDEX_DIR"], load,
                                                             app.config["RELOAD_SECONDS"],
                                                             app.config["SESSION_CLOCK"], app.config["RETRIEVER"])
+    if int(app.config["SEARCH_BATCH"]) > 1:
+        from bot.batching import SearchBatcher
+        watcher = app.extensions.get("dialogbert.watcher")
+        app.extensions["dialogbert.batcher"] = SearchBatcher(
+            watcher.current if watcher is not None else lambda: app.config["RETRIEVER"], int(app.config["SEARCH_BATCH"]))
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

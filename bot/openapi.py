@@ -59,7 +59,11 @@ _SCHEMAS = {
             "reloads": {"type": "integer", "description": "changed indexes swapped in since the start"},
             "loading": {"type": "boolean", "description": "a changed index is being loaded now"},
             "last_error": {"type": ["string", "null"], "description": "the failed load's exception type and time"},
-            "loaded_at": {"type": "string", "description": "when the answering index was loaded (UTC)"}}}}},
+            "loaded_at": {"type": "string", "description": "when the answering index was loaded (UTC)"}}},
+        "batching": {"type": "object", "description": "only when requests are batched (SEARCH_BATCH > 1)", "properties": {
+            "max_batch": {"type": "integer", "description": "most contexts searched in one call"},
+            "batches": {"type": "integer", "description": "calls of the retriever since the start"},
+            "largest": {"type": "integer", "description": "the most contexts one call has searched"}}}}},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "string", "enum": ["ok", "failing"]},
         "reason": {"type": "string", "description": "why it is failing (only then)"}}},

@@ -23,7 +23,9 @@ class ServeSection:
     reranker: str = ""         # re-ranker folder ("" = the one the index's ranker.json names)
     host: str = "127.0.0.1"
     port: int = 8000
-    threads: int = 4           # requests answered at once (bot.server.THREADS)
+    threads: int = 8           # requests answered at once (bot.server.THREADS)
+    batch: int = 0             # requests that arrive together searched in one call, up to this many
+                               # (bot/batching.py); 0 = the app's (8), 1 = each request alone
     rate_limit: str = APP_DEFAULT  # POST /api/chat per client address, e.g. 30/minute; "" = off
     max_body_kb: int = 0       # largest request body; 0 = the app's (64)
     behind_proxies: int = 0    # reverse proxies that set X-Forwarded-For in front of the service
@@ -45,6 +47,8 @@ class ServeConfig(Sections):
             config["MAX_CONTENT_LENGTH"] = s.max_body_kb * 1024
         if s.behind_proxies:
             config["PROXIES"] = s.behind_proxies
+        if s.batch:
+            config["SEARCH_BATCH"] = s.batch
         return config
 
     def server_kwargs(self) -> dict:
@@ -58,6 +62,6 @@ def load_serve_config(path: str | Path | None = None, overrides: Sequence[str] =
     s = cfg.serve
     if not s.index:
         raise ValueError("no index folder: pass --index DIR (serve.index=DIR)")
-    if s.max_body_kb < 0 or s.behind_proxies < 0:
-        raise ValueError("serve.max_body_kb and serve.behind_proxies must be >= 0")
+    if s.max_body_kb < 0 or s.behind_proxies < 0 or s.batch < 0:
+        raise ValueError("serve.max_body_kb, serve.behind_proxies and serve.batch must be >= 0")
     return cfg

@@ -94,7 +94,7 @@ EVAL_FLAGS = tuple((k, f"eval.{k}", None) for k in ("model", "index", "shards", 
                                                      "max_examples", "reranker")) + (
     ("peer", "eval.peer", "true"), ("source", "eval.sources", None))
 SERVE_FLAGS = tuple((k, f"serve.{k}", None) for k in (
-    "index", "model", "reranker", "host", "port", "threads", "rate_limit", "max_body_kb", "behind_proxies",
+    "index", "model", "reranker", "host", "port", "threads", "batch", "rate_limit", "max_body_kb", "behind_proxies",
     "connection_limit", "channel_timeout"))
 
 
@@ -378,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reranker", default=None, help="re-ranker folder (default: the one the index's ranker.json names)")
     s.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     s.add_argument("--port", type=int, default=None, help="default 8000")
-    s.add_argument("--threads", type=int, default=None, help="requests answered at once (waitress worker threads; default 4)")
+    s.add_argument("--threads", type=int, default=None, help="requests answered at once (waitress worker threads; default 8)")
+    s.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="chat requests that arrive while the model is busy are searched together, up to N "
+                        "contexts in one call (default 8; 1: each request alone)")
     s.add_argument("--rate-limit", default=None, metavar="RATE",
                    help="POST /api/chat per client address, e.g. 30/minute (the default) or 5/second;100/hour; "
                         "'' turns it off")

@@ -152,6 +152,16 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
         for leak in leaks:
             assert leak not in json.dumps(body, ensure_ascii=False)
 
+    # the service searches overlapping requests in one call (bot/batching.py): the same answers
+    from retrieval.ranker import HybridRetriever
+    hybrid = HybridRetriever.load(index_dir)
+    contexts = [[("U", m)] for m in ["연락처 알려줘", "오늘 뭐 했어? 나는 집에서 쉬었어", "배고파"]]
+    together = hybrid.search(contexts, 5)
+    for ctx, hits in zip(contexts, together):
+        (alone,) = hybrid.search([ctx], 5)
+        assert [row["text"] for _, row in hits] == [row["text"] for _, row in alone]
+        assert [s for s, _ in hits] == pytest.approx([s for s, _ in alone], abs=1e-4)
+
 
 # --------------------------------------------------------------------------------------------
 # sessions: bounded on every path, expiring when idle, safe under threads
@@ -600,6 +610,7 @@ def test_info_names_the_model_and_index_without_personal_data(leaky, tmp_path):
                   "updated": "2026-12-05T17:00:00Z",
                   "info_sha256": hashlib.sha256((index_dir / "index_info.json").read_bytes()).hexdigest()},
         "ranker": {"features": ["dual", "ngram", "lexical"]},
+        "batching": {"max_batch": 8, "batches": 1, "largest": 1},   # counts, nothing from the chats
     }
     assert re.fullmatch(r"\d+\.\d+\.\d+.*|unknown", info["version"])
     text = client.get("/api/info").get_data(as_text=True)

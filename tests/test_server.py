@@ -108,13 +108,15 @@ def test_serve_arguments_reach_the_server(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(bot.server, "serve", lambda config, **kw: seen.update(config=config, **kw) or 0)
-    assert main(["serve", "--index", "runs/x/index", "--port", "8123", "--threads", "8", "--rate-limit", "",
-                 "--max-body-kb", "16"]) == 0
+    assert main(["serve", "--index", "runs/x/index", "--port", "8123", "--threads", "3", "--rate-limit", "",
+                 "--max-body-kb", "16", "--batch", "1"]) == 0
     assert seen["config"] == {"INDEX_DIR": "runs/x/index", "MODEL_DIR": None, "RERANKER_DIR": None,
-                              "RATE_LIMIT": "", "MAX_CONTENT_LENGTH": 16 * 1024}
-    assert (seen["port"], seen["threads"], seen["host"]) == (8123, 8, "127.0.0.1")
+                              "RATE_LIMIT": "", "MAX_CONTENT_LENGTH": 16 * 1024, "SEARCH_BATCH": 1}
+    assert (seen["port"], seen["threads"], seen["host"]) == (8123, 3, "127.0.0.1")
     assert main(["serve", "--index", "runs/x/index"]) == 0
-    assert "RATE_LIMIT" not in seen["config"] and seen["threads"] == 4        # the app's own defaults
+    assert "RATE_LIMIT" not in seen["config"] and "SEARCH_BATCH" not in seen["config"]   # the app's own defaults
+    assert seen["threads"] == bot.server.THREADS == 8
+    assert main(["serve", "--index", "runs/x/index", "--batch", "-1"]) == 2
     assert (seen["connection_limit"], seen["channel_timeout"]) == (bot.server.CONNECTION_LIMIT, bot.server.CHANNEL_TIMEOUT)
 
 

@@ -1,0 +1,161 @@
+"""Request batching in the chat service (bot/batching.py): overlapping searches go to the
+retriever in one call, every caller gets its own rows, and a failing request fails alone."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bot.app import create_app
+from bot.batching import SearchBatcher
+
+
+class Recording:
+    """A retriever whose first call blocks until released, so the calls behind it queue up; each
+    row names the newest turn of its context, so a caller can tell whose answer it got."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[tuple[int, int]] = []   # (contexts, k) per call
+        self.release = threading.Event()
+        self.fail_on = fail_on
+        self.threads: set[str] = set()
+
+    def search(self, contexts, k):
+        self.threads.add(threading.current_thread().name)
+        if not self.calls:
+            self.release.wait(10)
+        self.calls.append((len(contexts), k))
+        if self.fail_on and any(c[-1][1] == self.fail_on for c in contexts):
+            raise RuntimeError("this context breaks the retriever")
+        return [[(1.0 - i / 10, {"text": f"re: {c[-1][1]} #{i}"}) for i in range(k)] for c in contexts]
+
+
+def _concurrently(batcher, messages, k=3):
+    out, errors = {}, {}
+
+    def ask(m):
+        try:
+            out[m] = batcher.search([[("U", m)]], k)
+        except Exception as e:
+            errors[m] = e
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in messages]
+    for t in threads:
+        t.start()
+    return threads, out, errors
+
+
+def test_overlapping_searches_are_one_call_and_each_caller_gets_its_own_rows():
+    r = Recording()
+    b = SearchBatcher(lambda: r, max_batch=8)
+    first, out, errors = _concurrently(b, ["m0"])
+    time.sleep(0.2)                                   # m0 is inside the retriever, holding it
+    rest, out2, _ = _concurrently(b, [f"m{i}" for i in range(1, 7)])
+    time.sleep(0.3)                                   # the six queue behind it
+    r.release.set()
+    for t in first + rest:
+        t.join(10)
+    out.update(out2)
+    assert not errors
+    assert r.calls == [(1, 3), (6, 3)]                # the six waiting requests: one call
+    for m, (hits,) in out.items():
+        assert [row["text"] for _, row in hits] == [f"re: {m} #{i}" for i in range(3)]
+    assert r.threads == {"search-batcher"} and b.status() == {"max_batch": 8, "batches": 2, "largest": 6}
+
+
+def test_a_batch_holds_at_most_max_batch_contexts():
+    r = Recording()
+    b = SearchBatcher(lambda: r, max_batch=4)
+    first, out, _ = _concurrently(b, ["m0"])
+    time.sleep(0.2)
+    rest, out2, _ = _concurrently(b, [f"m{i}" for i in range(1, 10)])
+    time.sleep(0.3)
+    r.release.set()
+    for t in first + rest:
+        t.join(10)
+    out.update(out2)
+    assert len(out) == 10 and max(n for n, _ in r.calls) <= 4 and sum(n for n, _ in r.calls) == 10
+    assert len(r.calls) == 1 + 3                      # 9 waiting: 4 + 4 + 1
+
+
+def test_a_request_that_breaks_the_retriever_fails_alone():
+    r = Recording(fail_on="boom")
+    b = SearchBatcher(lambda: r, max_batch=8)
+    first, out, errors = _concurrently(b, ["m0"])
+    time.sleep(0.2)
+    rest, out2, errors2 = _concurrently(b, ["a", "boom", "b"])
+    time.sleep(0.3)
+    r.release.set()
+    for t in first + rest:
+        t.join(10)
+    out.update(out2)
+    errors.update(errors2)
+    assert set(out) == {"m0", "a", "b"} and set(errors) == {"boom"}
+    assert isinstance(errors["boom"], RuntimeError)
+    assert out["a"][0][0][1]["text"] == "re: a #0"
+    assert r.calls[1] == (3, 3) and sorted(r.calls[2:]) == [(1, 3)] * 3   # the batch, then one by one
+    assert b.search([[("U", "later")]], 2)[0][0][1]["text"] == "re: later #0"   # the thread lives on
+
+
+def test_requests_with_different_k_are_not_mixed():
+    r = Recording()
+    b = SearchBatcher(lambda: r, max_batch=8)
+    first, _, _ = _concurrently(b, ["m0"])
+    time.sleep(0.2)
+    rest, out, _ = _concurrently(b, ["x", "y"], k=2)
+    rest2, out2, _ = _concurrently(b, ["z"], k=5)
+    time.sleep(0.3)
+    r.release.set()
+    for t in first + rest + rest2:
+        t.join(10)
+    assert sorted(r.calls[1:]) == [(1, 5), (2, 2)]
+    assert len(out2["z"][0]) == 5 and len(out["x"][0]) == 2
+
+
+def test_the_thread_ends_when_idle_and_comes_back():
+    r = Recording()
+    r.release.set()
+    b = SearchBatcher(lambda: r, max_batch=8, idle=0.05)
+    assert b.search([[("U", "one")]], 1)[0][0][1]["text"] == "re: one #0"
+    deadline = time.time() + 5
+    while b._thread is not None and time.time() < deadline:
+        time.sleep(0.02)
+    assert b._thread is None
+    assert b.search([[("U", "two")]], 1)[0][0][1]["text"] == "re: two #0"
+    assert b.search([], 1) == []
+    with pytest.raises(ValueError, match="max_batch"):
+        SearchBatcher(lambda: r, max_batch=0)
+
+
+def test_the_service_batches_and_says_so():
+    r = Recording()
+    r.release.set()
+    client = create_app({"RETRIEVER": r, "SEARCH_BATCH": 4}).test_client()
+    body = client.post("/api/chat", json={"message": "안녕"}).get_json()
+    assert body["reply"] == "re: 안녕 #0"
+    assert client.get("/api/info").get_json()["batching"] == {"max_batch": 4, "batches": 1, "largest": 1}
+    assert r.threads == {"search-batcher"}
+    off = Recording()
+    off.release.set()
+    client = create_app({"RETRIEVER": off, "SEARCH_BATCH": 1}).test_client()
+    assert client.post("/api/chat", json={"message": "안녕"}).status_code == 200
+    assert "batching" not in client.get("/api/info").get_json() and "search-batcher" not in off.threads
+
+
+def test_under_load_a_batch_waits_briefly_for_more_and_a_lone_request_does_not():
+    r = Recording()
+    r.release.set()
+    b = SearchBatcher(lambda: r, max_batch=8, wait=0.5)
+    t = time.perf_counter()
+    b.search([[("U", "alone")]], 1)                   # the last batch held one: no wait
+    assert time.perf_counter() - t < 0.4
+    b.search([[("U", "a"), ], [("U", "b")]], 1)       # a batch of two: now under load
+    first, out, _ = _concurrently(b, ["c"], k=1)
+    time.sleep(0.15)                                  # arrives within the wait of the first
+    second, out2, _ = _concurrently(b, ["d"], k=1)
+    for th in first + second:
+        th.join(10)
+    assert r.calls[-1] == (2, 1) and {**out, **out2}.keys() == {"c", "d"}
+    with pytest.raises(ValueError, match="wait"):
+        SearchBatcher(lambda: r, wait=-1)
