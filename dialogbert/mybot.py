@@ -11,6 +11,17 @@
                                                          carve-out has too few examples)
     --add   --> out/shards-2/, ... and the same index, appended to (build_index(add=True))
 
+With ``finetune_minutes`` (the CLI's ``--finetune-minutes M``; 0, the default: never) the dialog model is first
+fine-tuned on the user's own (context, reply) pairs (retrieval.finetune, configs/finetune_e5.toml,
+their train split less a tenth carved out), and both models are scored on that carve-out (R10@1,
+the protocol's measure, on the same examples): the fine-tuned one (``out/encoder``) indexes the
+replies only when it scores measurably higher there (by more than two standard errors of the
+paired per-example difference, :func:`helps`: a few dozen held-out turns cannot tell a small gain
+from chance); otherwise it is deleted and the model it started from is used. bot.json records
+both scores. Too few pairs to train on or to measure: no fine-tuning, with the reason. Off by
+default: on four exports of 700-2,100 pairs, three minutes were never measurably better than the
+demo's model (the experiment note above).
+
 ``reply_as`` (display names as the export shows them, e.g. ``박영우 소마`` or ``회원님``): only
 turns of those speakers enter the index, the style the user wants to talk to. Pseudonyms are per
 session, so the names are matched while preprocessing (``run(mark_speakers=...)``: those turns
@@ -44,6 +55,11 @@ SHARDS, INDEX = "shards", "index"
 INFO_FILE = "index_info.json"  # retrieval.index's (imported lazily there, as everywhere in dialogbert/)
 DEFAULT_MODELS = (Path("runs/demo/encoder"), ROOT / "runs" / "demo" / "encoder")  # what `make demo` fine-tunes
 NGRAM_MINUTES = 2.0   # the ranker's n-gram encoder's training budget (a user's chats: seconds to minutes)
+FINETUNE_MINUTES = 0.0  # fine-tuning the dialog model on the user's own pairs: off unless asked for (docs/experiments/2026-12-06-serving-batching-and-user-fine-tuning.md)
+FINETUNE_CONFIG = ROOT / "configs" / "finetune_e5.toml"
+FINETUNE_MIN_PAIRS = 64   # fewer training pairs: not worth a fine-tuning run
+MEASURE_MIN_EXAMPLES = 20  # carve-out examples (with 10 distinct replies) needed to tell whether it helped
+TUNED = "encoder"          # the fine-tuned model's folder under the bot's
 BAD_LINES_SHOWN = 10  # broken lines named in the report (all are counted)
 
 
@@ -255,6 +271,67 @@ def _index(model: Path, shards: Path, index: Path, replies: dict, reply_as: Sequ
     return {"added": info["count"] - before["count"], "left_out": {k: v for k, v in dropped.items() if v}}
 
 
+def _score_on(model: Path, evaluator) -> "np.ndarray":
+    """Per carve-out example, 1.0 where the dialog model in ``model`` ranks the true reply first
+    among the evaluator's 10 candidates (R10@1's terms), else 0.0."""
+    import numpy as np
+
+    from retrieval.encoder import Encoder
+    from retrieval.evaluate import EncoderScorer
+    from retrieval.metrics import ranks
+    scores = EncoderScorer(Encoder.load(model)).score(evaluator.contexts, evaluator.candidates.texts)
+    return (ranks(np.asarray(scores)[:, :10]) == 1).astype(np.float64)
+
+
+def helps(before, after) -> tuple[bool, float, float]:
+    """(whether ``after`` is measurably better, the mean gain, its standard error): paired over the
+    same examples, a gain of more than two standard errors of the per-example differences."""
+    import numpy as np
+    d = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    gain = float(d.mean()) if len(d) else 0.0
+    return bool(gain > 0 and gain > 2 * se), gain, se
+
+
+def _finetune(model: Path, shards: Path, out: Path, minutes: float, progress: bool) -> tuple[Path, dict]:
+    """(the model to index with, what happened): ``model`` fine-tuned on the user's pairs for
+    ``minutes`` when that scores higher on the carve-out of their pairs, else ``model``."""
+    if minutes <= 0:
+        return model, {"note": "not asked for (--finetune-minutes 0)"}
+    tuned = out / TUNED
+    if model.resolve() == tuned.resolve():
+        return model, {"note": f"the model is this bot's own fine-tuned {TUNED}/: used as it is"}
+    from retrieval.evaluate import RetrievalEvaluator
+    from retrieval.examples import validation_examples
+    from retrieval.finetune import finetune, load_config, training_pairs
+    cfg = load_config(FINETUNE_CONFIG)
+    D = cfg.data
+    pairs = len(training_pairs(shards, D.context_turns, (), D.valid_fraction))
+    exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns)
+    replies = len({e.response for e in exs})
+    if pairs < FINETUNE_MIN_PAIRS or len(exs) < MEASURE_MIN_EXAMPLES or replies < 10:
+        return model, {"pairs": pairs, "carve_out": len(exs),
+                       "note": f"{pairs} training pairs and {len(exs)} carve-out examples ({replies} distinct "
+                               f"replies): too few to fine-tune on (>= {FINETUNE_MIN_PAIRS}) or to measure it "
+                               f"(>= {MEASURE_MIN_EXAMPLES}, 10 replies): the model as given"}
+    ev = RetrievalEvaluator(exs, n=10)
+    before = _score_on(model, ev)
+    if tuned.exists():
+        shutil.rmtree(tuned)   # a rebuild starts from the given model again, never resumes an old run
+    finetune(model, shards, tuned, config_path=FINETUNE_CONFIG,
+             overrides=[f"train.max_minutes={minutes}"], progress=progress)
+    after = _score_on(tuned, ev)
+    kept, gain, se = helps(before, after)
+    steps = json.loads((tuned / "finetune.json").read_text("utf-8"))["steps"]
+    done = {"pairs": pairs, "carve_out": len(exs), "minutes": minutes, "steps": steps,
+            "R10@1_before": round(float(before.mean()), 4), "R10@1_after": round(float(after.mean()), 4),
+            "gain_se": round(se, 4), "kept": kept}
+    if kept:
+        return tuned, done
+    shutil.rmtree(tuned)
+    return model, done
+
+
 def _fit_ranker(index: Path, shards: Path, model: Path) -> dict:
     from retrieval.ngram import NgramSettings
     from retrieval.ranker import carve_out, fit_for_index
@@ -338,12 +415,20 @@ def _print_report(rep: dict, build: dict, names: dict[str, int] | None, out: Pat
     print(f"serves: {s['replies']} replies ({', '.join(f'{k} {v}' for k, v in s['languages'].items())}), "
           f"{s['contexts']} contexts in the memory; speakers: {rep['speakers']}; ranker: "
           + (rep["ranker"].get("note") or " + ".join(rep["ranker"]["features"])))
+    t = rep.get("finetune") or {}
+    if build["kind"] != "add" and t:
+        print("fine-tuning on your pairs: " + (t.get("note") or (
+            f"{t['steps']} steps in {t['minutes']:g} minutes on {t['pairs']} pairs; R10@1 on {t['carve_out']} of your "
+            f"conversations' turns held out: {t['R10@1_before']:.3f} -> {t['R10@1_after']:.3f}, "
+            + (f"the fine-tuned model ({out / TUNED}) serves" if t["kept"] else
+               f"not measurably better (standard error {t['gain_se']:.3f}): the model as given serves"))))
     print(f"report: {out / BOT_FILE}")
 
 
 # --------------------------------------------------------------------------- build and add
 
-def _build(exports, out, model, reply_as, add: bool, workers: int, progress: bool) -> dict:
+def _build(exports, out, model, reply_as, add: bool, workers: int, progress: bool,
+           finetune_minutes: float = FINETUNE_MINUTES) -> dict:
     out = Path(out)
     reply_as = [n for n in (reply_as or ()) if n.strip()]
     old = _load_report(out) if add else None
@@ -397,6 +482,9 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
                          f"with one speaker are dropped: {summary['drops'].get('one_speaker', 0)}); add exports "
                          f"with more of their replies")
     index = out / INDEX
+    tuning = None
+    if not add:   # an --add indexes with the model the bot was built with
+        model, tuning = _finetune(model, shards, out, finetune_minutes, progress)
     built = _index(model, shards, index, replies, reply_as, add) if fresh else {"added": 0, "left_out": {}}
     ranker = old["ranker"] if add else _fit_ranker(index, shards, model)
 
@@ -410,7 +498,7 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
            "reply_as": old["reply_as"] if add else ({"names": len(reply_as)} if reply_as else None),
            "shards": [*(old["shards"] if add else []), shards.name],
            "builds": [*(old["builds"] if add else []), build],
-           "ranker": ranker, "serves": _serves(index)}
+           "finetune": old.get("finetune") if add else tuning, "ranker": ranker, "serves": _serves(index)}
     rep["speakers"] = (f"only the speaker(s) chosen by --reply-as ({rep['reply_as']['names']} name(s) when built)"
                        if rep["reply_as"] else "every speaker")
     stored = dict(rep, builds=[*rep["builds"][:-1], dict(build, read=_for_file(read, labels))])
@@ -428,9 +516,10 @@ def _load_report(out: Path) -> dict:
 
 
 def build_bot(exports: Sequence[str], out: str | os.PathLike, model=None, reply_as: Sequence[str] = (),
-              workers: int = 1, progress: bool = True) -> dict:
-    """Exports -> out/shards, out/index (+ ranker.json), out/bot.json; returns bot.json's content."""
-    return _build(exports, out, model, reply_as, False, workers, progress)
+              workers: int = 1, progress: bool = True, finetune_minutes: float = FINETUNE_MINUTES) -> dict:
+    """Exports -> out/shards, (out/encoder), out/index (+ ranker.json), out/bot.json; returns
+    bot.json's content."""
+    return _build(exports, out, model, reply_as, False, workers, progress, finetune_minutes)
 
 
 def add_to_bot(exports: Sequence[str], out: str | os.PathLike, model=None, reply_as: Sequence[str] = (),
@@ -442,14 +531,14 @@ def add_to_bot(exports: Sequence[str], out: str | os.PathLike, model=None, reply
 
 def run_bot(exports: Sequence[str], out: str | os.PathLike, add: Sequence[str] | None = None, model=None,
             reply_as: Sequence[str] = (), serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
-            workers: int = 1) -> int:
+            workers: int = 1, finetune_minutes: float = FINETUNE_MINUTES) -> int:
     if add and exports:
         raise ValueError("give the exports of a new bot (dialogbert bot EXPORT... --out DIR) or --add EXPORT... "
                          "to grow the bot in --out, not both")
     if add:
         add_to_bot(add, out, model, reply_as, workers)
     else:
-        build_bot(exports, out, model, reply_as, workers)
+        build_bot(exports, out, model, reply_as, workers, finetune_minutes=finetune_minutes)
     if not serve:
         return 0
     from bot.server import serve as serve_chat  # the same production server as `dialogbert serve`

@@ -139,6 +139,10 @@ def test_bot_serves_only_the_chosen_speaker_and_writes_no_name(tiny_model, tmp_p
     assert build["index"]["added"] == len(rows) and build["index"]["left_out"]["other_speaker"] > 0
     assert build["index"]["left_out"].get("placeholder", 0) == (1 if "내 번호 [PHONE] 이야" in chosen else 0)
     assert rep["ranker"]["features"] == ["dual"] and "too few" in rep["ranker"]["note"]
+    assert rep["finetune"] == {"note": "not asked for (--finetune-minutes 0)"} and not (out / "encoder").exists()
+    from dialogbert.mybot import _finetune
+    model, t = _finetune(tiny_model, out / "shards", out, 1.0, False)   # asked for, but 12 sessions
+    assert model == tiny_model and "too few to fine-tune on" in t["note"] and not (out / "encoder").exists()
     # the terminal names the file (a path) and the speaker, the file does not
     assert str(export) in printed and f"{export}:" in printed and CHOSEN in printed
     assert f"serves: {len(rows)} replies (ko {len(rows)})" in printed and "[PHONE] 1" in printed
@@ -255,3 +259,49 @@ def test_marks_change_nothing_but_the_flag_and_are_never_reused(tmp_path):
     # and a plain resumed run there reuses no marked part
     run([str(tmp_path / "k.txt")], str(tmp_path / "marked"), progress=False)
     assert not any(t.get("marked") for c in _convs(tmp_path / "marked") for t in c["turns"])
+
+
+def test_fine_tuning_on_the_users_pairs_is_kept_only_when_it_scores_higher(tiny_model, tmp_path, monkeypatch):
+    """Enough pairs: the model is fine-tuned on them, both models are scored on the held-out tenth,
+    and the index is built with the fine-tuned one exactly when it scored higher there."""
+    from conftest import sample_conversations
+    from dialogbert import mybot
+    from preprocess.schema import write_shard
+
+    export = tmp_path / "chats.jsonl"
+    write_shard(export, sample_conversations(n_persona=40, n_qa=150))
+    seen = []
+    real = mybot._finetune
+
+    def spy(*a, **kw):
+        seen.append(real(*a, **kw))
+        return seen[-1]
+    monkeypatch.setattr(mybot, "_finetune", spy)
+    out = tmp_path / "bot"
+    rep = mybot.build_bot([str(export)], out, model=tiny_model, progress=False, finetune_minutes=0.05)
+    t = rep["finetune"]
+    assert t["pairs"] >= mybot.FINETUNE_MIN_PAIRS and t["carve_out"] >= mybot.MEASURE_MIN_EXAMPLES and t["steps"] >= 1
+    assert t["kept"] == (t["R10@1_after"] - t["R10@1_before"] > 2 * t["gain_se"])
+    model = json.loads((out / "index" / "index_info.json").read_text("utf-8"))["model"]
+    assert (Path(model).resolve() == (out / "encoder").resolve()) == t["kept"] == (out / "encoder").exists()
+    assert seen[0][0] == Path(model) and seen[0][1] == t
+
+    # the other way round: a fine-tuned model that does not score higher is deleted, the given one serves
+    import numpy as np
+    right = {True: np.array([1.0] * 10 + [0.0] * 10), False: np.array([1.0] * 8 + [0.0] * 12)}
+    monkeypatch.setattr(mybot, "_score_on", lambda m, ev: right[Path(m) == tiny_model])
+    model, t = real(tiny_model, out / "shards", out, 0.05, False)
+    assert model == tiny_model and t["kept"] is False and not (out / "encoder").exists()
+    monkeypatch.setattr(mybot, "_score_on", lambda m, ev: right[Path(m) != tiny_model])
+    model, t = real(tiny_model, out / "shards", out, 0.05, False)   # higher, but within chance on 20 examples
+    assert t["R10@1_after"] > t["R10@1_before"] and t["kept"] is False and model == tiny_model
+    assert real(tiny_model, out / "shards", out, 0, False) == (tiny_model, {"note": "not asked for (--finetune-minutes 0)"})
+
+
+def test_a_gain_counts_only_beyond_two_standard_errors():
+    from dialogbert.mybot import helps
+    before = [0, 1] * 50                                   # 100 held-out examples, R10@1 0.5
+    assert helps(before, [1, 1] * 50) == (True, 0.5, pytest.approx(0.0503, abs=1e-3))
+    assert helps(before, [1] * 4 + before[4:])[0] is False       # +0.02: two more right is chance
+    assert helps(before, before) == (False, 0.0, 0.0)
+    assert helps(before, [1, 0] * 50)[0] is False                  # as many lost as won
