@@ -424,8 +424,8 @@ def create_app(config: dict | None = None) -> Flask:
     if int(app.config["SEARCH_BATCH"]) > 1:
         from bot.batching import SearchBatcher
         watcher = app.extensions.get("dialogbert.watcher")
-        app.extensions["dialogbert.batcher"] = SearchBatcher(
-            watcher.current if watcher is not None else lambda: app.config["RETRIEVER"], int(app.config["SEARCH_BATCH"]))
+        live = watcher.current if watcher is not None else lambda: app.config["RETRIEVER"]
+        app.extensions["dialogbert.batcher"] = SearchBatcher(live, int(app.config["SEARCH_BATCH"]))
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

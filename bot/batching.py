@@ -104,7 +104,8 @@ class SearchBatcher:
                                    f"{sum(len(j.contexts) for j in jobs)}")
         except BaseException as e:   # noqa: BLE001 - handed to the waiting request, never kills the thread
             if len(jobs) > 1:
-                LOG.warning("a batch of %d requests failed (%s); answering them one by one", len(jobs), type(e).__name__)
+                LOG.warning("a batch of %d requests failed (%s); answering them one by one",
+                            len(jobs), type(e).__name__)
                 for job in jobs:
                     self._answer([job], k)
                 return

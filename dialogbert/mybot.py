@@ -11,16 +11,18 @@
                                                          carve-out has too few examples)
     --add   --> out/shards-2/, ... and the same index, appended to (build_index(add=True))
 
-With ``finetune_minutes`` (the CLI's ``--finetune-minutes M``; 0, the default: never) the dialog model is first
-fine-tuned on the user's own (context, reply) pairs (retrieval.finetune, configs/finetune_e5.toml,
-their train split less a tenth carved out), and both models are scored on that carve-out (R10@1,
-the protocol's measure, on the same examples): the fine-tuned one (``out/encoder``) indexes the
-replies only when it scores measurably higher there (by more than two standard errors of the
-paired per-example difference, :func:`helps`: a few dozen held-out turns cannot tell a small gain
-from chance); otherwise it is deleted and the model it started from is used. bot.json records
-both scores. Too few pairs to train on or to measure: no fine-tuning, with the reason. Off by
-default: on four exports of 700-2,100 pairs, three minutes were never measurably better than the
-demo's model (the experiment note above).
+With ``finetune_minutes`` (the CLI's ``--finetune-minutes M``; 0, the default: never) the dialog
+model is first fine-tuned on the user's own (context, reply) pairs (retrieval.finetune,
+configs/finetune_e5.toml; their train split less a tenth carved out; every speaker's replies:
+``reply_as`` chooses what is served, not what the model learns from), and both models are scored
+on that carve-out (R10@1, the protocol's measure, on the same examples): the fine-tuned one
+(``out/encoder``) indexes the replies only when it scores measurably higher there (by more than
+two standard errors of the paired per-example difference, :func:`helps`: a few dozen held-out
+turns cannot tell a small gain from chance); otherwise it is deleted and the model it started from
+is used. bot.json records both scores. Too few pairs to train on or to measure: no fine-tuning,
+with the reason. Off by default: on four exports of 700-2,100 pairs, three minutes were never
+measurably better than the demo's model
+(docs/experiments/2026-12-06-serving-batching-and-user-fine-tuning.md).
 
 ``reply_as`` (display names as the export shows them, e.g. ``박영우 소마`` or ``회원님``): only
 turns of those speakers enter the index, the style the user wants to talk to. Pseudonyms are per
@@ -55,7 +57,7 @@ SHARDS, INDEX = "shards", "index"
 INFO_FILE = "index_info.json"  # retrieval.index's (imported lazily there, as everywhere in dialogbert/)
 DEFAULT_MODELS = (Path("runs/demo/encoder"), ROOT / "runs" / "demo" / "encoder")  # what `make demo` fine-tunes
 NGRAM_MINUTES = 2.0   # the ranker's n-gram encoder's training budget (a user's chats: seconds to minutes)
-FINETUNE_MINUTES = 0.0  # fine-tuning the dialog model on the user's own pairs: off unless asked for (docs/experiments/2026-12-06-serving-batching-and-user-fine-tuning.md)
+FINETUNE_MINUTES = 0.0  # fine-tuning the dialog model on the user's own pairs: off unless asked for
 FINETUNE_CONFIG = ROOT / "configs" / "finetune_e5.toml"
 FINETUNE_MIN_PAIRS = 64   # fewer training pairs: not worth a fine-tuning run
 MEASURE_MIN_EXAMPLES = 20  # carve-out examples (with 10 distinct replies) needed to tell whether it helped
