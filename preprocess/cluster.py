@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import ranges
+from . import inputs, ranges
 from .formats import FormatError, detect
 from .processor import (Options, _FileProcessor, check_read, commit_part, failure, file_sha256, part_paths,
                         resumed)
@@ -57,7 +57,7 @@ def _plan(path: str, sha: str, opts: Options, parts_dir: Path, split_bytes: int)
     if done is not None:
         return done, None, None
     try:
-        if os.path.getsize(path) == 0:
+        if inputs.size(path) == 0:
             raise FormatError(path, "empty file")
         fmt = detect(path)
         return None, fmt, ranges.plan(path, fmt, split_bytes)

@@ -1,11 +1,13 @@
 """Which files a run reads: the inputs as given, folders walked in a stable order, skipping
-hidden entries, our own output folders and README/LICENSE-like files."""
+hidden entries, our own output folders and README/LICENSE-like files. An input may be a URI
+(``s3://bucket/exports/``: preprocess.inputs), its folders walked the same way."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+from . import inputs
 from .processor import PARTS_DIR
 
 # Files that sit beside data in folders and are no export; skipped (and listed) when a folder is walked.
@@ -22,7 +24,26 @@ def _is_our_output(folder: Path, out: Path) -> bool:
     return (folder / PARTS_DIR).is_dir() or ((folder / "manifest.json").is_file() and any(folder.glob("shard-*.jsonl")))
 
 
-def discover(inputs: list[str], out: str | os.PathLike) -> tuple[list[str], list[dict], list[str]]:
+def _discover_uri(uri: str, files: list[str], failed: list[dict], skipped: list[str]) -> None:
+    try:
+        what = inputs.kind(uri)
+        if what == "file":
+            if uri not in files:
+                files.append(uri)
+            return
+        if what == "dir":
+            for f, parts in inputs.walk(uri):
+                if any(x.startswith(".") for x in parts) or PARTS_DIR in parts[:-1] or _NOT_DATA.search(parts[-1]):
+                    skipped.append(f)
+                elif f not in files:
+                    files.append(f)
+            return
+        failed.append({"path": uri, "error": f"{uri}: no such file or folder"})
+    except OSError as e:
+        failed.append({"path": uri, "error": f"{uri}: cannot read: {e}"})
+
+
+def discover(sources: list[str], out: str | os.PathLike) -> tuple[list[str], list[dict], list[str]]:
     """Input files in a stable order (as given; folders walked in sorted order, hidden entries,
     our own output folders and README/LICENSE-like files skipped). Returns (files, failed, skipped)."""
     out_r = Path(out).resolve()
@@ -35,7 +56,10 @@ def discover(inputs: list[str], out: str | os.PathLike) -> tuple[list[str], list
         seen.add(r)
         files.append(str(p))
 
-    for inp in inputs:
+    for inp in sources:
+        if inputs.is_uri(inp):
+            _discover_uri(inp, files, failed, skipped)
+            continue
         p = Path(inp)
         if p.is_file():
             add(p)

@@ -28,6 +28,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import inputs
 from .anonymize import Anonymizer
 from .conversation import content_hash, conversation_id, detect_lang, mask_names, speaker_key, system_names
 from .formats import BadLine, FormatError, detect, iter_messages, media_kind
@@ -46,7 +47,7 @@ PROGRESS_EVERY = 2048          # messages between progress-counter updates
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with inputs.open_binary(path) as f:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
@@ -394,7 +395,7 @@ def process_file(job: tuple) -> dict:
     tmp = parts_dir / f".{sha}-{opts.parts_tag()}.jsonl.tmp-{os.getpid()}"
     proc = None
     try:
-        if os.path.getsize(path) == 0:
+        if inputs.size(path) == 0:
             raise FormatError(path, "empty file")
         fmt = detect(path)
         with open(tmp, "w", encoding="utf-8") as out:

@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from . import inputs
 from .formats import kakao, line, read_stream
 from .formats.encoding import open_text
 from .processor import BAD_LINE_EXAMPLES, MAX_SESSION_MESSAGES, Options, _FileProcessor, _Session
@@ -58,7 +59,7 @@ _CUT_ENCODINGS = {"utf-8", "utf-8-sig", "cp949"}
 def plan(path: str, fmt: str, split_bytes: int) -> list[tuple[int, int]]:
     """Byte ranges of ``path``, about ``split_bytes`` each, each starting at a line where the
     reader may start; [(0, size)] for a file that is small or cannot be cut."""
-    size = os.path.getsize(path)
+    size = inputs.size(path)
     starts = STARTS.get(fmt)
     if starts is None or size <= split_bytes:
         return [(0, size)]
@@ -66,7 +67,7 @@ def plan(path: str, fmt: str, split_bytes: int) -> list[tuple[int, int]]:
     f.close()
     if enc not in _CUT_ENCODINGS:
         return [(0, size)]
-    with open(path, "rb") as b:
+    with inputs.open_binary(path) as b:
         if b.read(2) == b"\x1f\x8b":
             return [(0, size)]
         cuts = [0]
@@ -97,7 +98,7 @@ class _Range(io.RawIOBase):
 
     def __init__(self, path: str, start: int, end: int, prefix: bytes = b""):
         super().__init__()
-        self.f = open(path, "rb")
+        self.f = inputs.open_binary(path)
         self.f.seek(start)
         self.left, self.prefix = end - start, prefix
         self.lines, self._cr = 0, False

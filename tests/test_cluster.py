@@ -103,3 +103,16 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match=r"pip install 'dialogbert\[cluster\]'"):
         run([str(SAMPLE / "kakaotalk")], str(tmp_path / "out"), engine="ray", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_tasks_read_uris_and_cut_them_as_local_files(ray_cluster, tmp_path):
+    """Each task opens the URI itself (file:// here; s3:// and the like on a real cluster), the
+    byte ranges of a cut export included: the same shards as the local run over the paths."""
+    kakao = ROOT / "data" / "sample" / "kakaotalk"
+    run([str(kakao)], str(tmp_path / "local"), workers=1, sentence_backend="none", progress=False)
+    got = run([kakao.as_uri()], str(tmp_path / "ray"), sentence_backend="none", progress=False,
+              engine="ray", split_mb=500 / 2**20)
+    assert _files(tmp_path / "local").keys() == _files(tmp_path / "ray").keys()
+    assert {k: v for k, v in _files(tmp_path / "local").items() if k != "manifest.json"} == \
+        {k: v for k, v in _files(tmp_path / "ray").items() if k != "manifest.json"}
+    assert [i["path"] for i in got["inputs"]] == [f"{kakao.as_uri()}/{p.name}" for p in sorted(kakao.glob("*.txt"))]

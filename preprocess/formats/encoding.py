@@ -16,6 +16,7 @@ import re
 import zlib
 from typing import IO, Iterator
 
+from ..inputs import open_binary
 from .base import BadLine, FormatError
 
 MAX_LINE = 1 << 20          # characters; a longer line is reported as a BadLine and skipped
@@ -35,9 +36,9 @@ class _Guarded(io.BufferedIOBase):
     """A gzip stream whose cut or corrupt end reads as EOF (kept in ``error``), so the text
     before the cut is not lost inside TextIOWrapper; iter_lines then reports the cut."""
 
-    def __init__(self, f):
+    def __init__(self, f, raw=None):
         super().__init__()
-        self.f, self.error = f, None
+        self.f, self.raw, self.error = f, raw, None   # raw: the compressed file, closed with it
 
     def readable(self):
         return True
@@ -69,23 +70,23 @@ class _Guarded(io.BufferedIOBase):
 
     def close(self):
         self.f.close()
+        if self.raw is not None:
+            self.raw.close()
         super().close()
 
 
 def _open_binary(path) -> IO[bytes]:
-    f = open(path, "rb")
-    if f.read(2) == b"\x1f\x8b":
-        f.close()
-        return _Guarded(gzip.open(path, "rb"))
+    f = open_binary(path)
+    gz = f.read(2) == b"\x1f\x8b"
     f.seek(0)
-    return f
+    return _Guarded(gzip.GzipFile(fileobj=f, mode="rb"), f) if gz else f
 
 
 def read_head(path, size: int = SNIFF_BYTES) -> bytes:
     """The first bytes of the (decompressed) file; a cut gzip still gives its readable head
     (the reader reports the cut later)."""
     try:
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             raw = f.read(size)
             if raw[:2] != b"\x1f\x8b":
                 return raw
