@@ -487,6 +487,8 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
     tuning = None
     if not add:   # an --add indexes with the model the bot was built with
         model, tuning = _finetune(model, shards, out, finetune_minutes, progress)
+        if (out / TUNED).is_dir() and model.resolve() != (out / TUNED).resolve():
+            shutil.rmtree(out / TUNED)   # an earlier build's fine-tuned model: this build does not use it
     built = _index(model, shards, index, replies, reply_as, add) if fresh else {"added": 0, "left_out": {}}
     ranker = old["ranker"] if add else _fit_ranker(index, shards, model)
 

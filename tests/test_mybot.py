@@ -285,6 +285,9 @@ def test_fine_tuning_on_the_users_pairs_is_kept_only_when_it_scores_higher(tiny_
     model = json.loads((out / "index" / "index_info.json").read_text("utf-8"))["model"]
     assert (Path(model).resolve() == (out / "encoder").resolve()) == t["kept"] == (out / "encoder").exists()
     assert seen[0][0] == Path(model) and seen[0][1] == t
+    (out / "encoder").mkdir(exist_ok=True)             # a rebuild without fine-tuning: an earlier one's model goes
+    rep = mybot.build_bot([str(export)], out, model=tiny_model, progress=False, finetune_minutes=0)
+    assert not (out / "encoder").exists() and rep["finetune"]["note"].startswith("not asked for")
 
     # the other way round: a fine-tuned model that does not score higher is deleted, the given one serves
     import numpy as np
