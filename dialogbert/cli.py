@@ -200,9 +200,10 @@ def cmd_demo(a) -> int:
 
 
 def cmd_bot(a) -> int:
-    from dialogbert.mybot import run_bot
+    from dialogbert.mybot import FINETUNE_MINUTES, run_bot
+    minutes = FINETUNE_MINUTES if a.finetune_minutes is None else a.finetune_minutes
     return run_bot(a.exports, a.out, add=a.add, model=a.model, reply_as=a.reply_as, serve=not a.no_serve,
-                   host=a.host, port=a.port, workers=a.workers, finetune_minutes=a.finetune_minutes)
+                   host=a.host, port=a.port, workers=a.workers, finetune_minutes=minutes)
 
 
 def cmd_encode(a) -> int:
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer only with replies this person wrote (the display name as the export shows "
                         "it; repeatable); the name is written to no file")
     s.add_argument("--workers", type=int, default=1, help="export files preprocessed in parallel")
-    s.add_argument("--finetune-minutes", type=float, default=0.0, metavar="M",
+    s.add_argument("--finetune-minutes", type=float, default=None, metavar="M",
                    help="fine-tune the dialog model on your pairs for up to M minutes first, and serve with it "
                         "only if it then scores measurably higher on a held-out tenth of them (default 0: never)")
     s.add_argument("--no-serve", action="store_true", help="stop after building")

@@ -24,23 +24,15 @@ def _is_our_output(folder: Path, out: Path) -> bool:
     return (folder / PARTS_DIR).is_dir() or ((folder / "manifest.json").is_file() and any(folder.glob("shard-*.jsonl")))
 
 
-def _discover_uri(uri: str, files: list[str], failed: list[dict], skipped: list[str]) -> None:
-    try:
-        what = inputs.kind(uri)
-        if what == "file":
-            if uri not in files:
-                files.append(uri)
-            return
-        if what == "dir":
-            for f, parts in inputs.walk(uri):
-                if any(x.startswith(".") for x in parts) or PARTS_DIR in parts[:-1] or _NOT_DATA.search(parts[-1]):
-                    skipped.append(f)
-                elif f not in files:
-                    files.append(f)
-            return
-        failed.append({"path": uri, "error": f"{uri}: no such file or folder"})
-    except OSError as e:
-        failed.append({"path": uri, "error": f"{uri}: cannot read: {e}"})
+def _uri_files(uri: str) -> list[tuple[str, bool]] | None:
+    """(file URI, whether it is data) for a file or folder URI; None when nothing is there."""
+    what = inputs.kind(uri)
+    if what == "file":
+        return [(uri, True)]
+    if what != "dir":
+        return None
+    return [(f, not (any(x.startswith(".") for x in parts) or PARTS_DIR in parts[:-1] or _NOT_DATA.search(parts[-1])))
+            for f, parts in inputs.walk(uri)]
 
 
 def discover(sources: list[str], out: str | os.PathLike) -> tuple[list[str], list[dict], list[str]]:
@@ -58,7 +50,19 @@ def discover(sources: list[str], out: str | os.PathLike) -> tuple[list[str], lis
 
     for inp in sources:
         if inputs.is_uri(inp):
-            _discover_uri(inp, files, failed, skipped)
+            try:
+                found = _uri_files(inp)
+            except OSError as e:
+                failed.append({"path": inp, "error": f"{inp}: cannot read: {e}"})
+                continue
+            if found is None:
+                failed.append({"path": inp, "error": f"{inp}: no such file or folder"})
+            for f, data in found or ():
+                if not data:
+                    skipped.append(f)
+                elif f not in seen:   # a set: an object-store folder may hold many thousand files
+                    seen.add(f)
+                    files.append(f)
             continue
         p = Path(inp)
         if p.is_file():

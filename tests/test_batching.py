@@ -17,13 +17,14 @@ class Recording:
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[tuple[int, int]] = []   # (contexts, k) per call
-        self.release = threading.Event()
+        self.release, self.entered = threading.Event(), threading.Event()
         self.fail_on = fail_on
         self.threads: set[str] = set()
 
     def search(self, contexts, k):
         self.threads.add(threading.current_thread().name)
         if not self.calls:
+            self.entered.set()
             self.release.wait(10)
         self.calls.append((len(contexts), k))
         if self.fail_on and any(c[-1][1] == self.fail_on for c in contexts):
@@ -46,13 +47,21 @@ def _concurrently(batcher, messages, k=3):
     return threads, out, errors
 
 
+def _queued(batcher, n: int) -> None:
+    """Until ``n`` requests wait on the batcher's queue (the first call holds the retriever)."""
+    deadline = time.time() + 10
+    while batcher._queue.qsize() < n and time.time() < deadline:
+        time.sleep(0.01)
+    assert batcher._queue.qsize() == n
+
+
 def test_overlapping_searches_are_one_call_and_each_caller_gets_its_own_rows():
     r = Recording()
     b = SearchBatcher(lambda: r, max_batch=8)
     first, out, errors = _concurrently(b, ["m0"])
-    time.sleep(0.2)                                   # m0 is inside the retriever, holding it
+    assert r.entered.wait(10)                         # m0 is inside the retriever, holding it
     rest, out2, _ = _concurrently(b, [f"m{i}" for i in range(1, 7)])
-    time.sleep(0.3)                                   # the six queue behind it
+    _queued(b, 6)                                     # the six queue behind it
     r.release.set()
     for t in first + rest:
         t.join(10)
@@ -68,9 +77,9 @@ def test_a_batch_holds_at_most_max_batch_contexts():
     r = Recording()
     b = SearchBatcher(lambda: r, max_batch=4)
     first, out, _ = _concurrently(b, ["m0"])
-    time.sleep(0.2)
+    assert r.entered.wait(10)
     rest, out2, _ = _concurrently(b, [f"m{i}" for i in range(1, 10)])
-    time.sleep(0.3)
+    _queued(b, 9)
     r.release.set()
     for t in first + rest:
         t.join(10)
@@ -83,9 +92,9 @@ def test_a_request_that_breaks_the_retriever_fails_alone():
     r = Recording(fail_on="boom")
     b = SearchBatcher(lambda: r, max_batch=8)
     first, out, errors = _concurrently(b, ["m0"])
-    time.sleep(0.2)
+    assert r.entered.wait(10)
     rest, out2, errors2 = _concurrently(b, ["a", "boom", "b"])
-    time.sleep(0.3)
+    _queued(b, 3)
     r.release.set()
     for t in first + rest:
         t.join(10)
@@ -102,10 +111,10 @@ def test_requests_with_different_k_are_not_mixed():
     r = Recording()
     b = SearchBatcher(lambda: r, max_batch=8)
     first, _, _ = _concurrently(b, ["m0"])
-    time.sleep(0.2)
+    assert r.entered.wait(10)
     rest, out, _ = _concurrently(b, ["x", "y"], k=2)
     rest2, out2, _ = _concurrently(b, ["z"], k=5)
-    time.sleep(0.3)
+    _queued(b, 3)
     r.release.set()
     for t in first + rest + rest2:
         t.join(10)
