@@ -12,7 +12,7 @@ from conftest import stub_index as _stub_index, train_ids as _train_ids
 from preprocess.schema import Conversation, Turn
 from retrieval.examples import Example
 from retrieval.index import ResponseFilter, ResponseIndex, build_index
-from retrieval.ranker import FeatureScorer, HybridRetriever, Ranker, RankerScorer, fit_ranker
+from retrieval.ranker import LANGUAGE_MIN_EXAMPLES, FeatureScorer, HybridRetriever, Ranker, RankerScorer, fit_ranker
 
 # Each topic: paraphrased questions (contexts) and the one reply they all got. A topic's questions
 # and its reply share no character, so the lexical stub encoder cannot match them directly: only the
@@ -124,7 +124,7 @@ def test_fit_gives_weight_to_the_informative_feature_only(monkeypatch):
         fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="best")
 
 
-def test_each_language_gets_its_own_weights_when_they_do_better_held_out(monkeypatch):
+def test_each_language_with_enough_examples_gets_its_own_weights(monkeypatch):
     """Korean rows where only ``lexical`` knows the answer, English rows where only ``neighbour``
     does: one shared set of weights must compromise, a set per language need not."""
     rng = np.random.default_rng(0)
@@ -141,7 +141,10 @@ def test_each_language_gets_its_own_weights_when_they_do_better_held_out(monkeyp
                         lambda responses, n=10, seed=1: ex_mod.CandidateSets([[r] * n for r in responses], n))
     r = fit_ranker(StubFeatures(feats), exs, exclude_own=False, method="logit")
     assert set(r.languages) == {"ko", "en"}
-    assert r.fitted_on["languages"]["ko"]["own_weights"] and r.fitted_on["languages"]["en"]["examples"] == m
+    assert r.fitted_on["languages"]["en"]["examples"] == m
+    for lang in ("ko", "en"):  # what they give held out is reported: here own weights must do better
+        held = r.fitted_on["languages"][lang]
+        assert held["held_out_own"] > held["held_out_shared"] + 0.1
     ko, en = r.languages["ko"], r.languages["en"]
     assert ko["lexical"] > 5 * abs(ko.get("neighbour", 0.0)) and en["neighbour"] > 5 * abs(en.get("lexical", 0.0))
     # the rows are combined with their own language's weights ...
@@ -159,6 +162,9 @@ def test_each_language_gets_its_own_weights_when_they_do_better_held_out(monkeyp
     # a language with too few examples, or the only language there is, keeps the shared weights
     one = fit_ranker(StubFeatures({f: v[:m] for f, v in feats.items()}), exs[:m], exclude_own=False, method="logit")
     assert one.languages == {} and "languages" not in one.fitted_on
+    few = m + LANGUAGE_MIN_EXAMPLES - 1  # all of Korean, too few English rows
+    some = fit_ranker(StubFeatures({f: v[:few] for f, v in feats.items()}), exs[:few], exclude_own=False, method="logit")
+    assert set(some.languages) == {"ko"} and set(some.fitted_on["languages"]) == {"ko"}
 
 
 def test_language_weights_apply_row_by_row_and_round_trip(tmp_path):
