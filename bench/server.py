@@ -4,6 +4,7 @@ and 32 concurrent clients, beside the bare retriever's throughput in the same ru
     .venv/bin/python bench/server.py                          # on the demo's index (after `make demo`)
     .venv/bin/python bench/server.py --index runs/demo/index --shards runs/demo/shards --requests 200
     .venv/bin/python bench/server.py --grow 100000     # also a copy grown to 100,000 replies
+    .venv/bin/python bench/server.py --precisions auto,fp32   # the dialog model's weights as served, and fp32
 
 The bare arm calls ``HybridRetriever.search`` in this process, one context after another (the
 work one chat request does, without HTTP, JSON or sessions), and then ``--batch`` contexts a call
@@ -103,11 +104,12 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
 
 
 def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int,
-            batch: int = 8) -> tuple[float, float, list]:
+            batch: int = 8, precision: str = "auto") -> tuple[float, float, list]:
     """(the bare retriever's requests/s one at a time and ``batch`` a call,
-    [(clients, requests/s, p50 ms, p99 ms)]) on one index."""
+    [(clients, requests/s, p50 ms, p99 ms)]) on one index, the dialog model's weights at
+    ``precision`` in both arms."""
     from retrieval.ranker import HybridRetriever
-    hybrid = HybridRetriever.load(index)
+    hybrid = HybridRetriever.load(index, precision=precision)
     hybrid.search(contexts[:5], 20)  # warm-up
     t = time.perf_counter()
     for c in contexts:
@@ -121,7 +123,8 @@ def measure(index: str, messages: list[str], contexts: list, clients: list[int],
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", index, "--port", str(port),
-                             "--threads", str(threads), "--batch", str(batch), "--rate-limit", ""],
+                             "--threads", str(threads), "--batch", str(batch), "--rate-limit", "",
+                             "--precision", precision],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
         p.add_argument("--clients", default="1,8,32")
         p.add_argument("--threads", type=int, default=8, help="the server's worker threads (its default)")
         p.add_argument("--batch", type=int, default=8, help="the server's request batching (its default; 1: off)")
+        p.add_argument("--precisions", default="auto",
+                       help="the dialog model's weights, each measured in turn (auto: bf16 where native; e.g. auto,fp32)")
         p.add_argument("--grow", type=int, default=0,
                        help="also measure a copy of the index grown to this many replies (e.g. 100000)")
     a = parse_serving_args(__doc__, argv, own)
@@ -165,27 +170,32 @@ def main(argv=None) -> int:
     messages = [c[0][1] for c in contexts]
     clients = [int(x) for x in a.clients.split(",")]
     count = json.loads((Path(a.index) / "index_info.json").read_text("utf-8"))["count"]
-    results = [(f"`{shown(a.index)}`, {count:,} replies", *measure(a.index, messages, contexts, clients, a.threads, a.batch))]
+    from retrieval.encoder import resolve_precision
+    precisions = [(p, resolve_precision(p)) for p in a.precisions.split(",")]
+    named = lambda p, r: p if p == r else f"{p} ({r})"  # noqa: E731
+    results = [(f"`{shown(a.index)}`, {count:,} replies", named(p, r),
+                *measure(a.index, messages, contexts, clients, a.threads, a.batch, p)) for p, r in precisions]
     with tempfile.TemporaryDirectory() as tmp:
         if a.grow > count:
             grown = grown_copy(a.index, a.grow, Path(tmp))
             grown_count = json.loads((grown / "index_info.json").read_text("utf-8"))["count"]
-            results.append((f"the same grown to {grown_count:,} replies",
-                            *measure(str(grown), messages, contexts, clients, a.threads, a.batch)))
+            results += [(f"the same grown to {grown_count:,} replies", named(p, r),
+                         *measure(str(grown), messages, contexts, clients, a.threads, a.batch, p)) for p, r in precisions]
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
              f"with {a.threads} worker threads, request batching up to {a.batch}, rate limit off; total "
              f"{time.time() - t_all:.0f} s).", "",
              f"{len(messages)} test-split messages at each concurrency, each one a new session (a one-turn context, "
              f"as in the bare arm). The bare arm: `HybridRetriever.search` in-process, one request after another, "
-             f"and {a.batch} contexts a call, in the same run." + (" The grown index: the index's replies plus pairs of them joined by a space, "
+             f"and {a.batch} contexts a call, in the same run; each set of weights (`--precision`, the dialog "
+             f"model's: auto is bf16 where the CPU computes it natively) in both arms." + (" The grown index: the index's replies plus pairs of them joined by a space, "
                                     "added through `--add` (bench/server.py `grown_copy`)." if a.grow > count else ""), "",
-             f"| index | bare requests/s, one a call | bare, {a.batch} a call | clients | requests/s | "
+             f"| index | weights | bare requests/s, one a call | bare, {a.batch} a call | clients | requests/s | "
              f"share of the bare {a.batch} a call | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, bare, batched, rows in results:
-        lines += [f"| {name} | {bare:.1f} | {batched:.1f} | {c} | {rps:.1f} | {rps / batched:.0%} | {p50:.0f} | {p99:.0f} |"
-                  for c, rps, p50, p99 in rows]
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, weights, bare, batched, rows in results:
+        lines += [f"| {name} | {weights} | {bare:.1f} | {batched:.1f} | {c} | {rps:.1f} | {rps / batched:.0%} | "
+                  f"{p50:.0f} | {p99:.0f} |" for c, rps, p50, p99 in rows]
     publish("\n".join(lines), a.out, "## Serving through the server", write=not a.no_write)
     return 0
 

@@ -4,7 +4,9 @@
 
 Config keys: ``INDEX_DIR`` and ``MODEL_DIR`` (what `dialogbert index` / `finetune` wrote; the index's
 fitted ranker, ranker.json, ranks the candidates, with the re-ranker it names or ``RERANKER_DIR``; a
-folder `dialogbert bigindex` wrote is served by the dialog model alone, retrieval.bigserve), or
+folder `dialogbert bigindex` wrote is served by the dialog model alone, retrieval.bigserve;
+``PRECISION`` the dialog model's weights there, "auto" (default: bf16 where the hardware computes it
+natively, retrieval.encoder.Encoder.for_inference), "fp32" or "bf16"), or
 ``RETRIEVER`` (any object with ``search(contexts, k)``, see :class:`Retriever`; tests inject one);
 ``CONTEXT_TURNS`` (turns of history fed to the encoder, default 5), ``TOP_K`` (candidates ranked,
 default 20), ``MAX_SESSIONS`` (sessions kept in memory, least recently used dropped, default 10000),
@@ -342,8 +344,10 @@ def service_info(retriever, index_dir=None, model_dir=None) -> dict:
             break
     meta = meta if isinstance(meta, dict) else {}
     model = model_dir or meta.get("model")
+    enc = getattr(retriever, "encoder", None) or getattr(getattr(retriever, "scorer", None), "encoder", None)
     return {"version": _package_version(),
-            "model": {"name": Path(model).name if model else None, "sha256": meta.get("model_sha256")},
+            "model": {"name": Path(model).name if model else None, "sha256": meta.get("model_sha256"),
+                      "precision": getattr(enc, "weights_precision", None)},
             "index": {"size": meta.get("count"), "memory": meta.get("memory"), "dimension": meta.get("dimension"),
                       "factory": meta.get("factory"), "updated": meta.get("updated"), "info_sha256": meta_sha},
             "ranker": {"features": list(getattr(getattr(retriever, "ranker", None), "active", []))}}
@@ -385,7 +389,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
-                      RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, RETRIEVER=None,
+                      RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, PRECISION="auto", RETRIEVER=None,
                       JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None, SEARCH_BATCH=8)
     app.config.update(config or {})
     if app.config["PROXIES"]:
@@ -409,9 +413,10 @@ def create_app(config: dict | None = None) -> Flask:
                 if app.config["RERANKER_DIR"]:
                     raise ValueError(f"{app.config['INDEX_DIR']} is a bigindex: it is served by the dialog model "
                                      f"alone, without a re-ranker")
-                return BigRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"])
+                return BigRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"], app.config["PRECISION"])
             from retrieval.ranker import HybridRetriever
-            return HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"], app.config["RERANKER_DIR"])
+            return HybridRetriever.load(app.config["INDEX_DIR"], app.config["MODEL_DIR"], app.config["RERANKER_DIR"],
+                                        app.config["PRECISION"])
     if app.config["RETRIEVER"] is None:
         # loaded now (after the cheap checks above), so a wrong folder or a model/index mismatch
         # stops the service at start-up with the loader's message, not at the first chat request

@@ -43,7 +43,8 @@ _SCHEMAS = {
         "version": {"type": "string", "description": "the dialogbert package's version"},
         "model": {"type": "object", "properties": {
             "name": {"type": ["string", "null"], "description": "the encoder's folder name (no path)"},
-            "sha256": {"type": ["string", "null"], "description": "of its weights, as index_info.json records it"}}},
+            "sha256": {"type": ["string", "null"], "description": "of its weights, as index_info.json records it"},
+            "precision": {"type": ["string", "null"], "description": "its weights as served: bf16 or fp32"}}},
         "index": {"type": "object", "properties": {
             "size": {"type": ["integer", "null"], "description": "candidate replies"},
             "memory": {"type": ["integer", "null"], "description": "contexts in the context memory"},

@@ -109,9 +109,11 @@ class BigRetriever:
         self.encoder, self.index, self.rows = encoder, index, rows  # /api/info reads index.info and index.folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, model_dir: str | os.PathLike | None = None) -> "BigRetriever":
+    def load(cls, folder: str | os.PathLike, model_dir: str | os.PathLike | None = None,
+             precision: str = "auto") -> "BigRetriever":
         """A bigindex folder and the dialog model its vectors were encoded with (``model_dir``, else
-        the one rank.json records); a model of another size or hash is refused."""
+        the one rank.json records); a model of another size or hash is refused. ``precision``: the
+        model's weights at inference (Encoder.for_inference)."""
         from retrieval.encoder import Encoder
         from retrieval.index import IndexMismatchError
         folder = Path(folder)
@@ -130,6 +132,7 @@ class BigRetriever:
             raise IndexMismatchError(f"{folder}: encoded with model sha256 {want[:12]}..., but {model} has "
                                      f"sha256 {encoder.hash()[:12]}...: serve it with the model that encoded it "
                                      f"({recorded})")
+        encoder.for_inference(precision)
         big = BigIndex.load(folder)
         big.info.update(dimension=info["dim"], model=str(model), model_sha256=want)  # /api/info's names
         return cls(encoder, big, rows)

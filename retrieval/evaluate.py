@@ -226,7 +226,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
              index_dir: str | Path | None = None, max_examples: int | None = None,
              baselines_only: bool = False, *, sources: Sequence[str] | None = None,
              encoder=None, n: int = 100, batch_size: int = 64, name: str | None = None,
-             baselines: bool = True, reranker: str | Path | None = None, peer: bool = False) -> dict:
+             baselines: bool = True, reranker: str | Path | None = None, peer: bool = False,
+             precision: str = "auto") -> dict:
     """Score the encoder (a folder, or an ``encoder`` object) and the baselines on the test split
     of ``shards``; with ``index_dir``, also full-index recall and, when the index has a fitted
     ranker (ranker.json), the ranker on the same candidates (``reranker`` overrides the re-ranker
@@ -235,8 +236,9 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     ``served`` names the row the bot serves: the ranker's when the index has a ranker weighing
     more than the dual encoder, else the encoder's own row (named ``encoder`` unless ``name`` says
     otherwise, and always kept beside the ranker: docs/protocol.md, "The rows of a
-    report"); None for the baselines alone. Write the report folder unless ``report`` is
-    None; return the report dict."""
+    report"); None for the baselines alone. ``precision``: the weights of a ``model`` loaded here,
+    as the chat service serves them (Encoder.for_inference; report.json's ``precision``). Write
+    the report folder unless ``report`` is None; return the report dict."""
     examples = load_examples(shards, "test", max_examples=max_examples, sources=sources)
     if not examples:
         raise ValueError(f"{shards}: no test examples (is the split empty? are there multi-turn conversations?)")
@@ -252,7 +254,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
     model_name, ranker, served = None, None, None
     if encoder is None and model is not None and not baselines_only:
         from retrieval.encoder import Encoder
-        encoder = Encoder.load(model)
+        encoder = Encoder.load(model).for_inference(precision)
+    weights = getattr(encoder, "weights_precision", None)
     if encoder is not None and not baselines_only:
         encoder = MemoEncoder(encoder)  # the systems below share the test contexts and replies
         model_name = str(model) if model is not None else (name or "encoder")
@@ -278,6 +281,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             ranked.update(served_recall(HybridRetriever(scorer.features, ranker).search, examples))
             systems[scorer.name], served = ranked, scorer.name
     rep = {"corpus": corpus_name(shards, examples), "shards": str(shards), "model": model_name, "served": served,
+           "precision": weights if model_name else None,
            "split": "test (preprocess.schema.split_of)", "index": str(index_dir) if index_dir else None,
            "sizes": {"test_examples": len(examples), "train_responses": len(train),
                      "candidate_pool": ev.candidates.pool_size, "candidates": n,

@@ -270,8 +270,9 @@ def baseline_texts(examples: Sequence[FixedExample], shards: str | Path | None) 
     return sorted({c for e in examples for c in e.candidates}), "the file's own candidates"
 
 
-def _encoder(model, index_dir):
-    """(MemoEncoder or None, model name): the encoder of ``model``, else the one the index names."""
+def _encoder(model, index_dir, precision: str = "auto"):
+    """(MemoEncoder or None, model name): the encoder of ``model``, else the one the index names,
+    its weights at ``precision`` (Encoder.for_inference)."""
     from retrieval.evaluate import MemoEncoder
     if model is None and index_dir is None:
         return None, None
@@ -286,19 +287,20 @@ def _encoder(model, index_dir):
             raise FileNotFoundError(f"{index_dir}: the index names no encoder folder that exists "
                                     f"({info_model!r}); pass --model ENCODER_DIR")
         model = info_model
-    return MemoEncoder(Encoder.load(model)), str(model)
+    return MemoEncoder(Encoder.load(model).for_inference(precision)), str(model)
 
 
 def evaluate_fixed(candidates: str | Path, report: str | Path | None, model: str | Path | None = None,
                    index_dir: str | Path | None = None, shards: str | Path | None = None, *,
                    encoder=None, fmt: str | None = None, max_examples: int | None = None,
                    group_size: int | None = None, reranker: str | Path | None = None, peer: bool = False,
-                   batch_size: int = 64) -> dict:
+                   batch_size: int = 64, precision: str = "auto") -> dict:
     """Score every system on the file's own candidates: random, BM25 and TF-IDF (fitted as
     :func:`baseline_texts` says), the peer (``peer``), the dialog encoder alone (row
     ``encoder``) and, with ``index_dir`` and a fitted ranker, the served ranker (and its own
     encoders alone). ``served`` names the row the bot serves. Writes the report folder unless
-    ``report`` is None; returns the report dict."""
+    ``report`` is None; returns the report dict. ``precision``: the weights of an encoder loaded
+    here (Encoder.for_inference), as the chat service serves them."""
     from retrieval.baselines import BM25Scorer, TfidfScorer
     from retrieval.evaluate import PEER_NAME, EncoderScorer, MemoEncoder, RandomScorer, ranker_scorers
     examples, stats = load_fixed(candidates, fmt, max_examples, group_size)
@@ -315,7 +317,7 @@ def evaluate_fixed(candidates: str | Path, report: str | Path | None, model: str
     if encoder is not None:
         encoder, model_name = MemoEncoder(encoder), str(model or "encoder")
     else:
-        encoder, model_name = _encoder(model, index_dir)
+        encoder, model_name = _encoder(model, index_dir, precision)
     if encoder is not None:
         systems["encoder"] = ev(EncoderScorer(encoder, "encoder", batch_size))
         served = "encoder"
@@ -332,6 +334,7 @@ def evaluate_fixed(candidates: str | Path, report: str | Path | None, model: str
                 served = ranked.name
     rep = {"corpus": Path(candidates).name, "candidates_file": str(candidates), "model": model_name,
            "index": str(index_dir) if index_dir else None, "served": served,
+           "precision": getattr(encoder, "weights_precision", None) if encoder is not None else None,
            "baselines_fitted_on": fitted_on,
            "sizes": {"examples": len(examples), "candidates": sorted(set(ev.sizes)),
                      "lines": stats.lines, "broken_lines": stats.broken,

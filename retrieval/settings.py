@@ -96,6 +96,7 @@ class EvalSection:
     max_examples: int = 0  # 0 = all
     reranker: str = ""     # re-ranker folder ("" = the one the index's ranker.json names)
     peer: bool = False     # also score all-MiniLM-L6-v2 off the shelf
+    precision: str = "auto"  # the dialog model's weights, as `dialogbert serve` runs them ("auto": bf16 where native)
     sources: list[str] = field(default_factory=list)  # only these corpora's conversations ([] = all)
 
 
@@ -113,4 +114,6 @@ def load_eval_config(path: str | Path | None = None, overrides: Sequence[str] = 
         raise ValueError("pass --shards DIR (the protocol's test split) or --candidates FILE (fixed candidate sets)")
     if e.max_examples < 0:
         raise ValueError("eval.max_examples must be >= 0 (0: all)")
+    if e.precision not in PRECISIONS:
+        raise ValueError(f"eval.precision={e.precision!r}: use one of {', '.join(PRECISIONS)}")
     return cfg

@@ -141,7 +141,9 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
     assert client.get("/healthz").get_json() == {"status": "ok"}
     info = client.get("/api/info").get_json()
     index_info = json.loads((index_dir / "index_info.json").read_text("utf-8"))
-    assert info["model"] == {"name": "model", "sha256": index_info["model_sha256"]}
+    from retrieval.encoder import resolve_precision
+    assert info["model"] == {"name": "model", "sha256": index_info["model_sha256"],
+                             "precision": resolve_precision("auto")}  # served as the hardware computes best
     assert info["index"]["size"] == index_info["count"] == len(stored)
     assert info["ranker"]["features"] and str(tmp_path) not in json.dumps(info)   # names, never paths
     sid = None
@@ -605,7 +607,7 @@ def test_info_names_the_model_and_index_without_personal_data(leaky, tmp_path):
     info = client.get("/api/info").get_json()
     assert info == {
         "version": info["version"],
-        "model": {"name": "encoder", "sha256": "ab" * 32},
+        "model": {"name": "encoder", "sha256": "ab" * 32, "precision": None},
         "index": {"size": 1234, "memory": 2000, "dimension": 384, "factory": "Flat",
                   "updated": "2026-12-05T17:00:00Z",
                   "info_sha256": hashlib.sha256((index_dir / "index_info.json").read_bytes()).hexdigest()},

@@ -149,12 +149,17 @@ def test_eval_flags_map_onto_overrides(monkeypatch, tmp_path):
                  "--peer"]) == 0
     # what the command passed before it had a config
     assert seen.pop("eval") == (("m", "s", str(report)), {"index_dir": None, "max_examples": None, "baselines_only": False,
-                                                          "sources": ["chitchat"], "reranker": None, "peer": True})
+                                                          "sources": ["chitchat"], "reranker": None, "peer": True,
+                                                          "precision": "auto"})
     assert main(["eval", "--shards", "s", "--report", str(report)]) == 0
     assert seen.pop("eval")[1]["baselines_only"] is True
     assert main(["eval", "--candidates", "c.jsonl", "--report", str(report), "eval.max_examples=7"]) == 0
     assert seen.pop("fixed") == (("c.jsonl", str(report)), {"model": None, "index_dir": None, "shards": None,
-                                                            "max_examples": 7, "reranker": None, "peer": False})
+                                                            "max_examples": 7, "reranker": None, "peer": False,
+                                                            "precision": "auto"})
+    assert main(["eval", "--model", "m", "--shards", "s", "--report", str(report), "--precision", "fp32"]) == 0
+    assert seen.pop("eval")[1]["precision"] == "fp32"
+    assert main(["eval", "--shards", "s", "--report", str(report), "eval.precision=fp16"]) == 2  # refused
     assert main(["eval", "--report", str(report)]) == 2  # neither shards nor candidates
     assert main(["eval", "--shards", "s"]) == 2          # no report folder
 
@@ -171,15 +176,19 @@ def test_serve_flags_map_onto_overrides(monkeypatch, tmp_path):
     cfg.write_text('[serve]\nindex = "runs/x/index"\nport = 9000\nrate_limit = "5/second"\n')
     assert main(["serve", "--config", str(cfg), "--port", "8123"]) == 0
     config, kw = seen.pop()
-    assert config == {"INDEX_DIR": "runs/x/index", "MODEL_DIR": None, "RERANKER_DIR": None, "RATE_LIMIT": "5/second"}
+    assert config == {"INDEX_DIR": "runs/x/index", "MODEL_DIR": None, "RERANKER_DIR": None, "PRECISION": "auto",
+                      "RATE_LIMIT": "5/second"}
     assert kw["port"] == 8123
     # no config: the server's own defaults
     assert main(["serve", "--index", "i"]) == 0
     config, kw = seen.pop()
-    assert config == {"INDEX_DIR": "i", "MODEL_DIR": None, "RERANKER_DIR": None}
+    assert config == {"INDEX_DIR": "i", "MODEL_DIR": None, "RERANKER_DIR": None, "PRECISION": "auto"}
     assert kw == {"host": "127.0.0.1", "port": 8000, "threads": bot.server.THREADS,
                   "connection_limit": bot.server.CONNECTION_LIMIT, "channel_timeout": bot.server.CHANNEL_TIMEOUT}
     assert main(["serve"]) == 2  # no index
+    assert main(["serve", "--index", "i", "--precision", "fp32"]) == 0
+    assert seen.pop()[0]["PRECISION"] == "fp32"
+    assert main(["serve", "--index", "i", "serve.precision=fp16"]) == 2  # refused, naming the key
 
 
 # ---- the demo's recipe -------------------------------------------------------------------------

@@ -194,6 +194,27 @@ def test_bf16_encoding_ranks_as_fp32_and_is_scoped(finetuned, tiny_shards, tmp_p
     assert info["precision"] == "bf16"
 
 
+def test_an_encoder_for_inference_holds_bf16_weights_and_ranks_as_fp32(finetuned, monkeypatch):
+    """``for_inference("bf16")`` casts the weights once (what the chat service and eval run): the
+    vectors stay float32 and within bf16 rounding of the fp32 ones; "fp32" leaves the weights;
+    "auto" follows the hardware."""
+    import torch
+
+    from retrieval.encoder import Encoder
+    ctxs = [[("S1", "안녕"), ("S2", "뭐 해?")], [("S1", "밥 먹었어?")], [("S1", "I had a terrible day at work")]]
+    full = Encoder.load(finetuned)
+    assert full.for_inference("fp32") is full and full.weights_precision == "fp32"
+    v32 = full.encode_contexts(ctxs)
+    half = Encoder.load(finetuned).for_inference("bf16")
+    assert half.weights_precision == "bf16" and next(half.model.parameters()).dtype == torch.bfloat16
+    v16 = half.encode_contexts(ctxs)
+    cos = (v32 * v16).sum(1)
+    assert v16.dtype == np.float32 and cos.min() > 0.99 and not np.array_equal(v32, v16), cos
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert Encoder.load(finetuned).for_inference("auto").weights_precision == "fp32"
+
+
 def test_encoder_contract(finetuned):
     import numpy as np
 

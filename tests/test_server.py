@@ -110,7 +110,7 @@ def test_serve_arguments_reach_the_server(monkeypatch):
     monkeypatch.setattr(bot.server, "serve", lambda config, **kw: seen.update(config=config, **kw) or 0)
     assert main(["serve", "--index", "runs/x/index", "--port", "8123", "--threads", "3", "--rate-limit", "",
                  "--max-body-kb", "16", "--batch", "1"]) == 0
-    assert seen["config"] == {"INDEX_DIR": "runs/x/index", "MODEL_DIR": None, "RERANKER_DIR": None,
+    assert seen["config"] == {"INDEX_DIR": "runs/x/index", "MODEL_DIR": None, "RERANKER_DIR": None, "PRECISION": "auto",
                               "RATE_LIMIT": "", "MAX_CONTENT_LENGTH": 16 * 1024, "SEARCH_BATCH": 1}
     assert (seen["port"], seen["threads"], seen["host"]) == (8123, 3, "127.0.0.1")
     assert main(["serve", "--index", "runs/x/index"]) == 0

@@ -40,7 +40,7 @@ def _reranker(reranker_dir, fraction: float):
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
                   fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True,
                   use: bool = True, use_settings=None, ngram_settings=None, train: dict | None = None,
-                  copy_negatives: bool = True) -> Ranker:
+                  copy_negatives: bool = True, precision: str = "auto") -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
@@ -53,11 +53,15 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     same pairs with the same settings (towers.fit_and_save); one switched off is removed.
     ``train``: {feature: settings, or False to leave it out}; ``ngram``/``use`` and their
     settings say the same for those two. ``copy_negatives``: each fitting example's last wrong
-    candidate is a copy of its newest context turn (fitting.with_copies)."""
+    candidate is a copy of its newest context turn (fitting.with_copies). ``precision``: the weights
+    of the dialog model loaded here (not of an ``index`` given) while fitting, as the chat
+    service's default runs them (Encoder.for_inference)."""
     from retrieval.examples import validation_examples
     from retrieval.index import ResponseIndex
     if index is None:
         index = ResponseIndex.load(index_dir)
+        if index.encoder is not None:
+            index.encoder.for_inference(precision)
     if index.encoder is None:
         raise ValueError(f"{index_dir}: no encoder found for this index; pass the model folder")
     plan = {"ngram": ngram_settings if ngram else False, "use": use_settings if use else False, **(train or {})}
