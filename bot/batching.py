@@ -1,9 +1,9 @@
 """Request batching: the chat requests that arrive while the model is busy are answered together.
 
-On two CPU cores a search of eight contexts in one call costs about 3.3 times one (124 against
-37.5 ms on the demo's index; the dialog model's forward pass alone 79 against 27 ms): its matrix
-products are too small at one context to keep the cores busy, and the FAISS scan reads the
-reply vectors once for all of them. :class:`SearchBatcher` puts every
+On two CPU cores a search of eight contexts in one call costs a few times one, not eight
+(docs/benchmarks.md, "Serving through the server"): the dialog model's matrix products are too
+small at one context to keep the cores busy, and the FAISS scan reads the reply vectors once for
+all of them. :class:`SearchBatcher` puts every
 ``search`` call on a queue; one thread takes whatever is waiting (up to ``max_batch`` contexts),
 makes one call of the retriever for all of it and hands each caller its own rows. A lone request
 waits for nobody: only while requests overlap does a batch wait a few milliseconds for more, so

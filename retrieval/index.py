@@ -214,9 +214,10 @@ class ResponseIndex:
 
     @classmethod
     def load(cls, folder: str | Path, model_dir: str | Path | None = None, encoder=None, gpu: bool = False,
-             check: bool = True) -> "ResponseIndex":
+             check: bool = True, load_encoder: bool = True) -> "ResponseIndex":
         """Load an index folder and its encoder (``model_dir``, an ``encoder``, or by default the
-        model folder recorded in index_info.json), checking it is the one the index was built with."""
+        model folder recorded in index_info.json), checking it is the one the index was built with.
+        ``load_encoder=False``: no model is loaded unless given (what needs only the stored texts)."""
         faiss = _faiss()
         folder = Path(folder)
         for name in (INDEX_FILE, RESPONSES_FILE, INFO_FILE):
@@ -245,7 +246,7 @@ class ResponseIndex:
                     f"{folder}: index_info.json says {info['memory']} memory entries, but memory.index holds "
                     f"{memory.ntotal} (dimension {memory.d}) and memory.jsonl {len(mem)}: the folder is "
                     f"inconsistent; rebuild it with `dialogbert index ... --out {folder}`")
-        if encoder is None and model_dir is None and info.get("model") and Path(info["model"]).is_dir():
+        if encoder is None and model_dir is None and load_encoder and info.get("model") and Path(info["model"]).is_dir():
             model_dir = info["model"]  # the encoder the index was built with
         if encoder is None and model_dir is not None:
             from retrieval.encoder import Encoder

@@ -360,7 +360,7 @@ def test_an_add_refits_the_tfidf_cache_that_the_readers_then_read(memory_index, 
     more.mkdir()
     write_shard(more / "shard-00000.jsonl", [Conversation("new-0", "test", "ko", [Turn("S1", "새 질문"), Turn("S2", "새로 들어온 답")])])
     build_index(idx.encoder.path, more, folder, add=True, encoder=idx.encoder, filt=ResponseFilter(pii_check=lambda t: False))
-    update_for_index(folder, encoder=idx.encoder)  # what `--add` runs after the index
+    update_for_index(folder)  # what `--add` runs after the index; no model loaded (the stub folder holds none)
     grown = ResponseIndex.load(folder, encoder=idx.encoder)
     assert grown.texts[-1] == "새로 들어온 답"
 

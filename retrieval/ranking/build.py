@@ -136,8 +136,8 @@ def own_encoders(folder, texts, **want: bool) -> dict:
 def update_for_index(index_dir: str | Path, encoder=None) -> None:
     """After ``build_index(add=True)``: what the ranker.json weighs, brought up to the grown
     replies now, not at the chat service's start (which only reads): the new replies' vectors of
-    the ranker's own encoders, and the TF-IDF cache refitted on the grown texts (``encoder``: the
-    index's, when loaded already)."""
+    the ranker's own encoders, and the TF-IDF cache refitted on the grown texts. Neither needs the
+    dialog model: it is not loaded (``encoder``: the index's, when at hand, is checked against it)."""
     import json
 
     from retrieval.index import INFO_FILE, RESPONSES_FILE, ResponseIndex, _read_jsonl
@@ -151,6 +151,7 @@ def update_for_index(index_dir: str | Path, encoder=None) -> None:
             own_encoders(index_dir, texts, **{f: f in ranker.active for f in OWN_ENCODERS})
         lexical = [f for f in ("lexical", "lexical_neighbour") if f in ranker.active]
         if lexical:
-            FeatureScorer.for_index(ResponseIndex.load(index_dir, encoder=encoder), wanted=lexical)  # refits and caches
+            FeatureScorer.for_index(ResponseIndex.load(index_dir, encoder=encoder, load_encoder=False),
+                                    wanted=lexical)  # refits and caches
     except (ValueError, RuntimeError) as e:  # the index itself is complete; the chat service says more
         print(f"ranker: the grown replies' ranker files were not written ({e})")
