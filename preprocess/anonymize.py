@@ -1,7 +1,10 @@
 """Personal-data detectors: one pattern table, pure functions over it (see docs/personal-data.md).
 
 A retrieval bot returns stored sentences verbatim, so whatever this module misses is served to
-strangers. Every detector is one row of ``DETECTORS``::
+strangers. The rows' validators (checksums, dates, layouts, stop lists) are in
+preprocess/pii_validators.py, the English name and phone finders in preprocess/pii_english.py;
+what stays here is the table and the scanner that reads it, one idea in about 700 lines, most of
+them the table's patterns. Every detector is one row of ``DETECTORS``::
 
     Detector(placeholder, pattern, validator, view=..., needs=..., cue=..., context=..., group=..., near=...)
 
@@ -77,6 +80,11 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
+
+from preprocess.pii_english import EnglishNames, LibraryPhones
+from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, fine_num_ok, iban_ok, intl_ok, ip_ok, jibun_ok,
+                                       landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok, service_ok,
+                                       ssn_ok)
 
 __all__ = ["Detector", "Span", "DETECTORS", "Anonymizer", "anonymize", "find_pii", "contains_pii",
            "name_variants"]
@@ -156,328 +164,6 @@ def _view(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# validators
-
-def luhn_ok(digits: str) -> bool:
-    d = [int(c) for c in digits if c.isdigit()]
-    total = 0
-    for k, x in enumerate(reversed(d)):
-        if k % 2:
-            x *= 2
-            if x > 9:
-                x -= 9
-        total += x
-    return total % 10 == 0 and len(set(d)) > 1
-
-
-_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def date_ok(yymmdd: str) -> bool:
-    mm, dd = int(yymmdd[2:4]), int(yymmdd[4:6])
-    return 1 <= mm <= 12 and 1 <= dd <= _MONTH_DAYS[mm]
-
-
-def _digits(s: str) -> str:
-    return s.replace("-", "")
-
-
-def _groups(s: str) -> tuple[int, ...]:
-    return tuple(len(g) for g in s.split("-"))
-
-
-def _layout_ok(g: str) -> bool:
-    """One group, all groups >= 2 digits, or one digit each (the spaced bypass); a run such as
-    "1 2 3 ... 10 11 12" (counting) mixes them."""
-    sizes = _groups(g)
-    return len(sizes) == 1 or min(sizes) >= 2 or max(sizes) == 1
-
-
-def _rrn_ok(g: str) -> bool:
-    sizes = _groups(g)
-    return (len(sizes) == 1 or max(sizes) == 1 or (sizes[0] == 6 and min(sizes) >= 2)) and date_ok(_digits(g)[:6])
-
-
-def _card_ok(g: str) -> bool:
-    sizes = _groups(g)
-    return (len(sizes) == 1 or min(sizes) >= 3 or max(sizes) == 1) and luhn_ok(_digits(g))
-
-
-def _account_ok(g: str) -> bool:
-    return _layout_ok(g) and len(set(_digits(g))) > 2
-
-
-def _landline_ok(g: str) -> bool:
-    sizes = _groups(g)
-    return len(sizes) == 1 or (len(sizes) == 3 and sizes[0] in (2, 3) and sizes[1] in (3, 4)
-                               and sizes[2] == 4) or _digits(g)[:3] in ("070", "050")
-
-
-def _service_ok(g: str) -> bool:
-    return _groups(g) == (4, 4)
-
-
-def _bizno_ok(g: str) -> bool:
-    return _groups(g) == (3, 2, 5)
-
-
-def _license_ok(g: str) -> bool:
-    return _groups(g) == (2, 2, 6, 2) and 11 <= int(g[:2]) <= 28
-
-
-def _ip_ok(s: str) -> bool:
-    parts = s.split(".")
-    return any(len(p) > 1 for p in parts)     # "1.2.3.4" is a version, "10.0.0.1" an address
-
-
-_ROAD_STOP = frozenset(
-    "바로 새로 서로 따로 진짜로 정말로 실제로 별로 주로 절대로 그대로 이대로 저대로 요대로 마음대로 맘대로 대로 "
-    "함부로 억지로 스스로 도로 일부러 혼자로 거꾸로 멋대로 제멋대로 차로 택시로 버스로 기차로 카드로 현금로 "
-    "출근길 퇴근길 등굣길 하굣길 등교길 하교길 산책길 귀갓길 귀가길 지름길 오솔길 눈길 발길 손길 빗길 밤길 뱃길 "
-    "가는길 오는길 이길 그길 저길 길 꽃길 흙길 돌길 먼길 갈길 집길 시골길 고갯길 내리막길 오르막길".split())
-
-
-def _road_ok(s: str) -> bool:
-    m = re.search(r"([가-힣0-9]+(?:로|길))\s?(?:\d{1,4}번?[가나다]?길\s?)?\d", s)
-    if not m:
-        return False
-    road = m.group(1)
-    return road not in _ROAD_STOP and not road.endswith("으로")
-
-
-_COARSE_STOP = frozenset(
-    "친구 가구 도구 연구 요구 입구 출구 야구 농구 축구 탁구 배구 족구 지구 기구 전구 추구 항구 창구 문구 "
-    "욕구 식구 하구 먹구 보구 알구 있구 없구 했구 같구 시구 여시 다시 혹시 역시 당시 동시 수시 항시 임시 "
-    "무시 감시 표시 지시 제시 개시 한시 몇시 교시 전시 군 구 시 입시 나시 잠시 소시 오시 가시 하시 보시 "
-    "드시 계시 주시 사시 아시 마시 오구 이구 사구 구구 영구 가시 세시 네시 두시 한시 다섯시 여섯시 일곱시 "
-    "여덟시 아홉시 열시 열한시 열두시 칠구 구시 장군 해군 육군 공군 아군 적군 대군 국군 남군 여군 신군 "
-    "그러구 저러구 이러구 어쩌구 저쩌구".split())
-_FINE_STOP = frozenset(
-    "이동 운동 행동 활동 감동 자동 충동 노동 출동 변동 작동 공동 소동 난동 동동 파동 진동 부동 가동 발동 "
-    "선동 연동 이리 우리 요리 머리 소리 거리 자리 다리 관리 처리 정리 수리 미리 빨리 멀리 유리 무리 "
-    "꼬리 모리 보리 오리 의리 원리 논리 진리 심리 승리 거리 짜리 마리 고리 소머리 한가리 "
-    "라면 그러면 하면 보면 가면 오면 장면 측면 표면 냉면 정면 반면 전면 화면 당면 내면 외면 대면 "
-    "구면 초면 일면 양면 면 동 리 읍 가 형동 남동".split())
-
-
-def _stop(tok: str, stop: frozenset) -> bool:
-    return any(tok[k:] in stop for k in range(len(tok) - 1)) or tok in stop
-
-
-def _jibun_ok(s: str) -> bool:
-    toks = re.findall(r"[가-힣0-9]+", s)
-    coarse = [t for t in toks if t[-1] in "시군구도" and not _stop(t, _COARSE_STOP)]
-    fine = [t for t in toks if t[-1] in "동읍면리가" and t not in _FINE_STOP]
-    return bool(coarse) and bool(fine)
-
-
-def _fine_num_ok(s: str) -> bool:
-    m = re.match(r"[가-힣0-9]+", s)
-    return m is not None and m.group(0) not in _FINE_STOP
-
-
-def _postcode_ok(s: str) -> bool:
-    return s[0] in "0123456"      # Korean postcodes run 01000-63644
-
-
-# Common words that look like surname + 1-2 syllables before 씨/님, or after 저는/나는.
-_NAME_STOP = frozenset(
-    "선생 사장 부장 교수 하느 하나 부처 임금 회원 고객 기사 원장 사모 목사 신부 수녀 간호사 의사 팀장 "
-    "실장 소장 총장 교장 반장 방장 부방장 과장 차장 대리 주임 이사 상무 전무 회장 의원 작가 감독 "
-    "선배 후배 형 누 주 손 아버 어머 할머 할아버 언 마음 공주 왕자 도련 따님 아드 서방 사위 "
-    "고모 이모 삼촌 조카 기장 부기장 선장 시장 구청장 도지사 판사 검사 변호사 박사 석사 학사 "
-    "정말 진짜 이제 오늘 지금 사실 우리 조금 원래 계속 이거 이게 이번 전부 전혀 한번 한국 제일 정도 "
-    "안녕 주말 학생 남자 여자 사람 고등 대학 회사 혼자 지금 이미 아직 아까 나중 요즘 이상 이런 그런 "
-    "저런 어떤 무슨 제가 내가 너무 많이 조용 심심 배고 피곤 행복 우울 사랑 감사 미안 최고 최악 "
-    "부모 조상 스님 장난 아저 로봇 주당 사수 부자 단계 위로 고수 하수 초보 고인 회원 구독자 시청자 여러분  한가 바보 천재 막내 장남 장녀 차남 학교 직장 백수 하루 이틀 오전 오후 저녁 아침 점심 고양 강아".split())
-
-
-def _person_ok(s: str) -> bool:
-    s = s.strip()
-    return not (_stop(s, _NAME_STOP) or s[:2] in _NAME_STOP or s[-1] in "날글솜맵")
-
-
-# --- English ----------------------------------------------------------------------------------
-
-def _ssn_ok(s: str) -> bool:
-    """US SSN: area 001-899 but not 666, group 01-99, serial 0001-9999."""
-    d = re.sub(r"\D", "", s)
-    return len(d) == 9 and d[:3] not in ("000", "666") and d[0] != "9" and d[3:5] != "00" and d[5:] != "0000"
-
-
-def _iban_ok(s: str) -> bool:
-    """ISO 13616: 15-34 characters, and the number (letters as 10..35, the first four moved to the
-    end) is 1 mod 97."""
-    iban = s.replace(" ", "").upper()
-    if not 15 <= len(iban) <= 34:
-        return False
-    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
-
-
-def _intl_ok(s: str) -> bool:
-    """A number after + or 00: 8 to 15 digits (E.164 allows 15 with the country code)."""
-    return 8 <= len(re.sub(r"\D", "", s)) <= 15
-
-
-class _Found:
-    """A match found by a library, in the shape of re.Match (span, group) as _scan_text reads it."""
-    __slots__ = ("_span", "_text")
-
-    def __init__(self, start: int, end: int, text: str):
-        self._span, self._text = (start, end), text
-
-    def span(self, group: int = 0) -> tuple[int, int]:
-        return self._span
-
-    def group(self, group: int = 0) -> str:
-        return self._text
-
-
-class LibraryPhones:
-    """Google's libphonenumber (the ``phonenumbers`` package) as a DETECTORS pattern:
-    ``finditer(text)`` runs its PhoneNumberMatcher once per region. Leniency STRICT_GROUPING: the
-    number must be valid in its numbering plan (a real US area code and exchange, a UK number's
-    length) and its digits grouped as that country groups them; VALID alone also took a Korean
-    business number (``220-81-62517``) and a count (``1 2 3 ... 10``) for US numbers. A number
-    written with ``+`` and its country code is found whatever the region; ``regions`` decides
-    which national formats are read (Korean ones are the digit view's)."""
-
-    def __init__(self, regions: tuple[str, ...]):
-        import phonenumbers
-        self.regions = regions
-        self._matcher, self._leniency = phonenumbers.PhoneNumberMatcher, phonenumbers.Leniency.STRICT_GROUPING
-
-    def finditer(self, text: str):
-        for region in self.regions:
-            for m in self._matcher(text, region, leniency=self._leniency):
-                yield _Found(m.start, m.end, m.raw_string)
-
-
-def _given_names() -> frozenset[str]:
-    """US given names (the 1990 census lists shipped in the ``names`` package, 5,163 names), lower case."""
-    from names import FILES
-    out = set()
-    for key in ("first:male", "first:female"):
-        with open(FILES[key], encoding="ascii") as f:
-            out.update(line.split()[0].lower() for line in f if line.strip())
-    return frozenset(out)
-
-
-_GIVEN = _given_names()
-# Listed names that are also ordinary words: they count only when capitalised ("Hi Mark" but not
-# "i'm will..."). Picked by hand, starting from the listed names that the English sample corpus
-# (data/sample/chitchat-en) uses in lower case mid-sentence.
-_GIVEN_WORDS = frozenset(
-    "will may june april august hope grace faith rose dawn mark bill art pat sandy ray rich frank ivy lily "
-    "daisy crystal amber ruby pearl jade penny holly cherry candy ginger misty stormy brandy chase hunter "
-    "miles wade reed dean don jack earl carol sue dale glen cliff hall page summer winter autumn spring "
-    "chance joy star drew eve clay son van ward temple forest sun moon kit lane dot bee ping sang hung min "
-    "ta un al ed ma ha in my so an see long many else ok soon song brain season marvel hang numbers marry "
-    "carry patience charity liberty kitty desire glory bell rod windy manual era genie meta destiny olive "
-    "tad soo chia wen jae rico vida celeste maple".split())
-# Never a name after "I'm", a greeting or "my name is": how people are, what they are, whom they greet.
-_EN_NOT_NAMES = frozenset(
-    # function words
-    "a an the this that these those it its there here where what when who whom whose why how which if "
-    "so as at by for from in into of off on onto out over to up with about after again all also always "
-    "and any are back be been being both but can could did do does doing done each either else even ever "
-    "every few first going gonna gotta had has have having he her him his i im is just kinda kind sorta "
-    "like more most much must my myself never next no nor not now oh once one only or other our own "
-    "quite rather really same she should since some still such than then they though too very was we "
-    "well were whatever will would yes yet you your yours yall ya yo ye u ur "
-    # whom one greets or thanks
-    "all everyone everybody anyone guys guy girls gals folks people team friend friends buddy bud dude "
-    "dudes bro bros bruh man men mate pal sir madam maam mister miss lady ladies gentlemen boss fam love "
-    "babe baby honey dear sweetie darling stranger again mom dad mum mama papa grandma grandpa sis bestie "
-    "partner neighbor neighbour bot robot human world god lord jesus "
-    # how one is
-    "happy sad tired sleepy hungry thirsty bored busy fine good great okay alright sick ill sorry sure "
-    "glad new old young single married engaged pregnant ready free late early home alone excited nervous "
-    "scared afraid worried confused curious interested jealous lucky stuck lost serious kidding joking "
-    "honest cool awesome amazing fantastic terrible awful horrible bad better best worse worst pretty "
-    "super totally literally actually probably definitely almost exhausted stressed fun funny weird "
-    "crazy lazy normal fat tall short big small rich poor broke famous right wrong "
-    # what one is
-    "american canadian mexican korean japanese chinese filipino vietnamese thai indian british english "
-    "irish scottish welsh french german italian spanish portuguese russian polish dutch swedish norwegian "
-    "danish finnish greek turkish brazilian argentinian australian african asian european latino latina "
-    "hispanic mormon christian catholic muslim jewish hindu buddhist atheist lds vegan vegetarian gay "
-    "straight bi trans male female boy girl woman student teacher nurse doctor engineer freshman "
-    "sophomore junior senior major minor member fan half part pre post pro ex originally currently "
-    "still trying looking thinking hoping planning working studying learning getting coming leaving "
-    "staying feeling living moving "
-    # when
-    "january february march july september october november december monday tuesday wednesday "
-    "thursday friday saturday sunday morning afternoon evening night today tomorrow tonight yesterday "
-    "later soon sometime anytime whenever maybe sometimes "
-    # what one says
-    "wow umm um uh uhh oh ohh ah ahh aww haha hahaha lol lmao omg idk btw tbh imo jk xd yeah yea yep yup "
-    "nope nah hmm hm well welp yay ugh adieu byee byeee cya ttyl mr mrs ms mx dr prof".split())
-_ADJ_ENDING = re.compile(r"(?:ed|ing|ful|ous|ive|ish|ese|ian|ean|ican|ic|less|able|ible|ly|y|ist|ism)$")
-
-
-class EnglishNames:
-    """Given names after the cues English speakers introduce or address someone with, as a
-    DETECTORS pattern (one regex pass; how sure a cue is decides what may follow it):
-
-    * "my name is X", "my name's X", "I'm called X", "they call me X": any X but a known word
-      ("my name is not important");
-    * "I'm X", "I am X", "call me X", "hi X", "hey, X", "thanks X", "bye X", "nice to meet you X"
-      (after a title any X: "Goodbye Mr. Stark"): X a listed given name (capitalised where
-      the name is also a word: "Hi Mark", not "I'm miss..."), or a capitalised word that closes
-      the phrase ("Hey Jaezo!", "I'm Deandra.") and is neither a known word nor shaped like an
-      adjective or a nationality ("I'm Happy", "I'm Korean", "Hey Sorry I ...").
-
-    A capitalised word right after the name goes with it ("I'm Blake Walker"). A cue that ends its
-    sentence ("Hello! Wow, ...") is no cue for the next one."""
-
-    # run over the text in lower case (one pattern for "Hi", "hi" and "HI"; offsets are the same)
-    _CUE = (r"(?=[imtcghybdwsn])(?:"
-            r"(?P<sure>\b(?:my\s+name(?:['’]s|\s+is|s)|the\s+name['’]s|i(?:['’]m|\s+am)\s+called|they\s+call\s+me)"
-            r"\s+(?:(?:actually|just|really|also)\s+)?)"
-            r"|\b(?:i(?:['’]?m|\s+am)|call\s+me|h(?:i|ey|ello|iya|eya|owdy)|yo|th(?:anks|ank\s+you|x)|bye|goodbye|"
-            r"good\s?(?:night|morning)|morning|dear|welcome|congrat(?:s|ulations)|cheers|see\s+y(?:a|ou)|"
-            r"nice\s+to\s+meet\s+you|sorry),?\s+(?P<title>(?:mr|mrs|ms|mx|dr|miss|prof)\.?\s+)?)")
-    # the name is read in a lookahead, so the next match may start at it ("hey im kyle", "Hi, I'm Ethan")
-    _RE = re.compile(_CUE + r"(?=(?P<name>[a-z]+(?:-[a-z]+)?)(?![a-z0-9])(?!['’][a-z]{2})"
-                     r"(?P<last>\s+[a-z]+(?:-[a-z]+)?(?![a-z0-9'’]))?"
-                     r"(?P<close>\s*(?:[,.!?;:)~]|$)|\s+(?:btw|by\s+the\s+way|here|and|but|from|nice)\b)?)")
-
-    def finditer(self, text: str):
-        low = text.lower()
-        if len(low) != len(text):      # a character whose lower case is longer (rare): keep offsets
-            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
-        # most lines hold no cue: one search, and no generator, for them
-        return () if self._RE.search(low) is None else self._names(text, low)
-
-    def _names(self, text: str, low: str):
-        for m in self._RE.finditer(low):
-            w = m.group("name")
-            if len(w) < 2 or w in _EN_NOT_NAMES:
-                continue
-            start, end = m.span("name")
-            word = text[start:end]
-            capitalised = word[0].isupper()
-            a, b = m.span("last")
-            surname = a >= 0 and capitalised and _TITLE_CASE.fullmatch(text[a:b].strip()) is not None \
-                and m.group("last").strip() not in _EN_NOT_NAMES
-            closes = m.group("close") is not None and (a < 0 or surname)
-            title = m.group("title") is not None and text[m.start("title")].isupper()
-            if not (m.group("sure") is not None or title
-                    or (w in _GIVEN and (capitalised or w not in _GIVEN_WORDS))
-                    or (closes and not _ADJ_ENDING.search(w) and (_NAME_SHAPE.fullmatch(word) or (
-                        word.isupper() and text[m.start():start].isupper())))):      # "HI SAILOR"
-                continue
-            if surname:
-                end = b                 # "Blake Walker": the surname goes with the name
-            yield _Found(start, end, text[start:end])
-
-
-_TITLE_CASE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
-_NAME_SHAPE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?|[A-Z]{2,3}")    # "Jaezo", "Mary-Jo", "BK"; not "SOOOOO"
-
-
-# ---------------------------------------------------------------------------------------------
 # the table
 
 _D = re.compile
@@ -552,7 +238,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("[URL]", _D(rf"(?<![A-Za-z0-9@.-])(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+(?:{_TLD})(?![A-Za-z0-9-])(?:/[^\s<>\"'{{}}\[\]]*(?<![.,!?)'\"~]))?"),
              needs=". A", context=_TLD_CTX, name="url-bare"),
     Detector("[IP]", _D(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d]|\.\d)"),
-             _ip_ok, needs=". #", context=_IP_CTX, name="ipv4"),
+             ip_ok, needs=". #", context=_IP_CTX, name="ipv4"),
     Detector("[NAME]", _D(r"(?:^|(?<=[\s,]))(?!채팅방|방장|부방장|관리자)([^\s,@\[\]]{1,20}?)님(?=(?:이|을|과|께서|의)?[\s,.]|$)", re.M),
              context=_SYSTEM_KO, group=1, needs="님", name="system-ko"),
     # a whole line in the messenger's words: "X joined this chatroom.", "X has left.", "X invited Y."
@@ -572,30 +258,30 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("[PASSPORT]", _D(r"(?<![A-Za-z0-9])[MSRODG](?:\d{3}[A-Z]\d{4}|\d{8})(?![A-Za-z0-9])"), needs="# A", context=_PASSPORT_CTX, name="passport"),
     Detector("[PLATE]", _D(rf"(?<![\d가-힣])(?:{_SIDO}\s?)?\d{{2,3}}\s?[{_PLATE_LETTERS}]\s?\d{{4}}(?!\d)"), needs="#", context=_PLATE_CTX, name="plate"),
     Detector("[ADDRESS]", _D(rf"(?<![가-힣A-Za-z])(?:{_COARSE}\s*){{0,3}}[가-힣0-9]{{1,12}}(?:로|길)\s?(?:\d{{1,4}}번?[가나다]?길\s?)?\d{{1,4}}(?:-\d{{1,4}})?(?!\d|[.:,]\d){_TAIL}(?!{_UNITS}){_AFTER}"),
-             _road_ok, needs="# 로길", context=_ROAD_CTX, name="road"),
+             road_ok, needs="# 로길", context=_ROAD_CTX, name="road"),
     Detector("[ADDRESS]", _D(rf"(?<![가-힣])(?:{_COARSE}\s*){{1,3}}(?:(?:[가-힣]{{1,6}}\d{{0,2}}동|[가-힣]{{1,4}}(?:읍|면|리)|[가-힣]{{1,4}}\d가)\s*){{1,2}}(?<!\s)(?:\s?\d{{1,5}}(?:-\d{{1,4}})?(?:번지)?(?!\d){_TAIL})?(?:(?![가-힣])|(?=에|으로|이|쪽|근처|인데|이야|이에요|입니다|살|사|쯤|부근|주민))"),
-             _jibun_ok, needs="동읍면리", context=_JIBUN_CTX, name="jibun"),
+             jibun_ok, needs="동읍면리", context=_JIBUN_CTX, name="jibun"),
     Detector("[ADDRESS]", _D(rf"(?<![가-힣])(?:[가-힣]{{1,8}}\d{{0,2}}(?:동|리)|[가-힣]{{1,4}}\d가)\s?(?:\d{{2,5}}(?:-\d{{1,4}})?|\d{{1,5}}-\d{{1,4}}|\d{{1,5}}번지)(?!\d|[.:,]\d){_TAIL}(?!{_UNITS}){_AFTER}"),
-             _fine_num_ok, needs="# 동리", context=_LOT_CTX, name="lot"),
+             fine_num_ok, needs="# 동리", context=_LOT_CTX, name="lot"),
     Detector("[ADDRESS]", _D(rf"(?:[가-힣A-Za-z0-9]{{0,15}}{_APT}\s*)?(?<!\d)\d{{1,4}}\s?동\s?\d{{1,5}}\s?호"), needs="# 호", context=_APT_CTX, name="apartment"),
-    Detector("[POSTCODE]", _D(r"(?<![\d-])\d{5}(?![\d-])"), _postcode_ok, cue=_POSTCODE_CUE, near="[ADDRESS]",
+    Detector("[POSTCODE]", _D(r"(?<![\d-])\d{5}(?![\d-])"), postcode_ok, cue=_POSTCODE_CUE, near="[ADDRESS]",
              needs="#", name="postcode"),
     Detector("[NAME]", _D(rf"(?<![가-힣])({_SURNAME_RE}[가-힣]{{1,2}}?)(?=\s?(?:씨|님)(?![가-힣]{{0,1}}(?:께서|이|을|의|은|는)?[가-힣]))"),
-             _person_ok, group=1, needs="씨님", name="surname-honorific"),
+             person_ok, group=1, needs="씨님", name="surname-honorific"),
     Detector("[NAME]", _D(rf"(?:이름이\s+|이름은|이름:|성함은|성함:)\s*({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이야|야|이고|이라고|라고|임|요|\s|$|[.,!])"),
-             _person_ok, group=1, needs="름함", name="name-cue"),
+             person_ok, group=1, needs="름함", name="name-cue"),
     Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
-             _person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
+             person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
     # --- English: national numbers, IBAN, phones, street addresses, given names -----------------
-    Detector("[RRN]", _D(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"), _ssn_ok, needs="#", context=_SSN_CTX, name="ssn"),
-    Detector("[RRN]", _D(r"(?<!\d)\d{9}(?!\d)"), _ssn_ok, needs="#", cue=_SSN_CUE, context=_D(r"\d{9}"), name="ssn-cued"),
+    Detector("[RRN]", _D(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"), ssn_ok, needs="#", context=_SSN_CTX, name="ssn"),
+    Detector("[RRN]", _D(r"(?<!\d)\d{9}(?!\d)"), ssn_ok, needs="#", cue=_SSN_CUE, context=_D(r"\d{9}"), name="ssn-cued"),
     Detector("[ACCOUNT]", _D(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4})"
                              r"(?: (?=[A-Z]{0,3}\d)[A-Z0-9]{4}){1,6}(?: (?=[A-Z]{0,2}\d)[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"),
-             _iban_ok, needs="# A", context=_D(r"[A-Z]{2}\d\d"), name="iban"),
+             iban_ok, needs="# A", context=_D(r"[A-Z]{2}\d\d"), name="iban"),
     Detector("[PHONE]", LibraryPhones(PHONE_REGIONS), needs="#", context=_LIB_PHONE_CTX, name="phone-lib"),
     Detector("[PHONE]", _D(r"(?<![\w+.-])(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)"),
              needs="#", context=_NANP_CTX, name="phone-nanp"),
-    Detector("[PHONE]", _D(r"(?<![\w+])(?:\+|\b00(?=[1-9]))\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}(?![\w-]|\.\d)"), _intl_ok,
+    Detector("[PHONE]", _D(r"(?<![\w+])(?:\+|\b00(?=[1-9]))\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}(?![\w-]|\.\d)"), intl_ok,
              needs="#", context=_D(r"\+\s?\(?\d|00[1-9]"), name="phone-plus"),
     Detector("[PHONE]", _D(r"(?<![\w.-])\d{3}-\d{4}(?![\w-]|\.\d)"), needs="#", cue=_PHONE_CUE_EN, context=_D(r"\d{3}-\d{4}"), name="phone-local"),
     Detector("[ADDRESS]", _D(rf"(?<![\w-])\d{{1,5}}[A-Za-z]?(?:-\d{{1,4}})?\s+(?:(?:[NSEW]\.?|North|South|East|West)\s+)?"
@@ -608,14 +294,14 @@ DETECTORS: tuple[Detector, ...] = (
     # --- digit view (pattern: digits only, validator: grouped "010-1234-5678") ------------------
     Detector("[PHONE]", _D(r"01[016789]\d{7,8}"), view="digits", name="mobile"),
     Detector("[PHONE]", _D(r"82(?:0?1[016789]\d{7,8}|0?(?:2|[3-6][1-5]|70)\d{7,8})"), view="digits", name="phone-intl"),
-    Detector("[RRN]", _D(r"\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])[1-8]\d{6}"), _rrn_ok, view="digits", name="rrn"),
-    Detector("[ACCOUNT]", _D(r"\d{10,14}"), _account_ok, view="digits", cue=_ACCOUNT_CUE, name="account"),
-    Detector("[CARD]", _D(r"\d{13,19}"), _card_ok, view="digits", name="card"),
-    Detector("[PHONE]", _D(r"0(?:2|[3-6][1-5])\d{7,8}|070\d{8}|050\d{8,9}"), _landline_ok, view="digits", name="landline"),
+    Detector("[RRN]", _D(r"\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])[1-8]\d{6}"), rrn_ok, view="digits", name="rrn"),
+    Detector("[ACCOUNT]", _D(r"\d{10,14}"), account_ok, view="digits", cue=_ACCOUNT_CUE, name="account"),
+    Detector("[CARD]", _D(r"\d{13,19}"), card_ok, view="digits", name="card"),
+    Detector("[PHONE]", _D(r"0(?:2|[3-6][1-5])\d{7,8}|070\d{8}|050\d{8,9}"), landline_ok, view="digits", name="landline"),
     Detector("[PHONE]", _D(r"0(?:2|[3-6][1-5])\d{7,8}|1[568]\d{6}"), view="digits", cue=_PHONE_CUE, name="phone-cued"),
-    Detector("[PHONE]", _D(r"1[568]\d{6}"), _service_ok, view="digits", name="service"),
-    Detector("[BIZNO]", _D(r"\d{10}"), _bizno_ok, view="digits", name="bizno"),
-    Detector("[LICENSE]", _D(r"\d{12}"), _license_ok, view="digits", name="license"),
+    Detector("[PHONE]", _D(r"1[568]\d{6}"), service_ok, view="digits", name="service"),
+    Detector("[BIZNO]", _D(r"\d{10}"), bizno_ok, view="digits", name="bizno"),
+    Detector("[LICENSE]", _D(r"\d{12}"), license_ok, view="digits", name="license"),
     Detector("[LICENSE]", _D(r"(?:1[1-9]|2[0-8])\d{10}"), view="digits", cue=_LICENSE_CUE, name="license-cued"),
 )
 
