@@ -88,6 +88,8 @@ def _own_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--k", type=int, default=20, help="replies per request (the chat service's TOP_K)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the dialog model's weights in every arm, as `dialogbert serve --precision` (default auto)")
     p.add_argument("--bigindex", default=None,
                    help="also a bigindex of the same replies (`dialogbert encode` + `dialogbert bigindex`), "
                         "served by the dialog model alone (retrieval.bigserve.BigRetriever)")
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
     _faiss().omp_set_num_threads(a.threads)
     t_all = time.time()
     plain = ResponseIndex.load(a.index)
-    hybrid = HybridRetriever.load(a.index)
+    plain.encoder.for_inference(a.precision)  # every arm runs the weights the chat service runs
+    hybrid = HybridRetriever.load(a.index, precision=a.precision)
     contexts = [e.context for e in load_examples(a.shards, "test", max_examples=a.queries)]
     for fn in (plain.search, hybrid.search):  # warm-up
         fn(contexts[:5], a.k)
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     big_lines, big_note = [], ""
     if a.bigindex:
         from retrieval.bigserve import BigRetriever
-        big = BigRetriever.load(a.bigindex, info["model"])
+        big = BigRetriever.load(a.bigindex, info["model"], precision=a.precision)
         big.search(contexts[:5], a.k)
         ms_big, out_big = per_request(lambda c: big.search(c, a.k), contexts)
         agree = float(np.mean([bool(x and y and x[0][1]["text"] == y[0][1]["text"]) for x, y in zip(out_plain, out_big)]))
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
              f"{a.threads} thread(s), Python {platform.python_version()}; total {time.time() - t_all:.0f} s).", "",
              f"Index `{shown(a.index)}`: {info['count']:,} replies, {info.get('memory', 0):,} memory contexts, "
-             f"{info['factory']}, encoder `{Path(info['model']).name}`; ranker features "
+             f"{info['factory']}, encoder `{Path(info['model']).name}` ({plain.encoder.weights_precision} weights); ranker features "
              f"{', '.join(hybrid.ranker.active)}. {len(contexts)} test contexts, one request each, top {a.k}.", "",
              "| retriever | p50 ms | p99 ms |", "|---|---|---|",
              f"| dual encoder alone (`ResponseIndex.search`) | {p50[0]:.1f} | {p99[0]:.1f} |",
