@@ -104,7 +104,7 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
 
 
 def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int,
-            batch: int = 8, precision: str = "auto") -> tuple[float, float, list]:
+            batch: int = 8, precision: str = "auto", wait_ms: float | None = None) -> tuple[float, float, list]:
     """(the bare retriever's requests/s one at a time and ``batch`` a call,
     [(clients, requests/s, p50 ms, p99 ms)]) on one index, the dialog model's weights at
     ``precision`` in both arms."""
@@ -124,7 +124,7 @@ def measure(index: str, messages: list[str], contexts: list, clients: list[int],
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", index, "--port", str(port),
                              "--threads", str(threads), "--batch", str(batch), "--rate-limit", "",
-                             "--precision", precision],
+                             "--precision", precision, *(["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else [])],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -154,6 +154,7 @@ def main(argv=None) -> int:
         p.add_argument("--clients", default="1,8,32")
         p.add_argument("--threads", type=int, default=8, help="the server's worker threads (its default)")
         p.add_argument("--batch", type=int, default=8, help="the server's request batching (its default; 1: off)")
+        p.add_argument("--batch-wait-ms", type=float, default=None, help="the server's batch wait (default: its own)")
         p.add_argument("--precisions", default="auto",
                        help="the dialog model's weights, each measured in turn (auto: bf16 where native; e.g. auto,fp32)")
         p.add_argument("--grow", type=int, default=0,
@@ -174,13 +175,13 @@ def main(argv=None) -> int:
     precisions = [(p, resolve_precision(p)) for p in a.precisions.split(",")]
     named = lambda p, r: p if p == r else f"{p} ({r})"  # noqa: E731
     results = [(f"`{shown(a.index)}`, {count:,} replies", named(p, r),
-                *measure(a.index, messages, contexts, clients, a.threads, a.batch, p)) for p, r in precisions]
+                *measure(a.index, messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms)) for p, r in precisions]
     with tempfile.TemporaryDirectory() as tmp:
         if a.grow > count:
             grown = grown_copy(a.index, a.grow, Path(tmp))
             grown_count = json.loads((grown / "index_info.json").read_text("utf-8"))["count"]
             results += [(f"the same grown to {grown_count:,} replies", named(p, r),
-                         *measure(str(grown), messages, contexts, clients, a.threads, a.batch, p)) for p, r in precisions]
+                         *measure(str(grown), messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms)) for p, r in precisions]
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
              f"with {a.threads} worker threads, request batching up to {a.batch}, rate limit off; total "

@@ -19,6 +19,7 @@ limit); ``PROXIES`` (reverse proxies in front that set X-Forwarded-For, default 
 ``RELOAD_SECONDS`` (how often the INDEX_DIR is looked at for a changed index, which is then loaded
 and swapped in without dropping a request, bot/reload.py; default 5, 0: never) and
 ``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever);
+``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15);
 ``SEARCH_BATCH`` (chat requests that arrive together are searched in one call of the retriever, up to
 this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread).
 
@@ -390,7 +391,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(CONTEXT_TURNS=5, TOP_K=20, MAX_SESSIONS=10000, SESSION_IDLE_SECONDS=1800.0,
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, PRECISION="auto", RETRIEVER=None,
-                      JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None, SEARCH_BATCH=8)
+                      JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None, SEARCH_BATCH=8,
+                      SEARCH_BATCH_WAIT_MS=15.0)
     app.config.update(config or {})
     if app.config["PROXIES"]:
         # behind N reverse proxies: the client address (what the rate limit counts by) is the
@@ -430,7 +432,8 @@ def create_app(config: dict | None = None) -> Flask:
         from bot.batching import SearchBatcher
         watcher = app.extensions.get("dialogbert.watcher")
         live = watcher.current if watcher is not None else lambda: app.config["RETRIEVER"]
-        app.extensions["dialogbert.batcher"] = SearchBatcher(live, int(app.config["SEARCH_BATCH"]))
+        app.extensions["dialogbert.batcher"] = SearchBatcher(live, int(app.config["SEARCH_BATCH"]),
+                                                             wait=float(app.config["SEARCH_BATCH_WAIT_MS"]) / 1000)
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

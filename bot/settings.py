@@ -28,6 +28,7 @@ class ServeSection:
     threads: int = 8           # requests answered at once (bot.server.THREADS)
     batch: int = 0             # requests that arrive together searched in one call, up to this many
                                # (bot/batching.py); 0 = the app's (8), 1 = each request alone
+    batch_wait_ms: float = -1.0  # how long a batch waits for more requests, only under load; < 0 = the app's (15)
     rate_limit: str = APP_DEFAULT  # POST /api/chat per client address, e.g. 30/minute; "" = off
     max_body_kb: int = 0       # largest request body; 0 = the app's (64)
     behind_proxies: int = 0    # reverse proxies that set X-Forwarded-For in front of the service
@@ -52,6 +53,8 @@ class ServeConfig(Sections):
             config["PROXIES"] = s.behind_proxies
         if s.batch:
             config["SEARCH_BATCH"] = s.batch
+        if s.batch_wait_ms >= 0:
+            config["SEARCH_BATCH_WAIT_MS"] = s.batch_wait_ms
         return config
 
     def server_kwargs(self) -> dict:

@@ -94,7 +94,7 @@ EVAL_FLAGS = tuple((k, f"eval.{k}", None) for k in ("model", "index", "shards", 
                                                      "max_examples", "reranker", "precision")) + (
     ("peer", "eval.peer", "true"), ("source", "eval.sources", None))
 SERVE_FLAGS = tuple((k, f"serve.{k}", None) for k in (
-    "index", "model", "reranker", "precision", "host", "port", "threads", "batch", "rate_limit", "max_body_kb", "behind_proxies",
+    "index", "model", "reranker", "precision", "host", "port", "threads", "batch", "batch_wait_ms", "rate_limit", "max_body_kb", "behind_proxies",
     "connection_limit", "channel_timeout"))
 
 
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=None, metavar="N",
                    help="chat requests that arrive while the model is busy are searched together, up to N "
                         "contexts in one call (default 8; 1: each request alone)")
+    s.add_argument("--batch-wait-ms", type=float, default=None, metavar="MS",
+                   help="how long a batch waits for more requests, only while requests overlap (default 15)")
     s.add_argument("--rate-limit", default=None, metavar="RATE",
                    help="POST /api/chat per client address, e.g. 30/minute (the default) or 5/second;100/hour; "
                         "'' turns it off")

@@ -145,6 +145,9 @@ def test_the_service_batches_and_says_so():
     assert body["reply"] == "re: 안녕 #0"
     assert client.get("/api/info").get_json()["batching"] == {"max_batch": 4, "batches": 1, "largest": 1}
     assert r.threads == {"search-batcher"}
+    assert client.application.extensions["dialogbert.batcher"].wait == pytest.approx(0.015)  # the default
+    app = create_app({"RETRIEVER": Recording(), "SEARCH_BATCH": 4, "SEARCH_BATCH_WAIT_MS": 5})
+    assert app.extensions["dialogbert.batcher"].wait == pytest.approx(0.005)
     off = Recording()
     off.release.set()
     client = create_app({"RETRIEVER": off, "SEARCH_BATCH": 1}).test_client()
