@@ -226,6 +226,25 @@ def test_hybrid_retriever_answers_from_the_memory(memory_index):
     assert s[0, 0] > s[0, 1]
 
 
+def test_contexts_searched_together_answer_as_each_alone(memory_index):
+    """HybridRetriever.search scores contexts with as many candidates in one call of the features;
+    with a pool of one stored reply the neighbours add 0-2 more, so the groups differ in size."""
+    idx, _ = memory_index
+    fs = FeatureScorer.for_index(idx)
+    ranker = Ranker(weights={"dual": 1.0, "neighbour": 4.0, "lexical": 1.0},
+                    scales={"dual": 1.0, "neighbour": 1.0, "lexical": 1.0}, neighbours=3)
+    hr = HybridRetriever(fs, ranker, pool=1)
+    contexts = [[("U", "배고파 또")], [("U", "비 와요 또")], [("U", "졸려 또")], [("U", "완전히 새로운 말")]]
+    from retrieval.ranking.candidates import candidates
+    sizes = {len(ids) for ids in candidates(fs, ranker, contexts, fs.encoder.encode_contexts(contexts), 1)[0]}
+    assert len(sizes) > 1, sizes  # the case the grouping is for
+    together = hr.search(contexts, k=3)
+    for ctx, hits in zip(contexts, together):
+        (alone,) = hr.search([ctx], k=3)
+        assert [r["text"] for _, r in hits] == [r["text"] for _, r in alone]
+        assert [sc for sc, _ in hits] == pytest.approx([sc for sc, _ in alone], abs=1e-6)
+
+
 def test_lexical_features_follow_the_newest_turn(memory_index):
     idx, _ = memory_index
     fs = FeatureScorer.for_index(idx)
