@@ -49,10 +49,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from dialogbert.mybot_report import BOT_FILE, for_file, print_report, read_report, relabel, serves
 from preprocess.schema import atomic_write_text, read_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-BOT_FILE = "bot.json"
 SHARDS, INDEX = "shards", "index"
 INFO_FILE = "index_info.json"  # retrieval.index's (imported lazily there, as everywhere in dialogbert/)
 DEFAULT_MODELS = (Path("runs/demo/encoder"), ROOT / "runs" / "demo" / "encoder")  # what `make demo` fine-tunes
@@ -62,7 +62,6 @@ FINETUNE_CONFIG = ROOT / "configs" / "finetune_e5.toml"
 FINETUNE_MIN_PAIRS = 64   # fewer training pairs: not worth a fine-tuning run
 MEASURE_MIN_EXAMPLES = 20  # carve-out examples (with 10 distinct replies) needed to tell whether it helped
 TUNED = "encoder"          # the fine-tuned model's folder under the bot's
-BAD_LINES_SHOWN = 10  # broken lines named in the report (all are counted)
 
 
 # --------------------------------------------------------------------------- inputs and model
@@ -149,13 +148,6 @@ def _preprocess(files: list[str], shards: Path, reply_as: Sequence[str], workers
     return summary, labels
 
 
-def _relabel(text: str, labels: dict[str, str]) -> str:
-    for path, label in labels.items():
-        if text == path or text.startswith(path + ":"):
-            return label + text[len(path):]
-    return text
-
-
 def _scrub_manifest(path: Path, labels: dict[str, str]) -> None:
     """The manifest with ``export N`` for each input path (file names often hold a name)."""
     if not path.is_file():
@@ -165,8 +157,8 @@ def _scrub_manifest(path: Path, labels: dict[str, str]) -> None:
         entry["path"] = labels.get(entry["path"], "export")
         if "duplicate_of" in entry:
             entry["duplicate_of"] = labels.get(entry["duplicate_of"], "export")
-        entry["bad_line_examples"] = [_relabel(x, labels) for x in entry.get("bad_line_examples", [])]
-    m["failed"] = [{"path": labels.get(f["path"], "input"), "error": _relabel(f["error"], labels)}
+        entry["bad_line_examples"] = [relabel(x, labels) for x in entry.get("bad_line_examples", [])]
+    m["failed"] = [{"path": labels.get(f["path"], "input"), "error": relabel(f["error"], labels)}
                    for f in m.get("failed", [])]
     m["skipped"] = [f"skipped file {i}" for i, _ in enumerate(m.get("skipped", []), 1)]
     atomic_write_text(path, json.dumps(m, ensure_ascii=False, indent=1) + "\n")
@@ -350,83 +342,6 @@ def _fit_ranker(index: Path, shards: Path, model: Path) -> dict:
             "dual_only": fitted.get("dual_only"), "fitted": fitted.get("fitted")}
 
 
-# --------------------------------------------------------------------------- the report
-
-def _read_report(summary: dict, labels: dict[str, str]) -> tuple[dict, dict]:
-    """(in bot.json: exports by label; on the terminal: the same with paths)."""
-    files = [{"export": labels.get(i["path"], "export"), "path": i["path"], "sha256": i["sha256"],
-              "format": i["format"], "messages": i["messages"], "conversations": i["conversations"],
-              "bad_lines": i["bad_lines"], "bad_line_examples": i["bad_line_examples"][:BAD_LINES_SHOWN],
-              **({"duplicate_of": labels.get(i["duplicate_of"], "export")} if i.get("duplicate_of") else {})}
-             for i in summary["inputs"]]
-    t = summary["totals"]
-    read = {"files": files, "messages": t["messages"], "conversations": t["conversations"], "turns": t["turns"]}
-    dropped = {"bad_lines": t["bad_lines"], **summary["drops"], "media": summary.get("media", {}),
-               "personal_data_replaced": summary.get("pii", {})}
-    return read, dropped
-
-
-def _for_file(read: dict, labels: dict[str, str]) -> dict:
-    files = []
-    for f in read["files"]:
-        g = {k: v for k, v in f.items() if k != "path"}
-        g["bad_line_examples"] = [_relabel(x, labels) for x in f["bad_line_examples"]]
-        files.append(g)
-    return dict(read, files=files)
-
-
-def _serves(index: Path) -> dict:
-    from preprocess.pipeline import detect_lang
-    from retrieval.index import RESPONSES_FILE
-    info = json.loads((index / INFO_FILE).read_text("utf-8"))
-    langs: Counter = Counter()
-    with open(index / RESPONSES_FILE, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                langs[detect_lang([json.loads(line)["text"]])] += 1
-    return {"replies": info["count"], "contexts": info.get("memory", 0), "languages": dict(langs.most_common()),
-            "left_out": info.get("dropped", {})}
-
-
-def _print_report(rep: dict, build: dict, names: dict[str, int] | None, out: Path) -> None:
-    r, d = build["read"], build["dropped"]
-    what = "added to" if build["kind"] == "add" else "built"
-    print(f"\n=== your bot: {out}  ({what})")
-    print(f"read: {len(r['files'])} export(s), {r['messages']} messages, {r['conversations']} conversations")
-    for f in r["files"]:
-        dup = f" (the same file as {f['duplicate_of']})" if f.get("duplicate_of") else ""
-        print(f"  {f['export']}: {f['path']}  {f['format']}, {f['messages']} messages, "
-              f"{f['conversations']} conversations, {f['bad_lines']} broken lines{dup}")
-        for ex in f["bad_line_examples"]:
-            print(f"    broken: {ex}")
-    drops = {k: v for k, v in d.items() if k not in ("media", "personal_data_replaced") and v}
-    print("dropped: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "nothing")
-          + (f"; media {sum(d['media'].values())} (" + ", ".join(f"{k} {v}" for k, v in d["media"].items()) + ")"
-             if d["media"] else ""))
-    pii = d["personal_data_replaced"]
-    print("personal data replaced: " + (", ".join(f"{k} {v}" for k, v in pii.items()) or "none found"))
-    if build.get("already_in_bot"):
-        print(f"already in the bot: {build['already_in_bot']} conversations (left out)")
-    c = build["replies"]
-    who = (", ".join(f"{n} ({m} messages)" for n, m in names.items()) if names else "every speaker")
-    print(f"replies by {who}: {c.get('turns', 0)} turns in {c.get('conversations', 0)} conversations; "
-          f"{c.get('first_turns', 0)} open a conversation (answer nothing), {c.get('candidates', 0)} are candidates")
-    print(f"index: {build['index']['added']} replies added; left out: "
-          + (", ".join(f"{k} {v}" for k, v in build["index"]["left_out"].items()) or "nothing"))
-    s = rep["serves"]
-    print(f"serves: {s['replies']} replies ({', '.join(f'{k} {v}' for k, v in s['languages'].items())}), "
-          f"{s['contexts']} contexts in the memory; speakers: {rep['speakers']}; ranker: "
-          + (rep["ranker"].get("note") or " + ".join(rep["ranker"]["features"])))
-    t = rep.get("finetune") or {}
-    if build["kind"] != "add" and t:
-        print("fine-tuning on your pairs: " + (t.get("note") or (
-            f"{t['steps']} steps in {t['minutes']:g} minutes on {t['pairs']} pairs; R10@1 on {t['carve_out']} of your "
-            f"conversations' turns held out: {t['R10@1_before']:.3f} -> {t['R10@1_after']:.3f}, "
-            + (f"the fine-tuned model ({out / TUNED}) serves" if t["kept"] else
-               f"not measurably better (standard error {t['gain_se']:.3f}): the model as given serves"))))
-    print(f"report: {out / BOT_FILE}")
-
-
 # --------------------------------------------------------------------------- build and add
 
 def _build(exports, out, model, reply_as, add: bool, workers: int, progress: bool,
@@ -492,7 +407,7 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
     built = _index(model, shards, index, replies, reply_as, add) if fresh else {"added": 0, "left_out": {}}
     ranker = old["ranker"] if add else _fit_ranker(index, shards, model)
 
-    read, dropped = _read_report(summary, labels)
+    read, dropped = read_report(summary, labels)
     build = {"kind": "add" if add else "build", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "shards": shards.name, "reply_as_names": len(reply_as), "read": read, "dropped": dropped,
              "replies": replies["counts"], "index": built, **({"already_in_bot": already} if add else {}),
@@ -502,12 +417,12 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
            "reply_as": old["reply_as"] if add else ({"names": len(reply_as)} if reply_as else None),
            "shards": [*(old["shards"] if add else []), shards.name],
            "builds": [*(old["builds"] if add else []), build],
-           "finetune": old.get("finetune") if add else tuning, "ranker": ranker, "serves": _serves(index)}
+           "finetune": old.get("finetune") if add else tuning, "ranker": ranker, "serves": serves(index)}
     rep["speakers"] = (f"only the speaker(s) chosen by --reply-as ({rep['reply_as']['names']} name(s) when built)"
                        if rep["reply_as"] else "every speaker")
-    stored = dict(rep, builds=[*rep["builds"][:-1], dict(build, read=_for_file(read, labels))])
+    stored = dict(rep, builds=[*rep["builds"][:-1], dict(build, read=for_file(read, labels))])
     atomic_write_text(out / BOT_FILE, json.dumps(stored, ensure_ascii=False, indent=1) + "\n")
-    _print_report(rep, build, names, out)
+    print_report(rep, build, names, out, out / TUNED)
     return stored
 
 
