@@ -19,9 +19,9 @@ limit); ``PROXIES`` (reverse proxies in front that set X-Forwarded-For, default 
 ``RELOAD_SECONDS`` (how often the INDEX_DIR is looked at for a changed index, which is then loaded
 and swapped in without dropping a request, bot/reload.py; default 5, 0: never) and
 ``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever);
-``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15);
 ``SEARCH_BATCH`` (chat requests that arrive together are searched in one call of the retriever, up to
-this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread).
+this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread) and
+``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};

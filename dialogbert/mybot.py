@@ -296,11 +296,10 @@ def _finetune(model: Path, shards: Path, out: Path, minutes: float, progress: bo
     if model.resolve() == tuned.resolve():
         return model, {"note": f"the model is this bot's own fine-tuned {TUNED}/: used as it is"}
     from retrieval.evaluate import RetrievalEvaluator
-    from retrieval.examples import validation_examples
-    from retrieval.finetune import finetune, load_config, training_pairs
-    cfg = load_config(FINETUNE_CONFIG)
-    D = cfg.data
-    pairs = len(training_pairs(shards, D.context_turns, (), D.valid_fraction))
+    from retrieval.examples import train_examples, validation_examples
+    from retrieval.finetune import finetune, load_config
+    D = load_config(FINETUNE_CONFIG).data
+    pairs = sum(1 for _ in train_examples(shards, D.valid_fraction, False, D.context_turns))  # counted, streamed
     exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns)
     replies = len({e.response for e in exs})
     if pairs < FINETUNE_MIN_PAIRS or len(exs) < MEASURE_MIN_EXAMPLES or replies < 10:

@@ -148,10 +148,11 @@ class Encoder:
         (:func:`resolve_precision`: "auto" is bf16 on hardware that computes it natively), for an
         encoder that is only read (the chat service, evaluation, the ranker's fitting): 1.5x the
         contexts a second of fp32 at 8 a call on two cores, without autocast's casting of the
-        weights on every call; vectors at cosine 0.9999 to fp32. Not for training afterwards."""
+        weights on every call; vectors at cosine 0.9999 to fp32. Not for training afterwards. The
+        weights' dtype is the whole state (:attr:`weights_precision`): autocast on top of them
+        gives the same vectors to the bit, so ``precision`` is left as it is."""
         if resolve_precision(precision, self.model.device.type) == "bf16":
             self.model.to(torch.bfloat16)
-            self.precision = "bf16"
         return self
 
     @property
