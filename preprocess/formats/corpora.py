@@ -138,39 +138,38 @@ def _json_records(f: IO[str], path) -> Iterator[tuple[int, str | None, object] |
         yield BadLine(n + 1, f"the file ends early or is corrupt ({e})", "")
 
 
-def read_chitchat(f: IO[str], encoding: str = "", path="<chitchat>") -> Iterator[Message | BadLine]:
-    """{id: {"messages": [[{text, timestamp, sender}, ...], ...]}}: each inner list is one turn."""
+def _json_conversations(f: IO[str], path, convert, shape: str) -> Iterator[Message | BadLine]:
+    """Each record of a JSON corpus through ``convert(n, key, value)`` -> its messages; a record
+    that is not of the expected shape is reported (``shape`` formatted with ``n`` and ``key``) and
+    skipped."""
     for rec in _json_records(f, path):
         if rec.__class__ is BadLine:
             yield rec
             continue
         n, key, value = rec
         try:
-            turns = value["messages"]
-            out = [Message(str(key), str(m["sender"]), str(m["text"]), _iso(m.get("timestamp")), n)
-                   for turn in turns for m in turn]
+            out = convert(n, key, value)
         except (KeyError, TypeError) as e:
-            yield BadLine(n, f"conversation {key!r} is not {{'messages': [[{{text, sender}}]]}} ({e})", "")
+            yield BadLine(n, f"{shape.format(n=n, key=key)} ({e})", "")
             continue
         yield from out
 
 
+def read_chitchat(f: IO[str], encoding: str = "", path="<chitchat>") -> Iterator[Message | BadLine]:
+    """{id: {"messages": [[{text, timestamp, sender}, ...], ...]}}: each inner list is one turn."""
+    def convert(n, key, value):
+        return [Message(str(key), str(m["sender"]), str(m["text"]), _iso(m.get("timestamp")), n)
+                for turn in value["messages"] for m in turn]
+    return _json_conversations(f, path, convert, "conversation {key!r} is not {{'messages': [[{{text, sender}}]]}}")
+
+
 def read_xpersona(f: IO[str], encoding: str = "", path="<xpersona>") -> Iterator[Message | BadLine]:
     """[{"persona": [...], "dialogue": [[u, r], ...]}]: speakers A and B alternate."""
-    for rec in _json_records(f, path):
-        if rec.__class__ is BadLine:
-            yield rec
-            continue
-        n, _, value = rec
-        conv = str(n)
-        try:
-            texts = [t for pair in value["dialogue"] for t in pair]
-        except (KeyError, TypeError) as e:
-            yield BadLine(n, f"dialogue {n} has no list of [u, r] pairs ({e})", "")
-            continue
-        for i, t in enumerate(texts):
-            if isinstance(t, str) and t.strip():
-                yield Message(conv, "AB"[i % 2], t, None, n)
+    def convert(n, key, value):
+        texts = [t for pair in value["dialogue"] for t in pair]
+        return [Message(str(n), "AB"[i % 2], t, None, n) for i, t in enumerate(texts)
+                if isinstance(t, str) and t.strip()]
+    return _json_conversations(f, path, convert, "dialogue {n} has no list of [u, r] pairs")
 
 
 def read_chatbotdata(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:

@@ -25,7 +25,7 @@ from .base import BadLine, Message
 from .clock import clock, combine, make_date, month
 from .encoding import iter_line_batches, iter_lines
 from .media import _DELETED, _NOTICE_PREFIXES, KAKAO_SYSTEM_LINE, is_system_text
-from .pending import add_line, finish, outside
+from .pending import add_line, finish, last, outside
 
 HEADER_PREFIXES = ("저장한 날짜", "Date Saved", "Saved on")
 _HEADER_LINES = 4            # lines before the first message that may be a title/file name/date
@@ -258,8 +258,7 @@ def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
         bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
         if bad is not None:
             yield bad
-    if p is not None:
-        yield _finish("", p)
+    yield from last(p, _finish)
 
 
 def _finish_csv(p: list) -> Message | BadLine:

@@ -23,7 +23,7 @@ from .base import BadLine, Message
 from .clock import clock, combine, make_date
 from .encoding import iter_lines
 from .media import is_system_text
-from .pending import add_line, finish
+from .pending import add_line, finish, last, new_day
 
 HEADER_PREFIXES = ("[LINE]", "Saved on", "保存日時", "저장한 날짜", "저장 날짜", "儲存日期", "保存日期")
 _HEADER_LINES = 4
@@ -112,18 +112,14 @@ def read_mobile(f: IO[str], encoding: str = "") -> Iterator[Message | BadLine]:
             if d is not None:
                 if p is not None:
                     yield _finish("", p)
-                    p = None
-                if d != day:
-                    day = d
-                    times.clear()
+                p, day = None, new_day(d, day, times)
                 continue
             if line.startswith(HEADER_PREFIXES):
                 continue
         bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
         if bad is not None:
             yield bad
-    if p is not None:
-        yield _finish("", p)
+    yield from last(p, _finish)
 
 
 class NameResolver:
@@ -229,13 +225,9 @@ def read_desktop(f: IO[str], encoding: str = "", sample_lines: int = 50_000) -> 
             if d is not None:
                 if p is not None:
                     yield _finish("", p)
-                    p = None
-                if d != day:
-                    day = d
-                    times.clear()
+                p, day = None, new_day(d, day, times)
                 continue
         bad = add_line(p, ln, line, HEADER_PREFIXES, _HEADER_LINES)
         if bad is not None:
             yield bad
-    if p is not None:
-        yield _finish("", p)
+    yield from last(p, _finish)

@@ -3,6 +3,8 @@
 Shared by the KakaoTalk and LINE readers."""
 from __future__ import annotations
 
+from typing import Iterator
+
 from .base import BadLine, Message
 
 OUTSIDE = "text outside any message (a fragment, or an unknown system line)"
@@ -40,3 +42,16 @@ def add_line(p: list | None, ln: int, line: str, header_prefixes: tuple[str, ...
     else:
         p[2].append(line)
     return None
+
+
+def new_day(d, day, times: dict):
+    """A date divider: the day it opens; the day's cache of parsed times is emptied when it changes."""
+    if d != day:
+        times.clear()
+    return d
+
+
+def last(p: list | None, finish_one) -> Iterator[Message]:
+    """The end of the file: the pending message, if any, closed by the reader's ``finish_one``."""
+    if p is not None:
+        yield finish_one("", p)
