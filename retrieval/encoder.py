@@ -204,6 +204,19 @@ class Encoder:
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
+    def forward_sorted(self, feats: list[dict], chunk: int = 0) -> torch.Tensor:
+        """``forward`` over features (keeping the autograd graph), in input order. With ``chunk``
+        > 0 the rows are sorted by length and run ``chunk`` at a time, each chunk padded to its own
+        longest row: a training batch of contexts and replies together pads far less than as two
+        blocks (a step of 32 pairs 7% faster on two cores, docs/benchmarks.md)."""
+        if chunk <= 0 or len(feats) <= chunk:
+            return self.forward(self.pad(feats))
+        order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
+        parts = [self.forward(self.pad([feats[i] for i in order[s:s + chunk]])) for s in range(0, len(order), chunk)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse.to(parts[0].device)]
+
     def pad(self, feats) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dev = next(self.model.parameters()).device

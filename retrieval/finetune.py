@@ -87,6 +87,7 @@ class FtTrain:
     contrast_negatives: bool = False  # dual: a negated or tense-shifted copy of each true reply as a negative (retrieval.adversarial)
     grad_clip: float = 1.0
     length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
+    length_chunk: int = 0          # > 0: a batch's contexts and replies run through the model this many at a time, sorted by length
     save_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 25
@@ -321,8 +322,9 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
             if turned and turned != p["response"]:
                 resp_texts.append(turned)
     same = duplicate_mask(resp_texts[:len(batch)], resp_texts)
-    c = enc.forward(enc.pad(enc.context_features(ctx_items)))
-    r = enc.forward(enc.pad(enc.response_features(resp_texts)))
+    ctx_feats = enc.context_features(ctx_items)
+    both = enc.forward_sorted(ctx_feats + enc.response_features(resp_texts), T.length_chunk)
+    c, r = both[:len(ctx_feats)], both[len(ctx_feats):]
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
     with torch.autocast(c.device.type, enabled=False):  # the cosines in fp32 under bf16 autocast: scale 20 magnifies rounding
         logits = scale * c.float() @ r.float().T

@@ -169,6 +169,9 @@ def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_rep
         def forward(self, rows):
             return torch.ones(len(rows), 4, requires_grad=True)
 
+        def forward_sorted(self, rows, chunk):
+            return self.forward(self.pad(rows))
+
     batch = [{"context": [("S1", "밥은?")], "response": "밥 먹었어요", "conv_turns": [], "turn": 1},
              {"context": [("S1", "what food?")], "response": "I like pizza", "conv_turns": [], "turn": 1},
              {"context": [("S1", "어디 가?")], "response": "응", "conv_turns": [], "turn": 1}]  # nothing to turn
@@ -179,3 +182,35 @@ def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_rep
     assert rec.replies[4] in (negate("I like pizza"), shift_tense("I like pizza"))
     dual_loss(rec, batch, None, FtTrain(), random.Random(0))
     assert len(rec.replies) == 3  # off: the batch's own replies only
+
+
+def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_one_padded_batch(tmp_path):
+    """Encoder.forward_sorted (fine-tuning's ``train.length_chunk``): each chunk padded to its own
+    longest row, the rows back in input order; the same vectors and the same gradients as one
+    padded batch (dropout off to compare them)."""
+    from conftest import save_random_dialogbert
+    from retrieval.encoder import Encoder
+
+    enc = Encoder.load(save_random_dialogbert(tmp_path / "m", pretraining=False), strict_kind=False)
+    turns = [[("S1", "안녕 " * n), ("S2", "오늘 뭐 해")][: 1 + n % 2] for n in (1, 9, 3, 14, 2, 6, 11)]
+    feats = enc.context_features(turns) + enc.response_features(["응", "밥 먹었어 " * 5, "좋아"])
+    lengths = [len(f["input_ids"]) for f in feats]
+    assert len(set(lengths)) > 4  # rows of many lengths, so the chunks pad differently
+    enc.model.train()
+    for m in enc.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+    def run(chunk):
+        enc.model.zero_grad()
+        v = enc.forward_sorted(feats, chunk)
+        (v * torch.arange(v.numel(), dtype=v.dtype).reshape(v.shape)).sum().backward()
+        return v.detach(), enc.model.get_input_embeddings().weight.grad.clone()
+
+    whole, grad = run(0)
+    for chunk in (1, 3, 4):
+        v, g = run(chunk)
+        assert v.shape == whole.shape
+        assert torch.allclose(v, whole, atol=1e-5), chunk  # row i is still row i
+        assert torch.allclose(g, grad, atol=1e-4), chunk
+    assert not torch.allclose(whole[0], whole[1], atol=1e-3)  # distinct rows: an order mix-up would show
