@@ -196,10 +196,11 @@ def test_serve_flags_map_onto_overrides(monkeypatch, tmp_path):
 
 def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     """configs/index_demo.toml against the literal call demo.py made before it read the file,
-    less the context memory (index.memory=false since) and with the replies encoded in bf16 where
-    native (index.precision=auto since): build_index(encoder, shards, index, factory="Flat",
-    memory=False, precision="auto"); fit_for_index(index, shards, use=False,
-    ngram_settings=NgramSettings(max_minutes=5.0))."""
+    less the context memory (index.memory=false since), with the replies encoded in bf16 where
+    native (index.precision=auto since) and the USE towers trained briefly (since 2026-12-06):
+    build_index(encoder, shards, index, factory="Flat", memory=False, precision="auto");
+    fit_for_index(index, shards, use=True, use_settings=UseSettings(epochs=1, max_pairs=16_000,
+    max_minutes=5.0), ngram_settings=NgramSettings(max_minutes=5.0))."""
     from dialogbert import demo
     from retrieval.ngram import NgramSettings
     from retrieval.ranking.build import fit_for_index
@@ -214,11 +215,10 @@ def test_the_demo_recipe_file_is_what_the_demo_ran_before():
     before.apply_defaults(), now.apply_defaults()
     assert before.arguments == now.arguments
     fit = inspect.signature(fit_for_index)
-    before = fit.bind("index", "shards", use=False, ngram_settings=NgramSettings(max_minutes=5.0))
+    before = fit.bind("index", "shards", use=True, ngram_settings=NgramSettings(max_minutes=5.0),
+                      use_settings=UseSettings(epochs=1, max_pairs=16_000, max_minutes=5.0))
     now = fit.bind("index", "shards", **cfg.fit_kwargs())
     before.apply_defaults(), now.apply_defaults()
-    # the USE settings are not used (use=False); the file gives the defaults there
-    assert before.arguments.pop("use_settings") is None and now.arguments.pop("use_settings") == UseSettings()
     assert before.arguments == now.arguments
     assert now.arguments["ngram_settings"] == NgramSettings(max_minutes=5.0)
 
