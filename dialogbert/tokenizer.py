@@ -129,7 +129,7 @@ def adopt_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     Our own tokenizers must pass :func:`check_tokenizer`; an outside BERT's is taken as it is, so
     its vocabulary keeps matching its embeddings, with two repairs: the placeholders it lacks, and
     the specials whose role it does not fill (XLM-R's ``<s>`` is a [CLS]), are added as special tokens (the embedding matrix grows by those rows, see
-    train.copy_compatible_weights), and a lowercasing one is accepted with a warning, since it is
+    model_init.copy_compatible_weights), and a lowercasing one is accepted with a warning, since it is
     fine for English but turns Korean into jamo/[UNK]."""
     import warnings
     p = Path(path)

@@ -22,34 +22,35 @@ A run folder::
 A checkpoint is written to ``checkpoints/.tmp-step-N`` and renamed when complete, so a killed run
 never leaves half of one; ``resume="auto"`` continues from the newest complete one, on the same
 loss curve (same batches, masks, dropout and optimizer state).
+
+Here: the LR schedule, the log, the evaluation and the loop. The model a run starts from (fresh or
+``model.init_from``, its tokenizer, the MLM bias) is built in dialogbert.model_init; the
+checkpoint folders and RNG state in dialogbert.checkpoints (shared with fine-tuning). Both are
+importable from here as before.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import random
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from dialogbert.config import Config, load_config, save_config
+from dialogbert.checkpoints import (CKPT_RE, STATE_FILE, find_resume, list_checkpoints,  # noqa: F401
+                                    publish_checkpoint, rng_state, seed_everything, set_rng_state)
+from dialogbert.config import load_config, save_config
 from dialogbert.data import PretrainStream, eval_batches
 from dialogbert.engine import Engine, dist_env, make_engine
-from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
-from dialogbert.tokenizer import adopt_tokenizer, load_tokenizer
+from dialogbert.model_init import (ARCH_KEYS, PASS_KEYS, build_model, copy_compatible_weights,  # noqa: F401
+                                   init_output_bias, pick_tokenizer, unigram_log_probs)
+from dialogbert.modeling import DialogBertForPreTraining
 
 LOG_COLUMNS = ("step", "lr", "loss", "mlm_loss", "next_turn_loss", "grad_norm", "tokens_per_s", "elapsed_s",
                "eval_mlm_loss", "eval_mlm_acc", "eval_next_turn_loss", "eval_next_turn_acc")
-CKPT_RE = re.compile(r"^step-(\d+)$")
-STATE_FILE = "trainer_state.pt"
 
 
 # ------------------------------------------------------------------------------ the schedule
@@ -62,209 +63,6 @@ def lr_at(step: int, train) -> float:
     span = max(1, train.max_steps - train.warmup_steps)
     progress = min(1.0, (step - train.warmup_steps) / span)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - min_lr)
-
-
-# ------------------------------------------------------------------------------- the model
-ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "max_position_embeddings")
-PASS_KEYS = ("hidden_act", "layer_norm_eps")
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file()
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin to initialise from")
-
-
-def _bert_key(key: str) -> str:
-    """Map a BertModel / BertForPreTraining / dialogbert key onto DialogBertForPreTraining's."""
-    key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-    if key.startswith(("embeddings.", "encoder.", "pooler.")):
-        key = "bert." + key
-    return key
-
-
-def copy_compatible_weights(model: DialogBertForPreTraining, src: dict[str, torch.Tensor],
-                            grow_vocab: bool = False) -> dict[str, list[str]]:
-    """Copy every weight whose name and shape match; grow/shrink token-type, position and turn
-    embeddings by rows (new token-type rows start as row 0 plus noise, so speakers begin as
-    BERT's segment A); leave the rest (e.g. the turn embedding) as initialised. ``grow_vocab``
-    (the source's own tokenizer, extended by added tokens, is used): the word embeddings and
-    the MLM bias keep the source's rows and grow by the added ones. Without it a vocabulary of
-    another size means another tokenizer, and those weights start fresh."""
-    report: dict[str, list[str]] = {"copied": [], "resized": [], "new": [], "ignored": []}
-    src = {_bert_key(k): v for k, v in src.items()}
-    own = model.state_dict()
-    std = model.config.initializer_range
-    with torch.no_grad():
-        for key, param in own.items():
-            if key not in src:
-                report["new"].append(key)
-                continue
-            value = src[key].to(param.dtype)
-            if value.shape == param.shape:
-                param.copy_(value)
-                report["copied"].append(key)
-            elif (key.endswith(("token_type_embeddings.weight", "position_embeddings.weight", "turn_embeddings.weight"))
-                  or (grow_vocab and key.endswith("word_embeddings.weight") and value.shape[0] < param.shape[0])) \
-                    and value.ndim == 2 and value.shape[1] == param.shape[1]:
-                n = min(value.shape[0], param.shape[0])
-                param[:n].copy_(value[:n])
-                if param.shape[0] > n and key.endswith("token_type_embeddings.weight"):
-                    param[n:].copy_(value[0] + torch.randn_like(param[n:]) * std)
-                elif param.shape[0] > n and key.endswith("word_embeddings.weight"):
-                    # tokens the tokenizer gained (placeholders): the mean embedding plus noise
-                    param[n:].copy_(value.mean(0) + torch.randn_like(param[n:]) * std)
-                report["resized"].append(f"{key} {tuple(value.shape)}->{tuple(param.shape)}")
-            elif grow_vocab and key.endswith("predictions.bias") and value.ndim == 1 \
-                    and value.shape[0] < param.shape[0]:
-                n = value.shape[0]
-                param[:n].copy_(value)
-                param[n:].fill_(float(value.mean()))
-                report["resized"].append(f"{key} {tuple(value.shape)}->{tuple(param.shape)}")
-            else:
-                report["ignored"].append(f"{key} {tuple(value.shape)} vs {tuple(param.shape)}")
-        report["ignored"] += [k for k in src if k not in own]
-    model.tie_weights()
-    return report
-
-
-def build_model(cfg: Config, vocab_size: int, pad_token_id: int,
-                grow_vocab: bool = False) -> tuple[DialogBertForPreTraining, dict | None]:
-    """A fresh DialogBertForPreTraining, or one initialised from ``model.init_from`` (whose
-    architecture then wins over [model]; the resolved config records what was used)."""
-    m = cfg.model
-    extra: dict[str, Any] = {}
-    src = None
-    if m.init_from:
-        folder = Path(m.init_from)
-        cfg_file = folder / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"model.init_from={folder}: no config.json; point it at a Hugging Face "
-                                    f"BERT or dialogbert folder")
-        theirs = json.loads(cfg_file.read_text("utf-8"))
-        for k in ARCH_KEYS:
-            if k in theirs:
-                setattr(m, k, int(theirs[k]))
-        extra = {k: theirs[k] for k in PASS_KEYS if k in theirs}
-        if cfg.data.max_length > m.max_position_embeddings:
-            raise ValueError(f"data.max_length={cfg.data.max_length} > max_position_embeddings="
-                             f"{m.max_position_embeddings} of {folder}; lower data.max_length")
-        src = _read_weights(folder)
-    config = DialogBertConfig(
-        vocab_size=vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-        max_position_embeddings=m.max_position_embeddings, max_turns=m.max_turns, num_speakers=m.num_speakers,
-        hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        initializer_range=m.initializer_range, pad_token_id=pad_token_id, **extra)
-    model = DialogBertForPreTraining(config)
-    report = copy_compatible_weights(model, src, grow_vocab=grow_vocab) if src is not None else None
-    return model, report
-
-
-def pick_tokenizer(cfg: Config):
-    if cfg.model.init_from and _has_tokenizer(Path(cfg.model.init_from)):
-        return adopt_tokenizer(cfg.model.init_from), cfg.model.init_from
-    if not cfg.data.tokenizer:
-        raise ValueError("no tokenizer: set data.tokenizer (a folder from `dialogbert tokenizer`) or "
-                         "model.init_from to a folder that has one")
-    return load_tokenizer(cfg.data.tokenizer), cfg.data.tokenizer
-
-
-def unigram_log_probs(shards, tokenizer, data_cfg, seed: int = 0, max_batches: int = 200) -> torch.Tensor:
-    """log p(token) over the tokens the MLM predicts (masked positions) in the first
-    ``max_batches`` training batches, add-one smoothed; special tokens get -inf-ish (never labels)."""
-    counts = torch.ones(len(tokenizer), dtype=torch.float64)
-    stream = PretrainStream(shards, tokenizer, data_cfg, split="train", seed=seed)
-    for i, items in enumerate(stream.raw_batches(0)):
-        if i >= max_batches:
-            break
-        for f, _ in items:
-            counts += torch.bincount(torch.tensor(f["input_ids"]), minlength=len(tokenizer)).double()
-    if stream.collator is not None:
-        counts[stream.collator.never] = 1e-4  # [CLS]/[SEP]/[PAD]/... are never MLM labels
-    return (counts / counts.sum()).log().float()
-
-
-def init_output_bias(model: DialogBertForPreTraining, log_probs: torch.Tensor) -> None:
-    """Start the MLM decoder bias at the (centred) log unigram distribution.
-
-    With the bias at 0, every step of the first few hundred pushes the tied word embeddings toward
-    one shared "frequent token" direction (Adam moves each row by ~lr whatever its gradient), which
-    washes out token identity in the input and keeps a small model on the unigram plateau; the
-    bias itself can only move ~lr per step, far too slowly to absorb the ~10-nat range of
-    log-frequencies. Initialising it at the prior takes that load off the embeddings."""
-    with torch.no_grad():
-        bias = model.cls.predictions.bias
-        bias.copy_((log_probs - log_probs.mean()).to(bias.dtype))
-    model.tie_weights()
-
-
-# ------------------------------------------------------------------------ checkpoints & state
-def list_checkpoints(out: str | os.PathLike, state_file: str = STATE_FILE) -> list[tuple[int, Path]]:
-    """Complete checkpoints (step-N with a trainer state, ``state_file``), oldest first. Shared with
-    fine-tuning (retrieval.finetune), whose state file is trainer_state.json."""
-    root = Path(out) / "checkpoints"
-    found = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = CKPT_RE.match(p.name)
-            if m and (p / state_file).is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def find_resume(out: Path, resume: str | None, state_file: str = STATE_FILE) -> Path | None:
-    """The checkpoint to resume from: None for "none" (or no checkpoint yet with "auto"), the
-    newest complete one for "auto", else the step-N folder named (which must be complete)."""
-    if resume in (None, "", "none", "no", "false"):
-        return None
-    if resume == "auto":
-        ckpts = list_checkpoints(out, state_file)
-        return ckpts[-1][1] if ckpts else None
-    path = Path(resume)
-    if not (path / state_file).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {state_file}); use "
-                                f"auto, none or a checkpoints/step-N folder")
-    return path
-
-
-def publish_checkpoint(tmp: Path, final: Path, keep: int, state_file: str = STATE_FILE) -> Path:
-    """Rename the complete checkpoint ``tmp`` to ``final`` (<out>/checkpoints/step-N), replacing
-    one there, then remove all but the newest ``keep`` (0: keep all): a killed run never leaves
-    half a checkpoint where list_checkpoints looks."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(final.parent.parent, state_file)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------- logging
