@@ -35,23 +35,25 @@ Everything is a pure function of (seed, epoch, rank), so ``state_dict()`` is jus
 many batches without masking or padding them, then yields exactly what the uninterrupted stream
 would have yielded next. Iterate one stream from one place (no DataLoader worker copies: a
 worker's position would not come back to the main process).
+
+Here: DataConfig, the examples and their negatives, bucketing, resuming and the held-out batches.
+The chunked reading of the shard files is in dialogbert.shard_chunks and the padding and masking
+(MlmCollator) in dialogbert.masking; both are importable from here as before.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 
 from dialogbert.features import encode_dialog, pad_batch, turn_text
-from dialogbert.tokenizer import never_mask_ids
+from dialogbert.masking import PAD_MULTIPLE, MlmCollator, mlm_collator  # noqa: F401
+from dialogbert.shard_chunks import MAX_READERS, MIN_CHUNK_BYTES, READ_AHEAD_BYTES, chunk_readers  # noqa: F401
 from preprocess.schema import parse_line, shard_files, split_of
-
-PAD_MULTIPLE = 8  # pad_batch rounds the sequence length up to this
 
 
 @dataclass
@@ -114,119 +116,8 @@ def _padded_len(n: int) -> int:
     return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-MAX_READERS = 64                # chunks of the corpus read in parallel by PretrainStream.conversations
-MIN_CHUNK_BYTES = 1024          # ... each at least this big (small corpora get fewer chunks)
-READ_AHEAD_BYTES = 32 * 1024    # bytes of lines a chunk reader holds at a time
-
-
-class _ChunkReader:
-    """The lines that START in bytes [start, end) of a file, read a block at a time (the file is
-    opened per block, so any number of readers hold no file handles)."""
-
-    def __init__(self, path, start: int, end: int):
-        self.path, self.start, self.pos, self.end = path, start, start, end
-        self.lines: list[bytes] = []
-        self.lineno = 0  # line numbers are chunk-relative (only for error messages)
-        if start > 0:  # the line that straddles `start` belongs to the previous chunk
-            with open(path, "rb") as f:
-                f.seek(start - 1)
-                f.readline()
-                self.pos = f.tell()
-
-        self.bytes_read = self.lines_read = 0
-        self._fill()
-
-    def _fill(self) -> None:
-        if self.pos >= self.end:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self.pos)
-            read = 0
-            while self.pos < self.end and read < READ_AHEAD_BYTES:
-                line = f.readline()
-                if not line:
-                    self.pos = self.end
-                    break
-                self.lines.append(line)
-                self.pos += len(line)
-                read += len(line)
-                self.bytes_read += len(line)
-                self.lines_read += 1
-        self.lines.reverse()
-
-    @property
-    def left(self) -> float:
-        """Lines left (estimated from the mean line length so far): drawing readers by this
-        makes every chunk run out at the same pace, whatever its line lengths."""
-        mean = self.bytes_read / max(1, self.lines_read)
-        return len(self.lines) + max(0, self.end - self.pos) / max(1.0, mean) + 1e-3
-
-    def next_line(self):
-        if not self.lines:
-            self._fill()
-            if not self.lines:
-                return None
-        self.lineno += 1
-        return f"{self.path} (chunk at byte {self.start})", self.lineno, self.lines.pop()
-
-
-def _chunk_readers(files) -> list[_ChunkReader]:
-    sizes = [os.path.getsize(p) for p in files]
-    chunk = max(MIN_CHUNK_BYTES, -(-sum(sizes) // MAX_READERS))
-    readers = []
-    for path, size in zip(files, sizes):
-        for start in range(0, size, chunk):
-            readers.append(_ChunkReader(path, start, min(size, start + chunk)))
-    return readers
-
-
 # One example: (encode_dialog features, next_turn_label or None).
 Example = tuple[dict, "int | None"]
-
-
-class MlmCollator:
-    """Pads encode_dialog features (:func:`pad_batch`) and masks them with
-    ``DataCollatorForLanguageModeling`` (80/10/10), which never masks special tokens,
-    placeholders or padding, and never writes one as a 'random' token.
-
-    ``collator(features, generator=None)``: features may carry ``next_turn_label``."""
-
-    def __init__(self, tokenizer, cfg: DataConfig):
-        from transformers import DataCollatorForLanguageModeling
-
-        if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer needs [MASK] and [PAD]; train it with dialogbert.tokenizer")
-        self.tokenizer = tokenizer
-        self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
-        self.inner = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=cfg.mlm_probability,
-                                                     return_tensors="pt")
-        self.never = torch.tensor(never_mask_ids(tokenizer), dtype=torch.long)
-        allowed = torch.ones(len(tokenizer), dtype=torch.bool)
-        allowed[self.never] = False
-        self.allowed_ids = allowed.nonzero().view(-1)
-
-    def __call__(self, features: Sequence[dict], generator: torch.Generator | None = None) -> dict:
-        batch = pad_batch(features, self.pad_id, pad_to_multiple_of=PAD_MULTIPLE)
-        if all("next_turn_label" in f for f in features):
-            batch["next_turn_label"] = torch.tensor([int(f["next_turn_label"]) for f in features], dtype=torch.long)
-        ids = batch["input_ids"]
-        special = torch.isin(ids, self.never) | batch["attention_mask"].eq(0)
-        self.inner.generator = generator  # torch_mask_tokens draws from it (None: global RNG)
-        try:
-            masked, labels = self.inner.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
-        finally:
-            self.inner.generator = None
-        # A "random word" that landed on a special token or placeholder: redraw from the rest.
-        bad = labels.ne(-100) & masked.ne(self.mask_id) & torch.isin(masked, self.never)
-        if bool(bad.any()):
-            pick = torch.randint(len(self.allowed_ids), (int(bad.sum()),), generator=generator)
-            masked[bad] = self.allowed_ids[pick]
-        batch["input_ids"], batch["labels"] = masked, labels
-        return batch
-
-
-def mlm_collator(tokenizer, cfg: DataConfig) -> MlmCollator:
-    return MlmCollator(tokenizer, cfg)
 
 
 class PretrainStream:
@@ -259,7 +150,7 @@ class PretrainStream:
         stretch of the stream is a sample of the whole corpus and the chunks run out together.
         Only a small read-ahead per chunk is held in memory. Deterministic in (seed, epoch)."""
         rng = random.Random(_seed(self.seed, "files", epoch))  # same on every rank
-        readers = _chunk_readers(self.files)
+        readers = chunk_readers(self.files)
         i = 0
         while readers:
             k = rng.choices(range(len(readers)), weights=[r.left for r in readers])[0] if len(readers) > 1 else 0
