@@ -85,7 +85,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
     _done(t0, str(encoder))
 
     t0 = _stage("index the training responses (FAISS Flat), fit the ranker")
-    from dialogbert.cli import index_stage  # the same stage as `dialogbert index --config configs/index_demo.toml`
+    from dialogbert.commands import index_stage  # the same stage as `dialogbert index --config configs/index_demo.toml`
     from retrieval.settings import load_index_config
     index = out / "index"
     # the recipe in configs/index_demo.toml: Flat, the ranker's n-gram encoder within 5 minutes, no

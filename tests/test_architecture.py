@@ -1,7 +1,7 @@
 """The import graph, parsed from the source (ast): no cycle among retrieval modules, and layers
 that point one way: preprocess <- dialogbert's model modules <- retrieval <- bot <- orchestration
-(dialogbert/cli.py, demo.py, mybot.py with mybot_report.py, audit.py may import everything; only they and the tests
-import them). Every import counts, those inside functions too."""
+(dialogbert/cli.py with commands.py, demo.py, mybot.py with mybot_report.py, audit.py may import everything; only they
+and the tests import them). Every import counts, those inside functions too."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("preprocess", "dialogbert", "retrieval", "bot")
-ORCHESTRATION = {"dialogbert.cli", "dialogbert.demo", "dialogbert.mybot", "dialogbert.mybot_report", "dialogbert.audit"}
+ORCHESTRATION = {"dialogbert.cli", "dialogbert.commands", "dialogbert.demo", "dialogbert.mybot", "dialogbert.mybot_report",
+                 "dialogbert.audit"}
 LAYER = {"preprocess": 0, "dialogbert": 1, "retrieval": 2, "bot": 3}  # orchestration: 4
 
 # Upstream -> downstream imports not removed yet, each named with why it is there. Empty is the goal.
@@ -63,7 +64,7 @@ def test_the_graph_is_read_from_the_source():
     g = graph()
     assert "retrieval.ranking.serving" in g["retrieval.ranker"]
     assert "retrieval.index" in g["retrieval.ranking.build"]
-    assert "retrieval.ranker" in g["dialogbert.cli"]
+    assert "retrieval.ranker" in g["dialogbert.commands"]  # an import inside a function (index_stage) counts
 
 
 def test_no_import_cycle_among_retrieval_modules():
