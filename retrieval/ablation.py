@@ -130,7 +130,7 @@ def run_ablation(shards: str | Path, out: str | Path, tokenizer_dir: str | Path 
         raise ValueError("ablation.variants: not_pretrained fine-tunes model.init_from, and the pretraining "
                          "config sets none (e.g. model.init_from=runs/demo/base with configs/e5.toml)")
     if tokenizer_dir is None and init_from and (Path(init_from) / "tokenizer.json").is_file():
-        pass  # pretraining adopts the init's own tokenizer (dialogbert.train.pick_tokenizer)
+        pass  # pretraining adopts the init's own tokenizer (dialogbert.model_init.pick_tokenizer)
     elif tokenizer_dir is None:
         tokenizer_dir = out / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():

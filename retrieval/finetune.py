@@ -37,7 +37,8 @@ import torch
 
 from dialogbert.config import Sections, read_config
 from dialogbert.engine import param_groups
-from dialogbert.train import find_resume, lr_at, publish_checkpoint
+from dialogbert.checkpoints import find_resume, publish_checkpoint
+from dialogbert.train import lr_at
 from preprocess.schema import atomic_write_text
 from retrieval.encoder import PRECISIONS, Encoder, EncoderSettings, autocast, resolve_precision
 from retrieval.examples import train_examples
@@ -151,7 +152,7 @@ def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
              "turn": ex.turn, "source": ex.source} for ex in train_examples(shards, valid_fraction, False, context_turns, sources)]
 
 
-# ---- checkpoints: pretraining's folder helpers (dialogbert.train), with a JSON trainer state ----
+# ---- checkpoints: pretraining's folder helpers (dialogbert.checkpoints), with a JSON trainer state ----
 STATE = "trainer_state.json"
 
 

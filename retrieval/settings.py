@@ -4,7 +4,7 @@ overrides, checked by the same loader as pretraining's and fine-tuning's (dialog
     cfg = load_index_config("configs/index_demo.toml", ["ngram.max_minutes=2", "use.enabled=false"])
     cfg.fit_kwargs()   # what retrieval.ranker.fit_for_index is given
 
-The stages these drive are run by the orchestration (dialogbert.cli: index_stage, eval_stage),
+The stages these drive are run by the orchestration (dialogbert.commands: index_stage, eval_stage),
 which writes the resolved config beside the artifact (``CONFIG_FILE``).
 
 ``[ngram]`` and ``[use]`` mirror the ranker's own encoders' settings (retrieval.ngram.NgramSettings,
