@@ -11,6 +11,9 @@
                                                          carve-out has too few examples)
     --add   --> out/shards-2/, ... and the same index, appended to (build_index(add=True))
 
+Reading the exports (names checked, input paths scrubbed, conversations already held dropped) is
+dialogbert.mybot_input; the report, dialogbert.mybot_report.
+
 With ``finetune_minutes`` (the CLI's ``--finetune-minutes M``; 0, the default: never) the dialog
 model is first fine-tuned on the user's own (context, reply) pairs (retrieval.finetune,
 configs/finetune_e5.toml; their train split less a tenth carved out; every speaker's replies:
@@ -49,7 +52,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dialogbert.mybot_report import BOT_FILE, for_file, print_report, read_report, relabel, serves
+from dialogbert.mybot_input import check_names, drop_known, export_files, preprocess_exports
+from dialogbert.mybot_report import BOT_FILE, for_file, print_report, read_report, serves
 from preprocess.schema import atomic_write_text, read_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,131 +84,6 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     raise FileNotFoundError("no dialog model: run `make demo` first (it fine-tunes runs/demo/encoder, which "
                             "this command uses by default), or pass --model DIR (an encoder folder from "
                             "`dialogbert finetune`); nothing is downloaded")
-
-
-def _export_files(exports: Sequence[str], out: Path) -> tuple[list[str], list[str]]:
-    """(files, skipped) as `dialogbert preprocess` would read them; a missing input is an error."""
-    from preprocess.pipeline import discover
-    if not exports:
-        raise ValueError("give the exports to read: dialogbert bot EXPORT... --out DIR")
-    files, failed, skipped = discover(list(exports), out)
-    if failed:
-        raise FileNotFoundError("; ".join(f["error"] for f in failed)
-                                + ": check the path (a KakaoTalk or LINE export .txt/.csv, or a folder of them)")
-    if not files:
-        raise FileNotFoundError(f"{', '.join(exports)}: no export files found there")
-    return files, skipped
-
-
-def speakers_in(files: Iterable[str]) -> Counter:
-    """Display name -> messages, over the files that can be read (the rest fail later, in
-    preprocessing, with the reason). For the terminal only: these are real names."""
-    from preprocess.formats import BadLine, FormatError, detect, iter_messages
-    names: Counter = Counter()
-    for path in files:
-        try:
-            for item in iter_messages(path, detect(path)):
-                if not isinstance(item, BadLine) and not item.system and item.speaker:
-                    names[item.speaker] += 1
-        except (FormatError, UnicodeDecodeError, OSError):
-            continue
-    return names
-
-
-def _check_names(reply_as: Sequence[str], files: list[str]) -> dict[str, int]:
-    """Messages of each --reply-as name; an error listing the speakers when one matches nobody."""
-    from preprocess.pipeline import speaker_key
-    seen = speakers_in(files)
-    by_key: Counter = Counter()
-    for name, n in seen.items():
-        by_key[speaker_key(name)] += n
-    found = {name: by_key[speaker_key(name)] for name in reply_as}
-    missing = [name for name, n in found.items() if n == 0]
-    if missing:
-        listed = ", ".join(f"{name} ({n})" for name, n in seen.most_common(30)) or "none"
-        raise ValueError(f"--reply-as {', '.join(repr(m) for m in missing)}: nobody of that name writes in "
-                         f"{', '.join(files)}. The speakers there (messages), shown here and written nowhere: "
-                         f"{listed}. Pass a name exactly as the export shows it (the exporting user is "
-                         f"'회원님' or 'You' in most exports)")
-    return found
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-def _preprocess(files: list[str], shards: Path, reply_as: Sequence[str], workers: int, progress: bool) -> tuple[dict, dict]:
-    """preprocess.pipeline.run, then every trace of the input paths removed from ``shards``.
-    Returns (summary, labels: path -> "export N")."""
-    from preprocess.pipeline import PARTS_DIR, run
-    labels = {path: f"export {i}" for i, path in enumerate(files, 1)}
-    try:
-        summary = run(files, str(shards), workers=workers, resume=not reply_as, progress=progress,
-                      mark_speakers=reply_as)
-    finally:
-        shutil.rmtree(shards / PARTS_DIR, ignore_errors=True)  # its markers name the inputs
-        _scrub_manifest(shards / "manifest.json", labels)
-    if summary.get("failed"):
-        raise ValueError("cannot read " + "; ".join(f["error"] for f in summary["failed"])
-                         + " (see `dialogbert preprocess --help` for the formats read)")
-    return summary, labels
-
-
-def _scrub_manifest(path: Path, labels: dict[str, str]) -> None:
-    """The manifest with ``export N`` for each input path (file names often hold a name)."""
-    if not path.is_file():
-        return
-    m = json.loads(path.read_text("utf-8"))
-    for entry in m.get("inputs", []):
-        entry["path"] = labels.get(entry["path"], "export")
-        if "duplicate_of" in entry:
-            entry["duplicate_of"] = labels.get(entry["duplicate_of"], "export")
-        entry["bad_line_examples"] = [relabel(x, labels) for x in entry.get("bad_line_examples", [])]
-    m["failed"] = [{"path": labels.get(f["path"], "input"), "error": relabel(f["error"], labels)}
-                   for f in m.get("failed", [])]
-    m["skipped"] = [f"skipped file {i}" for i, _ in enumerate(m.get("skipped", []), 1)]
-    atomic_write_text(path, json.dumps(m, ensure_ascii=False, indent=1) + "\n")
-
-
-def _drop_known(shards: Path, known: set[str], summary: dict) -> int:
-    """Remove from ``shards`` the conversations the bot already has (by content, as the
-    preprocessor deduplicates within a run: a re-export of a chat that grew), counted as
-    duplicates in its manifest and in ``summary`` (run()'s). Returns how many were removed."""
-    from preprocess.pipeline import content_hash
-    manifest = json.loads((shards / "manifest.json").read_text("utf-8"))
-    # shard lines are in input order, each input's conversations together: the i-th input owns
-    # the next inputs[i]["conversations"] lines
-    owners = [i for i, entry in enumerate(summary["inputs"]) for _ in range(entry["conversations"])]
-    removed_by = Counter()
-    removed_in: dict[str, int] = {}
-    pos = 0
-    for shard in summary["shards"]:
-        kept = []
-        with open(shards / shard["file"], encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                owner = owners[pos] if pos < len(owners) else None
-                pos += 1
-                if content_hash(json.loads(line)["turns"]) in known:
-                    removed_by[owner] += 1
-                    removed_in[shard["file"]] = removed_in.get(shard["file"], 0) + 1
-                    continue
-                kept.append(line if line.endswith("\n") else line + "\n")
-        if shard["file"] in removed_in:
-            atomic_write_text(shards / shard["file"], "".join(kept))
-    removed = sum(removed_by.values())
-    if removed:
-        for m in (manifest, summary):
-            for i, n in removed_by.items():
-                if i is not None:
-                    m["inputs"][i]["conversations"] -= n
-                    m["inputs"][i]["duplicates"] += n
-            for shard in m["shards"]:
-                shard["conversations"] -= removed_in.get(shard["file"], 0)
-            m["totals"]["conversations"] -= removed
-            m["totals"]["duplicates"] += removed
-            m["drops"]["duplicate"] = m["drops"].get("duplicate", 0) + removed
-        atomic_write_text(shards / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
-    return removed
 
 
 # --------------------------------------------------------------------------- the index
@@ -362,8 +241,8 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
                 raise FileNotFoundError(f"{out} was built with the model {model}, which is not there any more: "
                                         f"pass --model DIR (the same model: the index checks its hash)")
     model = resolve_model(model)
-    files, skipped = _export_files(exports, out)
-    names = _check_names(reply_as, files) if reply_as else None
+    files, skipped = export_files(exports, out)
+    names = check_names(reply_as, files) if reply_as else None
 
     if add:
         n = len(old["shards"]) + 1
@@ -378,13 +257,13 @@ def _build(exports, out, model, reply_as, add: bool, workers: int, progress: boo
                 if d != SHARDS and d.startswith(SHARDS + "-") and (out / d).is_dir():
                     shutil.rmtree(out / d)
     out.mkdir(parents=True, exist_ok=True)
-    summary, labels = _preprocess(files, shards, reply_as, workers, progress)
+    summary, labels = preprocess_exports(files, shards, reply_as, workers, progress)
     already = 0
     if add and summary["totals"]["conversations"]:
         from preprocess.pipeline import content_hash
         known = {content_hash(c.to_dict()["turns"]) for d in old["shards"] if (out / d).is_dir()
                  for c in read_shards(out / d)}
-        already = _drop_known(shards, known, summary)
+        already = drop_known(shards, known, summary)
     fresh = summary["totals"]["conversations"]
     if not fresh and not add:
         raise ValueError(f"no conversation between two people in {', '.join(files)} "

@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("preprocess", "dialogbert", "retrieval", "bot")
-ORCHESTRATION = {"dialogbert.cli", "dialogbert.commands", "dialogbert.demo", "dialogbert.mybot", "dialogbert.mybot_report",
-                 "dialogbert.audit"}
+ORCHESTRATION = {"dialogbert.cli", "dialogbert.commands", "dialogbert.demo", "dialogbert.mybot", "dialogbert.mybot_input",
+                 "dialogbert.mybot_report", "dialogbert.audit"}
 LAYER = {"preprocess": 0, "dialogbert": 1, "retrieval": 2, "bot": 3}  # orchestration: 4
 
 # Upstream -> downstream imports not removed yet, each named with why it is there. Empty is the goal.
