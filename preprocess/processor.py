@@ -15,6 +15,8 @@ prefixed by its content hash) and a done marker with the file's counts.
             .done.json marker (the file's counts) is written atomically, last
 
 A killed run reruns only the files without a marker; docs/preprocess.md has the rules.
+About 400 lines because the read and write passes share one object's state (the spool, the
+per-key names, the counts); what does not (discovery, assembly, the run) lives in its own module.
 """
 from __future__ import annotations
 

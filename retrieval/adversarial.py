@@ -21,6 +21,8 @@ English); a reply no rule matches gives no case, so every emitted case really di
 rewrites are meant to stay grammatical, not to be exhaustive: irregular forms are left alone.
 Which candidate comes first is drawn with ``random.Random(seed)``; ``max_cases`` keeps a seeded
 uniform sample of each kind; the same input gives the same files.
+About 400 lines because most of it is the two languages' rewrite rules (Hangul syllable
+arithmetic, Korean predicate endings, English auxiliaries), each a few lines, read as one table.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ matched against, never served). ``ResponseIndex.neighbours`` finds the training 
 lets the ranker (retrieval.ranker) ask "what was answered to conversations like this one?" as well
 as "which reply fits this context?". Several contexts may point at one stored reply (duplicates
 are stored once), which is exactly the evidence a paraphrased question gives.
+
+About 400 lines because it is the one place that knows FAISS (building, GPU moves, search
+parameters) and the folder it writes; the ranker and the bigindex read it, never the other way.
 """
 from __future__ import annotations
 

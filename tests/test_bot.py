@@ -231,7 +231,7 @@ def test_concurrent_appends_keep_the_bound():
     import sys
     import threading
 
-    from bot.app import Sessions
+    from bot.sessions import Sessions
 
     sessions = Sessions(max_sessions=64, max_turns=4)
     errors = []
