@@ -207,8 +207,8 @@ class Encoder:
     def forward_sorted(self, feats: list[dict], chunk: int = 0) -> torch.Tensor:
         """``forward`` over features (keeping the autograd graph), in input order. With ``chunk``
         > 0 the rows are sorted by length and run ``chunk`` at a time, each chunk padded to its own
-        longest row: a training batch of contexts and replies together pads far less than as two
-        blocks (a step of 32 pairs 7% faster on two cores, docs/benchmarks.md)."""
+        longest row: a training batch of contexts and replies together pads less than as two
+        blocks (fine-tuning's ``train.length_chunk``; the speed-up is in docs/benchmarks.md)."""
         if chunk <= 0 or len(feats) <= chunk:
             return self.forward(self.pad(feats))
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))

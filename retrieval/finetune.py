@@ -323,9 +323,12 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
             if turned and turned != p["response"]:
                 resp_texts.append(turned)
     same = duplicate_mask(resp_texts[:len(batch)], resp_texts)
-    ctx_feats = enc.context_features(ctx_items)
-    both = enc.forward_sorted(ctx_feats + enc.response_features(resp_texts), T.length_chunk)
-    c, r = both[:len(ctx_feats)], both[len(ctx_feats):]
+    ctx_feats, resp_feats = enc.context_features(ctx_items), enc.response_features(resp_texts)
+    if T.length_chunk > 0:  # contexts and replies together, in length-sorted chunks
+        both = enc.forward_sorted(ctx_feats + resp_feats, T.length_chunk)
+        c, r = both[:len(ctx_feats)], both[len(ctx_feats):]
+    else:  # two padded blocks: the contexts, the replies
+        c, r = enc.forward(enc.pad(ctx_feats)), enc.forward(enc.pad(resp_feats))
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
     with torch.autocast(c.device.type, enabled=False):  # the cosines in fp32 under bf16 autocast: scale 20 magnifies rounding
         logits = scale * c.float() @ r.float().T

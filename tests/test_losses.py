@@ -169,9 +169,6 @@ def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_rep
         def forward(self, rows):
             return torch.ones(len(rows), 4, requires_grad=True)
 
-        def forward_sorted(self, rows, chunk):
-            return self.forward(self.pad(rows))
-
     batch = [{"context": [("S1", "밥은?")], "response": "밥 먹었어요", "conv_turns": [], "turn": 1},
              {"context": [("S1", "what food?")], "response": "I like pizza", "conv_turns": [], "turn": 1},
              {"context": [("S1", "어디 가?")], "response": "응", "conv_turns": [], "turn": 1}]  # nothing to turn
