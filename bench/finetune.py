@@ -42,7 +42,8 @@ HEADING = "## Fine-tuning"
 
 def arms(freeze: int, chunk: int) -> list[tuple[str, str, int, int]]:
     """(name, precision, frozen layers, train.length_chunk) of each arm."""
-    return [("fp32, every layer trained (the reference)", "fp32", 0, 0), ("bf16 autocast (contexts and replies as two padded blocks)", "bf16", 0, 0),
+    return [("fp32, every layer trained (the reference)", "fp32", 0, 0),
+            ("bf16 autocast (contexts and replies as two padded blocks)", "bf16", 0, 0),
             (f"bf16 + contexts and replies {chunk} at a time by length (the demo's recipe)", "bf16", 0, chunk),
             (f"fp32, embeddings + bottom {freeze} layers frozen", "fp32", freeze, 0),
             (f"bf16 + bottom {freeze} layers frozen", "bf16", freeze, 0)]
