@@ -8,10 +8,4 @@ from retrieval.features.own import OwnEncoder
 class Ngram(OwnEncoder):
     name, needs, subdir = "ngram", "the n-gram encoder in the index folder's ngram/", "ngram"
     what = "n-gram encoder"
-
-    @classmethod
-    def encoder_class(cls):
-        from retrieval.morphemes import MorphemesUnavailable
-        from retrieval.ngram import NgramEncoder
-        return NgramEncoder, MorphemesUnavailable, ""
-
+    encoder_at, missing_at = "retrieval.ngram:NgramEncoder", "retrieval.morphemes:MorphemesUnavailable"

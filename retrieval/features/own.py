@@ -14,6 +14,9 @@ from retrieval.features.base import Batch, Feature, Sources
 class OwnEncoder(Feature):
     subdir = ""  # its folder in the index folder
     what = ""    # how messages name it
+    # where its encoder class and the error a missing package raises live ("module:Name"), and how
+    # to do without it; imported only when the feature is loaded or trained
+    encoder_at, missing_at, without = "", "", ""
 
     def __init__(self, encoder):
         self.encoder = encoder  # a towers.StoredReplyEncoder
@@ -21,7 +24,12 @@ class OwnEncoder(Feature):
     @classmethod
     def encoder_class(cls) -> tuple[type, type[Exception], str]:
         """(its encoder class, the error its load raises where a package is missing, how to do without)."""
-        raise NotImplementedError
+        import importlib
+
+        def named(at: str):
+            module, name = at.split(":")
+            return getattr(importlib.import_module(module), name)
+        return named(cls.encoder_at), named(cls.missing_at), cls.without
 
     @classmethod
     def read(cls, folder):

