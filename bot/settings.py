@@ -68,9 +68,8 @@ def load_serve_config(path: str | Path | None = None, overrides: Sequence[str] =
     s = cfg.serve
     if not s.index:
         raise ValueError("no index folder: pass --index DIR (serve.index=DIR)")
-    from retrieval.encoder import PRECISIONS
-    if s.precision not in PRECISIONS:
-        raise ValueError(f"serve.precision={s.precision!r}: use one of {', '.join(PRECISIONS)}")
+    from retrieval.encoder import check_precision
+    check_precision(s.precision, "serve.precision")
     if s.max_body_kb < 0 or s.behind_proxies < 0 or s.batch < 0:
         raise ValueError("serve.max_body_kb, serve.behind_proxies and serve.batch must be >= 0")
     return cfg

@@ -55,12 +55,18 @@ class EncoderSettings:
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def check_precision(precision: str, key: str = "precision") -> str:
+    """``precision`` when it is one of PRECISIONS, else a ValueError naming the config ``key``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key}={precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def resolve_precision(precision: str, device: str = "cpu") -> str:
     """"fp32" or "bf16" for a config's ``precision``: "auto" is bf16 where the hardware computes it
     natively (a CPU with avx512_bf16 or AMX, a CUDA card with bf16), else fp32: without those,
     bf16 autocast is emulated and slower than fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision != "auto":
         return precision
     if device == "cuda":
@@ -213,9 +219,8 @@ class Encoder:
             return self.forward(self.pad(feats))
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
         parts = [self.forward(self.pad([feats[i] for i in order[s:s + chunk]])) for s in range(0, len(order), chunk)]
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(parts)[inverse.to(parts[0].device)]
+        out = torch.cat(parts)
+        return out[torch.argsort(torch.tensor(order, device=out.device))]  # row i back at i
 
     def pad(self, feats) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

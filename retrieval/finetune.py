@@ -40,7 +40,7 @@ from dialogbert.engine import param_groups
 from dialogbert.checkpoints import find_resume, publish_checkpoint
 from dialogbert.train import lr_at
 from preprocess.schema import atomic_write_text
-from retrieval.encoder import PRECISIONS, Encoder, EncoderSettings, autocast, resolve_precision
+from retrieval.encoder import Encoder, EncoderSettings, autocast, check_precision, resolve_precision
 from retrieval.examples import train_examples
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
@@ -116,8 +116,7 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
         raise ValueError(f"model.pooling={m.pooling!r}: use 'mean' or 'cls'")
     if t.group_size < 2:
         raise ValueError(f"train.group_size={t.group_size}: a group needs the true candidate and >= 1 negative")
-    if t.precision not in PRECISIONS:
-        raise ValueError(f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision(t.precision, "train.precision")
     for key in ("batch_size", "max_steps", "log_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dialogbert.config import Sections, mirror_section, read_config, settings_from
-from retrieval.encoder import PRECISIONS
+from retrieval.encoder import check_precision
 from retrieval.ngram import NgramSettings
 from retrieval.use import UseSettings
 
@@ -79,8 +79,7 @@ def load_index_config(path: str | Path | None = None, overrides: Sequence[str] =
             raise ValueError(f"{path or 'the defaults'} with overrides {list(overrides)}: [{section}]: {e}") from None
     if not cfg.index.factory:
         raise ValueError("index.factory is empty: give a FAISS factory string such as Flat")
-    if cfg.index.precision not in PRECISIONS:
-        raise ValueError(f"index.precision={cfg.index.precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision(cfg.index.precision, "index.precision")
     if cfg.index.batch_size < 1 or cfg.ranker.max_examples < 1:
         raise ValueError("index.batch_size and ranker.max_examples must be >= 1")
     return cfg
@@ -114,6 +113,5 @@ def load_eval_config(path: str | Path | None = None, overrides: Sequence[str] = 
         raise ValueError("pass --shards DIR (the protocol's test split) or --candidates FILE (fixed candidate sets)")
     if e.max_examples < 0:
         raise ValueError("eval.max_examples must be >= 0 (0: all)")
-    if e.precision not in PRECISIONS:
-        raise ValueError(f"eval.precision={e.precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_precision(e.precision, "eval.precision")
     return cfg

@@ -343,3 +343,18 @@ def test_no_module_reads_yes_no_text_by_itself():
             if '"yes"' in text or "'yes'" in text or '("1", "true"' in text:
                 hits.append(str(path.relative_to(ROOT)))
     assert not hits, f"yes/no text parsed outside dialogbert.config.parse_bool: {hits}"
+
+
+def test_a_precision_outside_the_known_ones_is_refused_naming_its_key():
+    """One check (retrieval.encoder.check_precision) behind every stage's precision key."""
+    from bot.settings import load_serve_config
+    from retrieval.finetune import load_config
+    from retrieval.settings import load_eval_config, load_index_config
+    loaders = [("index.precision", lambda o: load_index_config(None, o)),
+               ("eval.precision", lambda o: load_eval_config(None, ["eval.report=r", "eval.shards=s", *o])),
+               ("serve.precision", lambda o: load_serve_config(None, ["serve.index=i", *o])),
+               ("train.precision", lambda o: load_config(None, o))]
+    for key, load in loaders:
+        with pytest.raises(ValueError, match=rf"{key}='fp16': use one of fp32, bf16, auto"):
+            load([f"{key}=fp16"])
+        load([f"{key}=bf16"])  # a known one passes

@@ -46,7 +46,7 @@ class OwnEncoder(Feature):
         """Train (or keep, when trained on the same pairs: towers.fit_and_save) and save the encoder
         in ``index_dir``: its module's ``train_for_index``."""
         import importlib
-        module = importlib.import_module(cls.encoder_class()[0].__module__)
+        module = importlib.import_module(cls.encoder_at.split(":")[0])
         return module.train_for_index(index_dir, shards, fraction, sources, settings)
 
     @classmethod
