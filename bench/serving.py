@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     t_all = time.time()
     plain = ResponseIndex.load(a.index)
     plain.encoder.for_inference(a.precision)  # every arm runs the weights the chat service runs
-    hybrid = HybridRetriever.load(a.index, precision=a.precision)
+    hybrid = HybridRetriever.load(a.index, precision=a.precision, index=plain)  # the same model, loaded once
     contexts = [e.context for e in load_examples(a.shards, "test", max_examples=a.queries)]
     for fn in (plain.search, hybrid.search):  # warm-up
         fn(contexts[:5], a.k)

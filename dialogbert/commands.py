@@ -91,9 +91,11 @@ def index_stage(cfg, model, shards, out, add: bool = False) -> Path:
     (a retrieval.settings.IndexConfig) says; with ``add`` the new replies appended and the ranker's
     own encoders given their vectors. A new build writes the resolved config beside the index."""
     from dialogbert.config import save_config
+    from retrieval.encoder import Encoder
     from retrieval.index import build_index
     from retrieval.settings import CONFIG_FILE
-    build_index(model, shards, out, factory=cfg.index.factory, gpu=cfg.index.gpu, add=add,
+    encoder = Encoder.load(model)  # loaded once: the index encodes with it, then the ranker's fit reads with it
+    build_index(model, shards, out, factory=cfg.index.factory, gpu=cfg.index.gpu, add=add, encoder=encoder,
                 batch_size=cfg.index.batch_size, memory=cfg.index.memory,
                 precision=cfg.index.precision)
     if add:  # the ranker's files for the new replies (own encoders' vectors, TF-IDF cache): the index knows nothing of them
@@ -102,7 +104,7 @@ def index_stage(cfg, model, shards, out, add: bool = False) -> Path:
         return Path(out)
     if cfg.ranker.enabled:
         from retrieval.ranker import fit_for_index
-        fit_for_index(out, shards, **cfg.fit_kwargs())
+        fit_for_index(out, shards, encoder=encoder, **cfg.fit_kwargs())
     save_config(cfg, Path(out) / CONFIG_FILE, "index")
     return Path(out)
 

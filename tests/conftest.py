@@ -220,3 +220,19 @@ def topic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     topics = [DISJOINT_TOPICS[i % len(DISJOINT_TOPICS)] for i in range(n)]
     return [(topic_question(rng, words), reply) for words, reply in topics]
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """`dialogbert index` with nothing built: the model load, build_index and the ranker's fit and
+    update replaced by recorders of their arguments ({"built": (args, kwargs), "fit": ..., "update": ...})."""
+    import retrieval.encoder
+    import retrieval.index
+    import retrieval.ranker
+    calls = {}
+    model = object()  # the dialog model index_stage loads once and hands to both
+    monkeypatch.setattr(retrieval.encoder.Encoder, "load", classmethod(lambda cls, *a, **k: model))
+    monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **k: calls.setdefault("built", (a, k)))
+    monkeypatch.setattr(retrieval.ranker, "fit_for_index", lambda *a, **k: calls.setdefault("fit", (a, k)))
+    monkeypatch.setattr(retrieval.ranker, "update_for_index", lambda *a, **k: calls.setdefault("update", (a, k)))
+    return calls

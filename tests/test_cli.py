@@ -33,23 +33,21 @@ def test_missing_shards_folder_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_index_passes_the_ngram_heads_and_morphemes_to_the_ranker_fit_and_refuses_zero_heads(monkeypatch, tmp_path, capsys):
-    import retrieval.index
-    import retrieval.ranker
-    calls = {}
-    monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **k: calls.setdefault("built", a))
-    monkeypatch.setattr(retrieval.ranker, "fit_for_index", lambda *a, **k: calls.setdefault("fit", k))
+def test_index_passes_the_ngram_heads_and_morphemes_to_the_ranker_fit_and_refuses_zero_heads(recorded, tmp_path, capsys):
+    calls = recorded
     args = ["index", "--model", "m", "--shards", "s", "--out", str(tmp_path / "idx")]
     assert main(args + ["--ngram-heads", "2"]) == 0
-    assert calls["fit"]["ngram_settings"].heads == 2
+    assert calls["fit"][1]["ngram_settings"].heads == 2
+    # the dialog model is loaded once: the index is built with it and the ranker fitted with it
+    assert calls["fit"][1]["encoder"] is calls["built"][1]["encoder"] is not None
     calls.clear()
     assert main(args) == 0
     from retrieval.ngram import NgramSettings
-    assert calls["fit"]["ngram_settings"].heads == NgramSettings().heads == 4
-    assert calls["fit"]["ngram_settings"].morphemes is NgramSettings().morphemes is True
+    assert calls["fit"][1]["ngram_settings"].heads == NgramSettings().heads == 4
+    assert calls["fit"][1]["ngram_settings"].morphemes is NgramSettings().morphemes is True
     calls.clear()
     assert main(args + ["--no-morphemes"]) == 0
-    assert calls["fit"]["ngram_settings"].morphemes is False
+    assert calls["fit"][1]["ngram_settings"].morphemes is False
     calls.clear()
     assert main(args + ["--ngram-heads", "0"]) == 2
     assert "at least one head" in capsys.readouterr().err and not calls  # nothing built

@@ -15,18 +15,6 @@ from dialogbert.config import parse_bool, read_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    """build_index and the ranker's fit replaced by recorders (nothing is built)."""
-    import retrieval.index
-    import retrieval.ranker
-    calls = {}
-    monkeypatch.setattr(retrieval.index, "build_index", lambda *a, **k: calls.setdefault("built", (a, k)))
-    monkeypatch.setattr(retrieval.ranker, "fit_for_index", lambda *a, **k: calls.setdefault("fit", (a, k)))
-    monkeypatch.setattr(retrieval.ranker, "update_for_index", lambda *a, **k: calls.setdefault("update", (a, k)))
-    return calls
-
-
 # ---- overrides parse and type-check -----------------------------------------------------------
 
 def test_index_overrides_are_typed_and_a_wrong_key_or_value_names_the_key():

@@ -77,6 +77,27 @@ def test_finetune_index_evaluate_beats_random(finetuned, tiny_shards, tmp_path):
     assert len(hits) == 3 and all(isinstance(h[1]["text"], str) for h in hits)
 
 
+def test_the_index_command_loads_the_dialog_model_once_for_the_index_and_the_ranker(finetuned, tiny_shards,
+                                                                                     tmp_path, monkeypatch):
+    """`dialogbert index` encodes the replies and fits the ranker with one load of the model."""
+    from dialogbert.cli import main
+    from retrieval.encoder import Encoder
+    from retrieval.ranking.weights import RANKER_FILE
+    real, loads = Encoder.load.__func__, []
+
+    def counted(cls, *a, **k):
+        loads.append(a[0] if a else k.get("path"))
+        return real(cls, *a, **k)
+    monkeypatch.setattr(Encoder, "load", classmethod(counted))
+    out = tmp_path / "index"
+    assert main(["index", "--model", str(finetuned), "--shards", str(tiny_shards), "--out", str(out),
+                 "--no-ngram", "--no-use", "ranker.max_examples=200"]) == 0
+    assert loads == [str(finetuned)]
+    fitted = json.loads((out / RANKER_FILE).read_text())
+    assert "dual" in fitted["weights"] and fitted["fitted_on"]["count"] == json.loads(
+        (out / "index_info.json").read_text())["count"]
+
+
 def test_finetune_resumes_from_its_checkpoint(finetuned, tiny_model, tiny_shards):
     from retrieval.finetune import finetune
 

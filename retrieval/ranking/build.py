@@ -40,7 +40,7 @@ def _reranker(reranker_dir, fraction: float):
 def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str | Path | None = None,
                   fraction: float | None = None, max_examples: int = 1000, index=None, ngram: bool = True,
                   use: bool = True, use_settings=None, ngram_settings=None, train: dict | None = None,
-                  copy_negatives: bool = True, precision: str = "auto") -> Ranker:
+                  copy_negatives: bool = True, precision: str = "auto", encoder=None) -> Ranker:
     """Fit the ranker of an index folder and write its ranker.json.
 
     The fitting examples are the validation carve-out the encoder was fine-tuned without (its
@@ -55,11 +55,12 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
     settings say the same for those two. ``copy_negatives``: each fitting example's last wrong
     candidate is a copy of its newest context turn (fitting.with_copies). ``precision``: the weights
     of the dialog model loaded here (not of an ``index`` given) while fitting, as the chat
-    service's default runs them (Encoder.for_inference)."""
+    service's default runs them (Encoder.for_inference); ``encoder``: that dialog model already
+    loaded (the one the index was just built with: checked against it, and cast to ``precision``)."""
     from retrieval.examples import validation_examples
     from retrieval.index import ResponseIndex
     if index is None:
-        index = ResponseIndex.load(index_dir)
+        index = ResponseIndex.load(index_dir, encoder=encoder)
         if index.encoder is not None:
             index.encoder.for_inference(precision)
     if index.encoder is None:

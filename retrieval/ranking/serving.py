@@ -19,10 +19,12 @@ class HybridRetriever:
 
     @classmethod
     def load(cls, index_dir: str | Path, model_dir: str | Path | None = None,
-             reranker_dir: str | Path | None = None, precision: str = "auto") -> "HybridRetriever":
-        """``precision``: the dialog model's weights at inference (Encoder.for_inference)."""
+             reranker_dir: str | Path | None = None, precision: str = "auto", index=None) -> "HybridRetriever":
+        """``precision``: the dialog model's weights at inference (Encoder.for_inference);
+        ``index``: the ResponseIndex of ``index_dir`` already loaded (with its encoder), not read again."""
         from retrieval.index import ResponseIndex
-        index = ResponseIndex.load(index_dir, model_dir)
+        if index is None:
+            index = ResponseIndex.load(index_dir, model_dir)
         if index.encoder is None:
             raise ValueError(f"{index_dir}: no encoder found for this index; pass MODEL_DIR "
                              f"(`dialogbert serve --model ENCODER_DIR`)")
