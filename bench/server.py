@@ -44,24 +44,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-
-
 def load(url: str, messages: list[str], clients: int) -> tuple[float, list[float]]:
-    """(requests/s, per-request ms) of ``clients`` threads sending ``messages`` between them."""
+    """(requests/s, per-request ms) of ``clients`` threads sending ``messages`` between them, each
+    client on one kept-alive connection, as a browser's page sends its messages."""
+    import http.client
+    from urllib.parse import urlsplit
+    where = urlsplit(url)
     ms: list[float] = []
     lock = threading.Lock()
     chunks = [messages[i::clients] for i in range(clients)]
 
     def client(mine):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
         for m in mine:
             t = time.perf_counter()
-            _post(url, {"message": m})  # a new session: the context is the message, as in the bare arm
+            # a new session each time: the context is the message, as in the bare arm
+            conn.request("POST", where.path, json.dumps({"message": m}).encode(), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status}: {body[:200]!r}")
             with lock:
                 ms.append((time.perf_counter() - t) * 1000)
+        conn.close()
     threads = [threading.Thread(target=client, args=(c,)) for c in chunks]
     t0 = time.perf_counter()
     for t in threads:
@@ -103,11 +108,38 @@ def grown_copy(index_dir: str, replies: int, out: Path) -> Path:
     return out / "index"
 
 
+def in_parallel(search, contexts: list, batch: int, workers: int) -> float:
+    """Contexts a second of ``workers`` threads, each searching ``batch`` contexts a call from a
+    shared list with the cores divided among them, as the server's busy search workers run
+    (bot/batching.py); one worker: the library's own thread counts."""
+    from bot.batching import _set_threads, usable_cores
+    calls = [contexts[i:i + batch] for i in range(0, len(contexts), batch)]
+    lock = threading.Lock()
+
+    def work():
+        if workers > 1:
+            _set_threads(max(1, usable_cores() // workers))
+        while True:
+            with lock:
+                if not calls:
+                    return
+                mine = calls.pop()
+            search(mine, 20)
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return len(contexts) / (time.perf_counter() - t)
+
+
 def measure(index: str, messages: list[str], contexts: list, clients: list[int], threads: int,
-            batch: int = 8, precision: str = "auto", wait_ms: float | None = None) -> tuple[float, float, list]:
-    """(the bare retriever's requests/s one at a time and ``batch`` a call,
+            batch: int = 8, precision: str = "auto", wait_ms: float | None = None,
+            workers: int = 1) -> tuple[float, float, list]:
+    """(the bare retriever's requests/s one at a time and ``batch`` a call on ``workers`` threads,
     [(clients, requests/s, p50 ms, p99 ms)]) on one index, the dialog model's weights at
-    ``precision`` in both arms."""
+    ``precision`` in both arms, the server with ``workers`` search workers."""
     from retrieval.ranker import HybridRetriever
     hybrid = HybridRetriever.load(index, precision=precision)
     hybrid.search(contexts[:5], 20)  # warm-up
@@ -115,16 +147,14 @@ def measure(index: str, messages: list[str], contexts: list, clients: list[int],
     for c in contexts:
         hybrid.search([c], 20)
     bare = len(contexts) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for i in range(0, len(contexts), batch):
-        hybrid.search(contexts[i:i + batch], 20)
-    batched = len(contexts) / (time.perf_counter() - t)
+    batched = in_parallel(hybrid.search, contexts, batch, workers)
     del hybrid
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dialogbert.cli", "serve", "--index", index, "--port", str(port),
                              "--threads", str(threads), "--batch", str(batch), "--rate-limit", "",
-                             "--precision", precision, *(["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else [])],
+                             "--precision", precision, "--search-workers", str(workers),
+                             *(["--batch-wait-ms", str(wait_ms)] if wait_ms is not None else [])],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -152,9 +182,13 @@ def main(argv=None) -> int:
     def own(p):
         p.add_argument("--requests", type=int, default=200, help="messages sent at each concurrency")
         p.add_argument("--clients", default="1,8,32")
-        p.add_argument("--threads", type=int, default=8, help="the server's worker threads (its default)")
+        from bot.server import THREADS
+        p.add_argument("--threads", type=int, default=THREADS, help="the server's worker threads (its default)")
         p.add_argument("--batch", type=int, default=8, help="the server's request batching (its default; 1: off)")
         p.add_argument("--batch-wait-ms", type=float, default=None, help="the server's batch wait (default: its own)")
+        p.add_argument("--search-workers", default="0",
+                       help="the server's search workers, each measured in turn (0: its default, one per core "
+                            "up to 4; e.g. 1,0)")
         p.add_argument("--precisions", default="auto",
                        help="the dialog model's weights, each measured in turn (auto: bf16 where native; e.g. auto,fp32)")
         p.add_argument("--grow", type=int, default=0,
@@ -174,28 +208,34 @@ def main(argv=None) -> int:
     from retrieval.encoder import resolve_precision
     precisions = [(p, resolve_precision(p)) for p in a.precisions.split(",")]
     named = lambda p, r: p if p == r else f"{p} ({r})"  # noqa: E731
-    results = [(f"`{shown(a.index)}`, {count:,} replies", named(p, r),
-                *measure(a.index, messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms)) for p, r in precisions]
+    from bot.batching import default_workers
+    workers = [int(w) or default_workers() for w in a.search_workers.split(",")]
+    arms = [(p, r, w) for p, r in precisions for w in workers]
+    results = [(f"`{shown(a.index)}`, {count:,} replies", named(p, r), w,
+                *measure(a.index, messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms, w)) for p, r, w in arms]
     with tempfile.TemporaryDirectory() as tmp:
         if a.grow > count:
             grown = grown_copy(a.index, a.grow, Path(tmp))
             grown_count = json.loads((grown / "index_info.json").read_text("utf-8"))["count"]
-            results += [(f"the same grown to {grown_count:,} replies", named(p, r),
-                         *measure(str(grown), messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms)) for p, r in precisions]
+            results += [(f"the same grown to {grown_count:,} replies", named(p, r), w,
+                         *measure(str(grown), messages, contexts, clients, a.threads, a.batch, p, a.batch_wait_ms, w))
+                        for p, r, w in arms]
     cmd = " ".join(["python bench/server.py", *(argv or sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores; the server "
-             f"with {a.threads} worker threads, request batching up to {a.batch}, rate limit off; total "
+             f"with {a.threads} worker threads, request batching up to {a.batch}, rate limit off, each client one "
+             f"kept-alive connection; total "
              f"{time.time() - t_all:.0f} s).", "",
              f"{len(messages)} test-split messages at each concurrency, each one a new session (a one-turn context, "
              f"as in the bare arm). The bare arm: `HybridRetriever.search` in-process, one request after another, "
-             f"and {a.batch} contexts a call, in the same run; each set of weights (`--precision`, the dialog "
+             f"and {a.batch} contexts a call on as many threads as the server has search workers (the cores divided "
+             f"among them, as the server's busy workers run), in the same run; each set of weights (`--precision`, the dialog "
              f"model's: auto is bf16 where the CPU computes it natively) in both arms." + (" The grown index: the index's replies plus pairs of them joined by a space, "
                                     "added through `--add` (bench/server.py `grown_copy`)." if a.grow > count else ""), "",
-             f"| index | weights | bare requests/s, one a call | bare, {a.batch} a call | clients | requests/s | "
-             f"share of the bare {a.batch} a call | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, weights, bare, batched, rows in results:
-        lines += [f"| {name} | {weights} | {bare:.1f} | {batched:.1f} | {c} | {rps:.1f} | {rps / batched:.0%} | "
+             f"| index | weights | search workers | bare requests/s, one a call | bare, {a.batch} a call per worker | "
+             f"clients | requests/s | share of the bare {a.batch} a call | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, weights, w, bare, batched, rows in results:
+        lines += [f"| {name} | {weights} | {w} | {bare:.1f} | {batched:.1f} | {c} | {rps:.1f} | {rps / batched:.0%} | "
                   f"{p50:.0f} | {p99:.0f} |" for c, rps, p50, p99 in rows]
     publish("\n".join(lines), a.out, "## Serving through the server", write=not a.no_write)
     return 0

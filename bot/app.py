@@ -21,7 +21,9 @@ and swapped in without dropping a request, bot/reload.py; default 5, 0: never) a
 ``RETRIEVER_LOADER`` (what loads INDEX_DIR; default the ranker's HybridRetriever, or BigRetriever);
 ``SEARCH_BATCH`` (chat requests that arrive together are searched in one call of the retriever, up to
 this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread) and
-``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15).
+``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15) and
+``SEARCH_WORKERS`` (batches searched at once, each in its own thread, the cores shared among the busy
+ones; default 0: one per core, at most 4).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};
@@ -320,7 +322,7 @@ def create_app(config: dict | None = None) -> Flask:
                       SESSION_CLOCK=time.monotonic, MAX_MESSAGE_CHARS=1000, MAX_CONTENT_LENGTH=64 * 1024,
                       RATE_LIMIT="30/minute", INDEX_DIR=None, MODEL_DIR=None, RERANKER_DIR=None, PRECISION="auto", RETRIEVER=None,
                       JSON_AS_ASCII=False, PROXIES=0, RELOAD_SECONDS=5.0, RETRIEVER_LOADER=None, SEARCH_BATCH=8,
-                      SEARCH_BATCH_WAIT_MS=15.0)
+                      SEARCH_BATCH_WAIT_MS=15.0, SEARCH_WORKERS=0)
     app.config.update(config or {})
     if app.config["PROXIES"]:
         # behind N reverse proxies: the client address (what the rate limit counts by) is the
@@ -357,11 +359,12 @@ def create_app(config: dict | None = None) -> Flask:
                                                             app.config["RELOAD_SECONDS"],
                                                             app.config["SESSION_CLOCK"], app.config["RETRIEVER"])
     if int(app.config["SEARCH_BATCH"]) > 1:
-        from bot.batching import SearchBatcher
+        from bot.batching import SearchBatcher, default_workers
         watcher = app.extensions.get("dialogbert.watcher")
         live = watcher.current if watcher is not None else lambda: app.config["RETRIEVER"]
         app.extensions["dialogbert.batcher"] = SearchBatcher(live, int(app.config["SEARCH_BATCH"]),
-                                                             wait=float(app.config["SEARCH_BATCH_WAIT_MS"]) / 1000)
+                                                             wait=float(app.config["SEARCH_BATCH_WAIT_MS"]) / 1000,
+                                                             workers=int(app.config["SEARCH_WORKERS"]) or default_workers())
     app.json.ensure_ascii = False
     app.register_blueprint(bp)
     return app

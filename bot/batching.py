@@ -10,19 +10,26 @@ waits for nobody: only while requests overlap does a batch wait a few millisecon
 batching costs nothing at one client and raises what the cores answer under load
 (bench/server.py, docs/benchmarks.md).
 
-It also means that only one thread runs the model at a time, instead of every server thread
-competing for the same cores. A batch that fails is answered again one request at a time, so a
-request that breaks the retriever fails alone.
+It also means that a fixed number of threads run the model (``workers``), instead of every server
+thread competing for the same cores. Several workers pay on a CPU because a chat-sized batch is
+too small for torch's threads: on two cores one worker with two threads answers about as many
+contexts a second as with one, and two workers of one thread each 1.8x as many (docs/benchmarks.md,
+"Serving through the server"). So a worker runs its batch with the cores divided among the workers
+busy at that moment: a lone request still gets them all. A batch that fails is answered again one
+request at a time, so a request that breaks the retriever fails alone.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
 
 LOG = logging.getLogger("dialogbert.batching")
+PEAK_SECONDS = 1.0  # how long the most requests seen in flight at once sets the batches' size
 
 
 class _Job:
@@ -35,22 +42,55 @@ class _Job:
         self.error: BaseException | None = None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Search workers when none are asked for: one per core, at most 4 (measured only on two cores)."""
+    return max(1, min(4, cores or usable_cores()))
+
+
+def _set_threads(n: int) -> None:
+    """This thread's torch and faiss (OpenMP) threads: the setting holds per calling thread. Only
+    libraries the retriever already imported are touched."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+
+
 class SearchBatcher:
     """``search(contexts, k)`` as the retriever that ``current()`` gives, batched across threads.
 
     ``current`` is called once per batch (the live retriever, which an index reload may swap).
     ``wait``: seconds a batch waits for more requests, only under load (15 ms measured best of
-    5-40 on two cores at 8 clients, bench/server.py). The thread starts with the first request
-    and ends after ``idle`` seconds without one."""
+    5-40 on two cores at 8 clients, bench/server.py). ``workers``: batches run at once, each in
+    its own thread; a worker starts with a request that finds all running ones busy and ends after
+    ``idle`` seconds without one. ``cores``: what the busy workers share (default: the usable
+    cores); None for ``threads`` leaves the libraries' thread counts alone (one worker, as before)."""
 
-    def __init__(self, current: Callable[[], Any], max_batch: int = 8, wait: float = 0.015, idle: float = 60.0):
-        if max_batch < 1 or wait < 0:
-            raise ValueError(f"max_batch must be >= 1 and wait >= 0 (got {max_batch}, {wait})")
+    def __init__(self, current: Callable[[], Any], max_batch: int = 8, wait: float = 0.015, idle: float = 60.0,
+                 workers: int = 1, cores: int | None = None):
+        if max_batch < 1 or wait < 0 or workers < 1:
+            raise ValueError(f"max_batch and workers must be >= 1 and wait >= 0 (got {max_batch}, {workers}, {wait})")
         self.current, self.max_batch, self.wait, self.idle = current, int(max_batch), float(wait), float(idle)
-        self._last = 1
+        self.workers, self.cores = int(workers), cores if cores is not None else (usable_cores() if workers > 1 else None)
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._collecting = threading.Lock()  # held by the worker that gathers the next batch
+        self._running = 0   # worker threads alive
+        self._idle = 0      # of them, waiting on the queue
+        self._busy = 0      # of them, inside the retriever
+        self._names = 0
+        self._inflight = 0  # contexts asked for and not yet answered
+        self._peak, self._peak_at = 1, 0.0  # the most in flight within the last PEAK_SECONDS
         self.batches = 0
         self.largest = 0
 
@@ -58,43 +98,82 @@ class SearchBatcher:
         job = _Job(list(contexts), int(k))
         if not job.contexts:
             return []
-        self._queue.put(job)
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="search-batcher", daemon=True)
-                self._thread.start()
+            self._inflight += len(job.contexts)
+            now = time.monotonic()
+            if self._inflight >= self._peak or now - self._peak_at > PEAK_SECONDS:
+                self._peak, self._peak_at = self._inflight, now
+            self._queue.put(job)
+            if self._running < self.workers and self._idle == 0:  # nobody free to take it: one more worker
+                self._running += 1
+                self._idle += 1
+                self._names += 1
+                name = "search-batcher" if self.workers == 1 else f"search-batcher-{self._names}"
+                threading.Thread(target=self._loop, name=name, daemon=True).start()
         job.done.wait()
+        with self._lock:
+            self._inflight -= len(job.contexts)
         if job.error is not None:
             raise job.error
         return job.result
 
     def _loop(self) -> None:
         while True:
+            jobs = self._gather()
+            if jobs is None:
+                return
+            size = sum(len(j.contexts) for j in jobs)
+            with self._lock:
+                self._busy += 1
+                busy = self._busy
+                self.batches += 1
+                self.largest = max(self.largest, size)
             try:
-                jobs = [self._queue.get(timeout=self.idle)]
-            except queue.Empty:
-                with self._lock:   # a request queued after the timeout is seen here, or starts a new thread
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
+                if self.cores is not None:
+                    alone = busy == 1 and self._queue.empty()
+                    _set_threads(self.cores if alone else max(1, self.cores // self.workers))
+                for k in sorted({j.k for j in jobs}):   # one call per k: search(k)[:k'] need not be search(k')
+                    self._answer([j for j in jobs if j.k == k], k)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._idle += 1
+
+    def _gather(self) -> list[_Job] | None:
+        """The next batch, or None when this worker has been idle for ``idle`` seconds and ends.
+
+        One worker gathers at a time, so a batch is as full as the requests in flight allow (up to
+        ``max_batch``) before the next worker starts another: at 8 clients the batches are one
+        of 8 at a time, as with one worker; only more requests than a batch holds keep several
+        workers busy. Under load a batch waits up to ``wait`` for more: the clients that the last
+        batches answered are sending again, and one batch of 8 costs less than two of 4 (without
+        the wait the requests settle into half batches that take turns). A lone client, the only
+        request in flight, waits for nobody."""
+        with self._collecting:
+            while True:
+                try:
+                    jobs = [self._queue.get(timeout=self.idle)]
+                    break
+                except queue.Empty:
+                    with self._lock:   # a request queued after the timeout is seen here, or starts a new thread
+                        if self._queue.empty():
+                            self._running -= 1
+                            self._idle -= 1
+                            return None
+            with self._lock:
+                self._idle -= 1
             size = len(jobs[0].contexts)
-            # under load (the last batch held several requests) wait up to ``wait`` for more: the
-            # clients the last batch answered are sending again, and one batch of 8 costs less than
-            # two of 4 (without the wait the requests settle into two half batches that take turns)
-            deadline = time.monotonic() + (self.wait if self._last > 1 else 0.0)
+            target = min(self.max_batch, self._peak)
+            deadline = time.monotonic() + self.wait
             while size < self.max_batch:
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    job = self._queue.get_nowait() if size >= target else \
+                        self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 jobs.append(job)
                 size += len(job.contexts)
-            self._last = size
-            self.batches += 1
-            self.largest = max(self.largest, size)
-            for k in sorted({j.k for j in jobs}):   # one call per k: search(k)[:k'] need not be search(k')
-                self._answer([j for j in jobs if j.k == k], k)
+            return jobs
 
     def _answer(self, jobs: list[_Job], k: int) -> None:
         try:
@@ -120,4 +199,4 @@ class SearchBatcher:
             job.done.set()
 
     def status(self) -> dict:
-        return {"max_batch": self.max_batch, "batches": self.batches, "largest": self.largest}
+        return {"max_batch": self.max_batch, "workers": self.workers, "batches": self.batches, "largest": self.largest}

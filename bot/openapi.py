@@ -63,6 +63,7 @@ _SCHEMAS = {
             "loaded_at": {"type": "string", "description": "when the answering index was loaded (UTC)"}}},
         "batching": {"type": "object", "description": "only when requests are batched (SEARCH_BATCH > 1)", "properties": {
             "max_batch": {"type": "integer", "description": "most contexts searched in one call"},
+            "workers": {"type": "integer", "description": "calls of the retriever run at once"},
             "batches": {"type": "integer", "description": "calls of the retriever since the start"},
             "largest": {"type": "integer", "description": "the most contexts one call has searched"}}}}},
     "Health": {"type": "object", "required": ["status"], "properties": {

@@ -1,6 +1,6 @@
 """The production server: the chat service (bot.app) on waitress.
 
-    serve(config, host="127.0.0.1", port=8000, threads=8) -> 0 once stopped
+    serve(config, host="127.0.0.1", port=8000, threads=16) -> 0 once stopped
 
 What `dialogbert serve` and the demo's last stage call. ``config`` is create_app's (INDEX_DIR,
 MODEL_DIR, RATE_LIMIT, MAX_CONTENT_LENGTH, ...). Waitress reads every request whole on its own
@@ -19,7 +19,8 @@ import sys
 
 from bot.app import create_app
 
-THREADS = 8               # requests answered at once (their searches batched: bot/batching.py)
+THREADS = 16              # requests answered at once (their searches batched: bot/batching.py); enough to
+                          # give two search workers a full batch of 8 each (bench/server.py)
 CONNECTION_LIMIT = 100    # open connections; more wait in the listen backlog
 CHANNEL_TIMEOUT = 30      # seconds an idle connection (or a client that stopped sending) is kept
 HEADER_LIMIT = 32 * 1024  # bytes of request headers (waitress's default is 256 KiB)

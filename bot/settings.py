@@ -25,10 +25,11 @@ class ServeSection:
                                # (1.5x the contexts a second on two cores), "fp32", "bf16"
     host: str = "127.0.0.1"
     port: int = 8000
-    threads: int = 8           # requests answered at once (bot.server.THREADS)
+    threads: int = 16          # requests answered at once (bot.server.THREADS)
     batch: int = 0             # requests that arrive together searched in one call, up to this many
                                # (bot/batching.py); 0 = the app's (8), 1 = each request alone
     batch_wait_ms: float = -1.0  # how long a batch waits for more requests, only under load; < 0 = the app's (15)
+    search_workers: int = 0    # batches searched at once, the cores shared among them; 0 = one per core, at most 4
     rate_limit: str = APP_DEFAULT  # POST /api/chat per client address, e.g. 30/minute; "" = off
     max_body_kb: int = 0       # largest request body; 0 = the app's (64)
     behind_proxies: int = 0    # reverse proxies that set X-Forwarded-For in front of the service
@@ -55,6 +56,8 @@ class ServeConfig(Sections):
             config["SEARCH_BATCH"] = s.batch
         if s.batch_wait_ms >= 0:
             config["SEARCH_BATCH_WAIT_MS"] = s.batch_wait_ms
+        if s.search_workers:
+            config["SEARCH_WORKERS"] = s.search_workers
         return config
 
     def server_kwargs(self) -> dict:
@@ -70,6 +73,6 @@ def load_serve_config(path: str | Path | None = None, overrides: Sequence[str] =
         raise ValueError("no index folder: pass --index DIR (serve.index=DIR)")
     from retrieval.encoder import check_precision
     check_precision(s.precision, "serve.precision")
-    if s.max_body_kb < 0 or s.behind_proxies < 0 or s.batch < 0:
-        raise ValueError("serve.max_body_kb, serve.behind_proxies and serve.batch must be >= 0")
+    if s.max_body_kb < 0 or s.behind_proxies < 0 or s.batch < 0 or s.search_workers < 0:
+        raise ValueError("serve.max_body_kb, serve.behind_proxies, serve.batch and serve.search_workers must be >= 0")
     return cfg

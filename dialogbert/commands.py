@@ -71,7 +71,7 @@ EVAL_FLAGS = tuple((k, f"eval.{k}", None) for k in ("model", "index", "shards", 
                                                      "max_examples", "reranker", "precision")) + (
     ("peer", "eval.peer", "true"), ("source", "eval.sources", None))
 SERVE_FLAGS = tuple((k, f"serve.{k}", None) for k in (
-    "index", "model", "reranker", "precision", "host", "port", "threads", "batch", "batch_wait_ms", "rate_limit", "max_body_kb", "behind_proxies",
+    "index", "model", "reranker", "precision", "host", "port", "threads", "batch", "batch_wait_ms", "search_workers", "rate_limit", "max_body_kb", "behind_proxies",
     "connection_limit", "channel_timeout"))
 
 

@@ -70,7 +70,7 @@ def test_overlapping_searches_are_one_call_and_each_caller_gets_its_own_rows():
     assert r.calls == [(1, 3), (6, 3)]                # the six waiting requests: one call
     for m, (hits,) in out.items():
         assert [row["text"] for _, row in hits] == [f"re: {m} #{i}" for i in range(3)]
-    assert r.threads == {"search-batcher"} and b.status() == {"max_batch": 8, "batches": 2, "largest": 6}
+    assert r.threads == {"search-batcher"} and b.status() == {"max_batch": 8, "workers": 1, "batches": 2, "largest": 6}
 
 
 def test_a_batch_holds_at_most_max_batch_contexts():
@@ -128,13 +128,15 @@ def test_the_thread_ends_when_idle_and_comes_back():
     b = SearchBatcher(lambda: r, max_batch=8, idle=0.05)
     assert b.search([[("U", "one")]], 1)[0][0][1]["text"] == "re: one #0"
     deadline = time.time() + 5
-    while b._thread is not None and time.time() < deadline:
+    while b._running and time.time() < deadline:
         time.sleep(0.02)
-    assert b._thread is None
+    assert b._running == 0
     assert b.search([[("U", "two")]], 1)[0][0][1]["text"] == "re: two #0"
     assert b.search([], 1) == []
     with pytest.raises(ValueError, match="max_batch"):
         SearchBatcher(lambda: r, max_batch=0)
+    with pytest.raises(ValueError, match="workers"):
+        SearchBatcher(lambda: r, workers=0)
 
 
 def test_the_service_batches_and_says_so():
@@ -143,8 +145,12 @@ def test_the_service_batches_and_says_so():
     client = create_app({"RETRIEVER": r, "SEARCH_BATCH": 4}).test_client()
     body = client.post("/api/chat", json={"message": "안녕"}).get_json()
     assert body["reply"] == "re: 안녕 #0"
-    assert client.get("/api/info").get_json()["batching"] == {"max_batch": 4, "batches": 1, "largest": 1}
-    assert r.threads == {"search-batcher"}
+    from bot.batching import default_workers
+    workers = default_workers()
+    assert client.get("/api/info").get_json()["batching"] == {"max_batch": 4, "workers": workers, "batches": 1,
+                                                              "largest": 1}
+    assert len(r.threads) == 1 and r.threads.pop().startswith("search-batcher")
+    assert create_app({"RETRIEVER": r, "SEARCH_WORKERS": 3}).extensions["dialogbert.batcher"].workers == 3
     assert client.application.extensions["dialogbert.batcher"].wait == pytest.approx(0.015)  # the default
     app = create_app({"RETRIEVER": Recording(), "SEARCH_BATCH": 4, "SEARCH_BATCH_WAIT_MS": 5})
     assert app.extensions["dialogbert.batcher"].wait == pytest.approx(0.005)
@@ -171,3 +177,54 @@ def test_under_load_a_batch_waits_briefly_for_more_and_a_lone_request_does_not()
     assert r.calls[-1] == (2, 1) and {**out, **out2}.keys() == {"c", "d"}
     with pytest.raises(ValueError, match="wait"):
         SearchBatcher(lambda: r, wait=-1)
+
+
+class Timing:
+    """A retriever that takes ``seconds`` a call and records how many calls overlap and the torch
+    threads each call ran with."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.lock = seconds, threading.Lock()
+        self.inside = self.most_inside = 0
+        self.threads: list[int] = []
+        self.names: set[str] = set()
+
+    def search(self, contexts, k):
+        import torch
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.append(torch.get_num_threads())
+            self.names.add(threading.current_thread().name)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.inside -= 1
+        return [[(1.0, {"text": f"re: {c[-1][1]}"})] for c in contexts]
+
+
+def test_workers_search_batches_at_once_with_the_cores_shared_and_a_lone_request_gets_them_all():
+    import torch
+    main_threads = torch.get_num_threads()
+    r = Timing(0.2)
+    b = SearchBatcher(lambda: r, max_batch=2, wait=0.0, workers=2, cores=4)
+    assert b.search([[("U", "alone")]], 1)[0][0][1]["text"] == "re: alone"
+    assert r.threads == [4]                           # nobody else busy: all four cores
+    threads, out, errors = _concurrently(b, [f"m{i}" for i in range(8)], k=1)
+    for t in threads:
+        t.join(10)
+    assert not errors and all(out[m][0][0][1]["text"] == f"re: {m}" for m in out) and len(out) == 8
+    assert r.most_inside == 2                         # two calls at once, never more
+    assert 2 in r.threads[1:]                         # two busy workers: two cores each
+    assert r.names == {"search-batcher-1", "search-batcher-2"}
+    assert torch.get_num_threads() == main_threads    # the setting is the worker thread's own
+
+
+def test_one_worker_runs_one_call_at_a_time_and_leaves_the_thread_counts_alone():
+    import torch
+    r = Timing(0.05)
+    b = SearchBatcher(lambda: r, max_batch=1, wait=0.0)
+    threads, out, errors = _concurrently(b, [f"m{i}" for i in range(4)], k=1)
+    for t in threads:
+        t.join(10)
+    assert len(out) == 4 and not errors and r.most_inside == 1
+    assert set(r.threads) == {torch.get_num_threads()} and r.names == {"search-batcher"}

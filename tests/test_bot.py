@@ -7,6 +7,7 @@ import re
 import pytest
 
 from bot.app import create_app, choose_reply, is_servable
+from bot.batching import default_workers
 from preprocess.pipeline import detect_lang
 
 
@@ -612,7 +613,7 @@ def test_info_names_the_model_and_index_without_personal_data(leaky, tmp_path):
                   "updated": "2026-12-05T17:00:00Z",
                   "info_sha256": hashlib.sha256((index_dir / "index_info.json").read_bytes()).hexdigest()},
         "ranker": {"features": ["dual", "ngram", "lexical"]},
-        "batching": {"max_batch": 8, "batches": 1, "largest": 1},   # counts, nothing from the chats
+        "batching": {"max_batch": 8, "workers": default_workers(), "batches": 1, "largest": 1},   # counts, nothing from the chats
     }
     assert re.fullmatch(r"\d+\.\d+\.\d+.*|unknown", info["version"])
     text = client.get("/api/info").get_data(as_text=True)

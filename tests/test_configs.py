@@ -174,9 +174,10 @@ def test_serve_flags_map_onto_overrides(monkeypatch, tmp_path):
     assert kw == {"host": "127.0.0.1", "port": 8000, "threads": bot.server.THREADS,
                   "connection_limit": bot.server.CONNECTION_LIMIT, "channel_timeout": bot.server.CHANNEL_TIMEOUT}
     assert main(["serve"]) == 2  # no index
-    assert main(["serve", "--index", "i", "--precision", "fp32", "--batch-wait-ms", "5"]) == 0
+    assert main(["serve", "--index", "i", "--precision", "fp32", "--batch-wait-ms", "5", "--search-workers", "3"]) == 0
     config, _ = seen.pop()
-    assert config["PRECISION"] == "fp32" and config["SEARCH_BATCH_WAIT_MS"] == 5.0
+    assert config["PRECISION"] == "fp32" and config["SEARCH_BATCH_WAIT_MS"] == 5.0 and config["SEARCH_WORKERS"] == 3
+    assert main(["serve", "--index", "i", "serve.search_workers=-1"]) == 2
     assert main(["serve", "--index", "i", "serve.precision=fp16"]) == 2  # refused, naming the key
 
 

@@ -115,7 +115,7 @@ def test_serve_arguments_reach_the_server(monkeypatch):
     assert (seen["port"], seen["threads"], seen["host"]) == (8123, 3, "127.0.0.1")
     assert main(["serve", "--index", "runs/x/index"]) == 0
     assert "RATE_LIMIT" not in seen["config"] and "SEARCH_BATCH" not in seen["config"]   # the app's own defaults
-    assert seen["threads"] == bot.server.THREADS == 8
+    assert seen["threads"] == bot.server.THREADS == 16
     assert main(["serve", "--index", "runs/x/index", "--batch", "-1"]) == 2
     assert (seen["connection_limit"], seen["channel_timeout"]) == (bot.server.CONNECTION_LIMIT, bot.server.CHANNEL_TIMEOUT)
 
