@@ -3,6 +3,13 @@
     .venv/bin/python bench/pretrain.py                       # CPU, 1,024 examples, 4x256 model
     .venv/bin/python bench/pretrain.py --examples 4096 --hidden 768 --layers 12 --heads 12 \\
         --intermediate 3072 --peak-tflops 989                # a GPU: bf16, MFU against 989 TFLOP/s
+    .venv/bin/python bench/pretrain.py --base runs/demo/base --precision bf16 --threads 2
+                                                             # the demo's model: the e5 warm start
+
+``--base DIR`` (a DialogBERT folder such as the demo's ``runs/demo/base``, the pruned e5 warm start)
+measures the model the product pretrains: its shape, its tokenizer and, in our arm, its weights
+(the pretraining heads fresh); the reference arm is a BertForPreTraining of the same shape
+(random weights: the time of a step does not depend on them).
 
 Both arms train the same-sized model (AdamW step, dropout on) on the SAME examples (the first
 ``--examples`` examples of the bundled sample corpus's train split, as PretrainStream makes them,
@@ -45,15 +52,16 @@ SECTION = "## Pretraining"
 
 
 # ------------------------------------------------------------------------------- data
-def build_corpus(folder: Path, vocab_size: int) -> tuple[Path, Path]:
-    """Shards from the bundled XPersona-ko dialogues and ChatbotData pairs, and a tokenizer."""
+def build_corpus(folder: Path, vocab_size: int, train: bool = True) -> tuple[Path, Path]:
+    """Shards from the bundled XPersona-ko dialogues and ChatbotData pairs, and a tokenizer
+    (``train=False``: the shards only, for a model that brings its own)."""
     import hashlib
 
     from dialogbert.tokenizer import train_tokenizer
     from preprocess.schema import Conversation, Turn, write_shard
 
     shards, tok = folder / "shards", folder / "tokenizer"
-    if (tok / "tokenizer.json").is_file():
+    if (tok / "tokenizer.json").is_file() or (not train and shards.is_dir()):
         return shards, tok
     shards.mkdir(parents=True, exist_ok=True)
 
@@ -74,7 +82,8 @@ def build_corpus(folder: Path, vocab_size: int) -> tuple[Path, Path]:
     half = len(convs) // 2
     write_shard(shards / "shard-00000.jsonl", convs[:half])
     write_shard(shards / "shard-00001.jsonl", convs[half:])
-    train_tokenizer(shards, tok, vocab_size=vocab_size)
+    if train:
+        train_tokenizer(shards, tok, vocab_size=vocab_size)
     return shards, tok
 
 
@@ -138,12 +147,16 @@ def prepare(a, arm: str) -> dict:
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
     precision = a.precision or ("bf16" if device.type == "cuda" else "fp32")
-    tok = load_tokenizer(a.tokenizer)
+    if a.base:
+        from dialogbert.tokenizer import adopt_tokenizer
+        tok = adopt_tokenizer(a.base)   # as `dialogbert pretrain` takes the tokenizer of model.init_from
+    else:
+        tok = load_tokenizer(a.tokenizer)
     cfg = DataConfig(max_length=a.max_length, batch_size=a.batch_size, shuffle_buffer=a.examples)
     stream = PretrainStream(a.shards, tok, cfg, split="train", seed=0)
     common = dict(vocab_size=len(tok), hidden_size=a.hidden, num_hidden_layers=a.layers,
                   num_attention_heads=a.heads, intermediate_size=a.intermediate,
-                  max_position_embeddings=a.max_length, pad_token_id=tok.pad_token_id)
+                  max_position_embeddings=a.positions or a.max_length, pad_token_id=tok.pad_token_id)
     if arm == "ours":
         batches = our_batches(iter(stream), a.examples)
     else:
@@ -152,6 +165,10 @@ def prepare(a, arm: str) -> dict:
         for b in batches:
             b.pop("turn_ids")  # BERT has no turn embedding (it would silently ignore the keyword)
         model = BertForPreTraining(BertConfig(type_vocab_size=cfg.num_speakers, **common))
+    elif a.base:  # the warm start's encoder weights, the heads fresh
+        model = DialogBertForPreTraining.from_pretrained(a.base)
+        if model.config.vocab_size != len(tok):
+            model.resize_token_embeddings(len(tok))
     else:
         model = DialogBertForPreTraining(DialogBertConfig(max_turns=cfg.max_turns, num_speakers=cfg.num_speakers,
                                                           **common))
@@ -277,6 +294,9 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--ablate", action="store_true", help="add our model on the padded batches")
     p.add_argument("--data", default=None, help="folder for the bench shards + tokenizer (default: a temp dir)")
+    p.add_argument("--base", default=None, metavar="DIR",
+                   help="a DialogBERT folder (the demo's runs/demo/base): its shape, tokenizer and weights "
+                        "instead of --hidden/--layers/--heads/--intermediate/--vocab")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     # internal: run one arm in this process
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)
@@ -284,6 +304,12 @@ def main() -> int:
     p.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
     p.add_argument("--arms", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
+    a.positions = None
+    if a.base:  # the shape is the folder's
+        theirs = json.loads((Path(a.base) / "config.json").read_text("utf-8"))
+        a.hidden, a.layers, a.heads = theirs["hidden_size"], theirs["num_hidden_layers"], theirs["num_attention_heads"]
+        a.intermediate, a.vocab, a.positions = (theirs["intermediate_size"], theirs["vocab_size"],
+                                                theirs["max_position_embeddings"])
     if a.arm == "time":
         print(json.dumps(time_arms(a, a.arms.split(","))))
         return 0
@@ -295,7 +321,9 @@ def main() -> int:
     if a.data is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-pretrain-")
         a.data = tmp.name
-    shards, tok = build_corpus(Path(a.data), a.vocab)
+    shards, tok = build_corpus(Path(a.data), a.vocab, train=not a.base)
+    if a.base:
+        tok = Path(a.base)
     arms = ["ours", "reference"] + (["ours-model-padded"] if a.ablate else [])
     passthrough = [x for x in sys.argv[1:] if x not in ("--no-write", "--ablate")]
 
@@ -335,7 +363,9 @@ def main() -> int:
         f"Command: {cmd_line}", "",
         f"Machine: {machine()}, {ours['device']}, {ours['precision']}, {a.threads} torch thread(s), load average "
         f"{load:.1f} at the end (shared machine: compare the ratio, not the absolute numbers). Model: "
-        f"{a.layers} layers x {a.hidden} hidden, {a.heads} heads, vocabulary {a.vocab} "
+        + (f"the DialogBERT of `{a.base}` (the e5 warm start, its tokenizer; the reference a BertForPreTraining "
+           f"of its shape), " if a.base else "")
+        + f"{a.layers} layers x {a.hidden} hidden, {a.heads} heads, vocabulary {a.vocab} "
         f"({ours['params'] / 1e6:.1f}M parameters); max_length {a.max_length}, batch size {a.batch_size}; "
         f"the same {ours['examples']:,} training examples of the bundled sample corpus in every arm; one "
         f"AdamW step per batch, {a.warmup} untimed warm-up batches; the arms are timed in one "

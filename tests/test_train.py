@@ -348,3 +348,24 @@ def test_encoder_lr_ratio_slows_the_pretrained_encoder_only():
     engine.set_lr(1e-3)
     lrs = {names[id(g["params"][0])].startswith("bert."): g["lr"] for g in engine.optimizer.param_groups}
     assert lrs == {True: pytest.approx(1e-4), False: pytest.approx(1e-3)}
+
+
+def test_the_pretraining_benchmark_measures_a_given_dialogbert_folder(tmp_path):
+    """bench/pretrain.py --base DIR: both arms take the folder's shape and tokenizer (ours its
+    weights too), on the same examples, and the report names the folder."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import save_random_dialogbert
+    root = Path(__file__).resolve().parent.parent
+    base = save_random_dialogbert(tmp_path / "base", hidden=32, layers=1)
+    out = subprocess.run([sys.executable, str(root / "bench" / "pretrain.py"), "--base", str(base), "--examples", "32",
+                          "--batch-size", "16", "--rounds", "1", "--warmup", "1", "--data", str(tmp_path / "data"),
+                          "--no-write"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"the DialogBERT of `{base}`" in out.stdout and "1 layers x 32 hidden" in out.stdout
+    rows = {m.group(1): int(m.group(2).replace(",", ""))
+            for m in re.finditer(r"^\| (ours|reference)[^|]*\| 32 \| \d+ \| ([\d,]+) \|", out.stdout, re.M)}
+    assert rows.keys() == {"ours", "reference"} and rows["ours"] == rows["reference"] > 0  # the same useful tokens
+    assert not (tmp_path / "data" / "tokenizer").exists()  # the folder's own tokenizer, none trained
