@@ -4,7 +4,7 @@ On two CPU cores a search of eight contexts in one call costs a few times one, n
 (docs/benchmarks.md, "Serving through the server"): the dialog model's matrix products are too
 small at one context to keep the cores busy, and the FAISS scan reads the reply vectors once for
 all of them. :class:`SearchBatcher` puts every
-``search`` call on a queue; one thread takes whatever is waiting (up to ``max_batch`` contexts),
+``search`` call on a queue; a worker thread takes what is waiting (up to ``max_batch`` contexts),
 makes one call of the retriever for all of it and hands each caller its own rows. A lone request
 waits for nobody: only while requests overlap does a batch wait a few milliseconds for more, so
 batching costs nothing at one client and raises what the cores answer under load
@@ -12,11 +12,12 @@ batching costs nothing at one client and raises what the cores answer under load
 
 It also means that a fixed number of threads run the model (``workers``), instead of every server
 thread competing for the same cores. Several workers pay on a CPU because a chat-sized batch is
-too small for torch's threads: on two cores one worker with two threads answers about as many
-contexts a second as with one, and two workers of one thread each 1.8x as many (docs/benchmarks.md,
-"Serving through the server"). So a worker runs its batch with the cores divided among the workers
-busy at that moment: a lone request still gets them all. A batch that fails is answered again one
-request at a time, so a request that breaks the retriever fails alone.
+too small for torch's threads: on two cores one call of 8 contexts answers about as many a second
+with two threads as with one, and two calls side by side with one thread each 1.6-1.9x as many
+(docs/experiments/2026-12-06-search-workers.md). So a batch that starts with no other worker busy
+and nothing waiting runs on all the cores (a lone request is not slowed), and any other on its
+share of them. A batch that fails is answered again one request at a time, so a request that
+breaks the retriever fails alone.
 """
 from __future__ import annotations
 
@@ -72,9 +73,10 @@ class SearchBatcher:
     ``current`` is called once per batch (the live retriever, which an index reload may swap).
     ``wait``: seconds a batch waits for more requests, only under load (15 ms measured best of
     5-40 on two cores at 8 clients, bench/server.py). ``workers``: batches run at once, each in
-    its own thread; a worker starts with a request that finds all running ones busy and ends after
-    ``idle`` seconds without one. ``cores``: what the busy workers share (default: the usable
-    cores); None for ``threads`` leaves the libraries' thread counts alone (one worker, as before)."""
+    its own thread; a worker starts with a request that finds every running one busy and ends
+    after ``idle`` seconds without one. ``cores``: what the workers share (default: the usable
+    cores when ``workers`` > 1; with one worker and no ``cores`` the libraries' thread counts are
+    left as they are)."""
 
     def __init__(self, current: Callable[[], Any], max_batch: int = 8, wait: float = 0.015, idle: float = 60.0,
                  workers: int = 1, cores: int | None = None):
