@@ -112,13 +112,13 @@ def in_parallel(search, contexts: list, batch: int, workers: int) -> float:
     """Contexts a second of ``workers`` threads, each searching ``batch`` contexts a call from a
     shared list with the cores divided among them, as the server's busy search workers run
     (bot/batching.py); one worker: the library's own thread counts."""
-    from bot.batching import _set_threads, usable_cores
+    from bot.batching import set_threads, usable_cores
     calls = [contexts[i:i + batch] for i in range(0, len(contexts), batch)]
     lock = threading.Lock()
 
     def work():
         if workers > 1:
-            _set_threads(max(1, usable_cores() // workers))
+            set_threads(max(1, usable_cores() // workers))
         while True:
             with lock:
                 if not calls:

@@ -22,8 +22,8 @@ and swapped in without dropping a request, bot/reload.py; default 5, 0: never) a
 ``SEARCH_BATCH`` (chat requests that arrive together are searched in one call of the retriever, up to
 this many contexts, bot/batching.py; default 8, 1: each request alone in its own thread) and
 ``SEARCH_BATCH_WAIT_MS`` (how long a batch waits for more requests, only under load; default 15) and
-``SEARCH_WORKERS`` (batches searched at once, each in its own thread, the cores shared among the busy
-ones; default 0: one per core, at most 4).
+``SEARCH_WORKERS`` (batches searched at once, each in its own thread on its share of the cores, a
+lone one on all of them; default 0: one per core, at most 4).
 
 Routes (bot/openapi.py describes them, served at ``GET /api/openapi.json``): ``GET /`` the chat
 page; ``POST /api/chat`` {"message", "session_id"?} -> {"reply", "session_id", "candidates"};

@@ -56,7 +56,7 @@ def default_workers(cores: int | None = None) -> int:
     return max(1, min(4, cores or usable_cores()))
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
     """This thread's torch and faiss (OpenMP) threads: the setting holds per calling thread. Only
     libraries the retriever already imported are touched."""
     torch = sys.modules.get("torch")
@@ -133,7 +133,7 @@ class SearchBatcher:
             try:
                 if self.cores is not None:
                     alone = busy == 1 and self._queue.empty()
-                    _set_threads(self.cores if alone else max(1, self.cores // self.workers))
+                    set_threads(self.cores if alone else max(1, self.cores // self.workers))
                 for k in sorted({j.k for j in jobs}):   # one call per k: search(k)[:k'] need not be search(k')
                     self._answer([j for j in jobs if j.k == k], k)
             finally:

@@ -29,7 +29,7 @@ class ServeSection:
     batch: int = 0             # requests that arrive together searched in one call, up to this many
                                # (bot/batching.py); 0 = the app's (8), 1 = each request alone
     batch_wait_ms: float = -1.0  # how long a batch waits for more requests, only under load; < 0 = the app's (15)
-    search_workers: int = 0    # batches searched at once, the cores shared among them; 0 = one per core, at most 4
+    search_workers: int = 0    # batches searched at once, each on its share of the cores; 0 = one per core, at most 4
     rate_limit: str = APP_DEFAULT  # POST /api/chat per client address, e.g. 30/minute; "" = off
     max_body_kb: int = 0       # largest request body; 0 = the app's (64)
     behind_proxies: int = 0    # reverse proxies that set X-Forwarded-For in front of the service

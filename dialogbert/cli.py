@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", type=float, default=None, metavar="MS",
                    help="how long a batch waits for more requests, only while requests overlap (default 15)")
     s.add_argument("--search-workers", type=int, default=None, metavar="N",
-                   help="batches searched at once, each in its own thread, the CPU cores shared among the busy "
-                        "ones (default: one per core, at most 4; 1.8x the requests a second of one on two cores)")
+                   help="batches searched at once, each in its own thread on its share of the CPU cores, when "
+                        "more requests are in flight than one batch holds (default: one per core, at most 4; on "
+                        "two cores 1.4x the requests a second of one worker at 32 clients, the same at 8)")
     s.add_argument("--rate-limit", default=None, metavar="RATE",
                    help="POST /api/chat per client address, e.g. 30/minute (the default) or 5/second;100/hour; "
                         "'' turns it off")
