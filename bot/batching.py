@@ -106,18 +106,24 @@ class SearchBatcher:
             if self._inflight >= self._peak or now - self._peak_at > PEAK_SECONDS:
                 self._peak, self._peak_at = self._inflight, now
             self._queue.put(job)
-            if self._running < self.workers and self._idle == 0:  # nobody free to take it: one more worker
-                self._running += 1
-                self._idle += 1
-                self._names += 1
-                name = "search-batcher" if self.workers == 1 else f"search-batcher-{self._names}"
-                threading.Thread(target=self._loop, name=name, daemon=True).start()
+            self._start_worker_if_needed()
         job.done.wait()
         with self._lock:
             self._inflight -= len(job.contexts)
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _start_worker_if_needed(self) -> None:
+        """One more worker when requests wait, none is free to take them and fewer than ``workers``
+        run (the caller holds the lock). Asked when a request arrives and when a worker has taken
+        its batch, so a burst that arrives at once still gets a second worker."""
+        if self._running < self.workers and self._idle == 0 and not self._queue.empty():
+            self._running += 1
+            self._idle += 1
+            self._names += 1
+            name = "search-batcher" if self.workers == 1 else f"search-batcher-{self._names}"
+            threading.Thread(target=self._loop, name=name, daemon=True).start()
 
     def _loop(self) -> None:
         while True:
@@ -162,8 +168,6 @@ class SearchBatcher:
                             self._running -= 1
                             self._idle -= 1
                             return None
-            with self._lock:
-                self._idle -= 1
             size = len(jobs[0].contexts)
             target = min(self.max_batch, self._peak)
             deadline = time.monotonic() + self.wait
@@ -175,6 +179,9 @@ class SearchBatcher:
                     break
                 jobs.append(job)
                 size += len(job.contexts)
+            with self._lock:
+                self._idle -= 1
+                self._start_worker_if_needed()  # what this batch left waiting
             return jobs
 
     def _answer(self, jobs: list[_Job], k: int) -> None:

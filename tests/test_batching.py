@@ -232,3 +232,18 @@ def test_one_worker_runs_one_call_at_a_time_and_leaves_the_thread_counts_alone()
     t.start()
     t.join()
     assert set(r.threads) == set(fresh) and r.names == {"search-batcher"}
+
+
+def test_a_burst_that_arrives_at_once_still_gets_the_second_worker():
+    """Every request queued before the first worker gathers: once it has taken its batch, it starts
+    the second for what is left waiting."""
+    r = Timing(0.3)
+    b = SearchBatcher(lambda: r, max_batch=2, wait=0.0, workers=2, cores=2)
+    with b._collecting:                               # the first worker cannot gather yet
+        threads, out, errors = _concurrently(b, [f"m{i}" for i in range(4)], k=1)
+        _queued(b, 4)
+        assert b._running == 1
+    for t in threads:
+        t.join(10)
+    assert len(out) == 4 and not errors
+    assert r.most_inside == 2 and r.names == {"search-batcher-1", "search-batcher-2"}
