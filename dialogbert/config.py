@@ -194,6 +194,12 @@ def parse_value(text: str, default: Any, key: str, item: type = str) -> Any:
             return float(text)
         except ValueError:
             raise ValueError(f"{key}: expected a number, got {text!r}") from None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":  # a TOML string, quotes and all: key=""
+        import tomllib
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(f"{key}: {text} is not a TOML string (leave the quotes out)") from None
     return text
 
 

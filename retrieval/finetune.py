@@ -86,6 +86,7 @@ class FtTrain:
     hard_negatives: bool = False   # another turn of the same conversation as a negative
     copy_negatives: bool = False   # each context's newest turn as a negative (a bot must not echo it)
     contrast_negatives: bool = False  # dual: a negated or tense-shifted copy of each true reply as a negative (retrieval.adversarial)
+    contrast_share: float = 1.0    # with contrast_negatives: the share of a batch's pairs (drawn at random) that get one
     grad_clip: float = 1.0
     length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
     length_chunk: int = 0          # > 0: a batch's contexts and replies run through the model this many at a time, sorted by length
@@ -122,6 +123,8 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.freeze_layers < 0:
         raise ValueError(f"train.freeze_layers={t.freeze_layers} must be >= 0")
+    if not 0.0 <= t.contrast_share <= 1.0:
+        raise ValueError(f"train.contrast_share={t.contrast_share} must be between 0 and 1")
     return cfg
 
 
@@ -317,6 +320,8 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
     if T.contrast_negatives:  # the same words, the meaning turned: only reading the reply tells them apart
         from retrieval.adversarial import negate, shift_tense
         for p in batch:
+            if T.contrast_share < 1.0 and rng.random() >= T.contrast_share:
+                continue
             first, second = (negate, shift_tense) if rng.random() < 0.5 else (shift_tense, negate)
             turned = first(p["response"]) or second(p["response"])
             if turned and turned != p["response"]:

@@ -179,6 +179,19 @@ def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_rep
     assert rec.replies[4] in (negate("I like pizza"), shift_tense("I like pizza"))
     dual_loss(rec, batch, None, FtTrain(), random.Random(0))
     assert len(rec.replies) == 3  # off: the batch's own replies only
+    # contrast_share: a share of the pairs, drawn at random, gets one
+    many = [{"context": [("S1", f"밥은 {i}?")], "response": f"밥 먹었어요 {i}", "conv_turns": [], "turn": 1}
+            for i in range(200)]
+    dual_loss(rec, many, None, FtTrain(contrast_negatives=True, contrast_share=0.0), random.Random(0))
+    assert len(rec.replies) == 200
+    dual_loss(rec, many, None, FtTrain(contrast_negatives=True, contrast_share=0.25), random.Random(0))
+    turned = rec.replies[200:]
+    assert 30 <= len(turned) <= 70  # about a quarter of 200
+    assert all(t not in rec.replies[:200] and t.split()[-1].isdigit() for t in turned)
+    assert len({t.split()[-1] for t in turned}) == len(turned)  # at most one for a pair
+    from retrieval.finetune import load_config
+    with pytest.raises(ValueError, match="contrast_share"):
+        load_config(None, ["train.contrast_share=1.5"])
 
 
 def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_one_padded_batch(tmp_path):

@@ -29,6 +29,13 @@ def test_overrides_are_typed():
         apply_overrides(Config(), ["train.max_steps=1.5"])
     with pytest.raises(ValueError, match="true/false"):
         apply_overrides(Config(), ["objectives.mlm=maybe"])
+    # a string written as in TOML, quotes and all (a shell passes 'key=""' so): its value, not its quotes
+    assert apply_overrides(Config(), ['train.precision=""']).train.precision == ""
+    assert apply_overrides(Config(), ["train.precision='bf16'"]).train.precision == "bf16"
+    assert apply_overrides(Config(), ['train.precision="a b"']).train.precision == "a b"
+    assert apply_overrides(Config(), ["train.precision="]).train.precision == ""
+    with pytest.raises(ValueError, match="not a TOML string"):
+        apply_overrides(Config(), ['train.precision="a"b"'])
 
 
 def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
