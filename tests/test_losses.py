@@ -194,6 +194,71 @@ def test_contrast_negatives_add_a_negated_or_tense_shifted_copy_of_each_true_rep
         load_config(None, ["train.contrast_share=1.5"])
 
 
+def test_the_reply_memory_adds_the_last_batches_replies_as_negatives_without_gradient():
+    """train.memory_batches: the context->reply softmax of a batch also runs over the replies of
+    the last N batches (their stored vectors, detached); a stored reply equal to a row's own
+    positive is masked; the reply->context direction stays within the batch; N batches at most."""
+    import random
+
+    from retrieval.finetune import FtTrain, ReplyMemory, dual_loss
+
+    unit = {  # fixed unit vectors, one a text
+        "c1": [1.0, 0.0], "c2": [0.0, 1.0], "r1": [0.6, 0.8], "r2": [0.8, 0.6],
+        "old": [1.0, 0.0], "c3": [0.6, 0.8], "c4": [0.8, -0.6], "r3": [0.0, 1.0], "r4": [1.0, 0.0],
+    }
+
+    class Table:  # what dual_loss asks of an Encoder: a text's vector from the table
+        def context_features(self, items):
+            return [i[-1][1] for i in items]
+
+        def response_features(self, texts):
+            return list(texts)
+
+        def pad(self, rows):
+            return rows
+
+        def forward(self, rows):
+            return torch.tensor([unit[t] for t in rows], requires_grad=True)
+
+    def batch(*pairs):
+        return [{"context": [("S1", c)], "response": r, "conv_turns": [], "turn": 1} for c, r in pairs]
+
+    T, s = FtTrain(scale=2.0, symmetric=False), 2.0
+    memory = ReplyMemory(1)
+    first = dual_loss(Table(), batch(("c1", "r1"), ("c2", "r2")), None, T, random.Random(0), memory)[0]
+    assert math.isclose(first.item(), (_ce([s * 0.6, s * 0.8], 0) + _ce([s * 0.8, s * 0.6], 1)) / 2, rel_tol=1e-6)
+    assert memory.columns()[1] == ["r1", "r2"]
+    # the next batch: its own 2 replies, then r1 and r2 from the memory; r2 repeats row 2's positive
+    loss = dual_loss(Table(), batch(("c3", "r3"), ("c4", "r2")), None, T, random.Random(0), memory)[0]
+    c3, c4 = [0.6, 0.8], [0.8, -0.6]
+    dots = [[sum(a * b for a, b in zip(c, unit[r])) for r in ("r3", "r2", "r1", "r2")] for c in (c3, c4)]
+    row1 = _ce([s * d for d in dots[0]], 0)
+    row2 = _ce([s * d for d in (dots[1][0], dots[1][1], dots[1][2])], 1)  # the stored r2 masked
+    assert math.isclose(loss.item(), (row1 + row2) / 2, rel_tol=1e-6)
+    assert memory.columns()[1] == ["r3", "r2"]  # one batch kept: the newest
+    assert not memory.columns()[0].requires_grad
+    # without the memory the same batch sees its own 2 replies only
+    alone = dual_loss(Table(), batch(("c3", "r3"), ("c4", "r2")), None, T, random.Random(0))[0]
+    assert math.isclose(alone.item(), (_ce([s * d for d in dots[0][:2]], 0) + _ce([s * d for d in dots[1][:2]], 1)) / 2,
+                        rel_tol=1e-6)
+    assert loss.item() > alone.item()  # more negatives, a harder softmax
+    # symmetric: the reply->context half is the in-batch block only, with or without the memory
+    sym = FtTrain(scale=2.0, symmetric=True)
+    m2 = ReplyMemory(3)
+    dual_loss(Table(), batch(("c1", "old"), ("c2", "r1")), None, sym, random.Random(0), m2)
+    with_memory = dual_loss(Table(), batch(("c3", "r3"), ("c4", "r4")), None, sym, random.Random(0), m2)[0]
+    without = dual_loss(Table(), batch(("c3", "r3"), ("c4", "r4")), None, sym, random.Random(0))[0]
+    ctx = [[sum(a * b for a, b in zip(c, unit[r])) for r in ("r3", "r4", "old", "r1")] for c in (c3, c4)]
+    forward_half = (_ce([s * d for d in ctx[0]], 0) + _ce([s * d for d in ctx[1]], 1)) / 2
+    backward_half = (_ce([s * ctx[0][0], s * ctx[1][0]], 0) + _ce([s * ctx[0][1], s * ctx[1][1]], 1)) / 2
+    assert math.isclose(with_memory.item(), (forward_half + backward_half) / 2, rel_tol=1e-6)
+    assert with_memory.item() > without.item()
+    from retrieval.finetune import load_config
+    assert load_config(None, ["train.memory_batches=4"]).train.memory_batches == 4
+    with pytest.raises(ValueError, match="memory_batches"):
+        load_config(None, ["train.memory_batches=-1"])
+
+
 def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_one_padded_batch(tmp_path):
     """Encoder.forward_sorted (fine-tuning's ``train.length_chunk``): each chunk padded to its own
     longest row, the rows back in input order; the same vectors and the same gradients as one
@@ -224,3 +289,24 @@ def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_
         assert torch.allclose(v, whole, atol=1e-5), chunk  # row i is still row i
         assert torch.allclose(g, grad, atol=1e-4), chunk
     assert not torch.allclose(whole[0], whole[1], atol=1e-3)  # distinct rows: an order mix-up would show
+
+
+def test_model_dropout_sets_every_dropout_of_the_model(tmp_path):
+    """model.dropout=0: a training-mode forward is then deterministic and equals the eval-mode one
+    (hidden and attention dropout both off); at the checkpoint's 0.1 two forwards differ."""
+    from conftest import save_random_dialogbert
+    from retrieval.encoder import Encoder
+    from retrieval.finetune import load_config, set_dropout
+
+    enc = Encoder.load(save_random_dialogbert(tmp_path / "m", pretraining=False), strict_kind=False)
+    feats = enc.pad(enc.context_features([[("S1", "안녕 오늘 뭐 해"), ("S2", "밥 먹었어")]] * 3))
+    enc.model.train()
+    with torch.no_grad():
+        assert not torch.equal(enc.forward(feats), enc.forward(feats))  # dropout on
+        assert set_dropout(enc.model, 0.0) >= 1 + 2 * enc.model.config.num_hidden_layers
+        train = enc.forward(feats)
+        enc.model.eval()
+        assert torch.equal(train, enc.forward(feats))
+    assert load_config(None, ["model.dropout=0"]).model.dropout == 0.0
+    with pytest.raises(ValueError, match="model.dropout"):
+        load_config(None, ["model.dropout=1.5"])
