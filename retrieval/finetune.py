@@ -88,8 +88,6 @@ class FtTrain:
     copy_negatives: bool = False   # each context's newest turn as a negative (a bot must not echo it)
     contrast_negatives: bool = False  # dual: a negated or tense-shifted copy of each true reply as a negative (retrieval.adversarial)
     contrast_share: float = 1.0    # with contrast_negatives: the share of a batch's pairs (drawn at random) that get one
-    memory_batches: int = 0        # dual: > 0: the reply vectors of the last N batches (no gradient) as more negatives of each context
-    memory_start: int = 0          # dual: the step from which the memory is used (its vectors drift fastest early on)
     grad_clip: float = 1.0
     length_window: int = 0         # > 0: batches of similar context length, sorted within runs of this many batches
     length_chunk: int = 0          # > 0: a batch's contexts and replies run through the model this many at a time, sorted by length
@@ -124,9 +122,8 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
     for key in ("batch_size", "max_steps", "log_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
-    for key in ("freeze_layers", "memory_batches", "memory_start"):
-        if getattr(t, key) < 0:
-            raise ValueError(f"train.{key}={getattr(t, key)} must be >= 0")
+    if t.freeze_layers < 0:
+        raise ValueError(f"train.freeze_layers={t.freeze_layers} must be >= 0")
     if m.dropout >= 1.0:
         raise ValueError(f"model.dropout={m.dropout} must be below 1 (< 0 keeps the checkpoint's rates)")
     if not 0.0 <= t.contrast_share <= 1.0:
@@ -276,7 +273,6 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     corpus = [p["source"] for p in pairs] if D.batch_by_source else None
     order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, corpus)
     recent: list[float] = []
-    memory = ReplyMemory(T.memory_batches) if T.memory_batches > 0 and not cross else None
     while step < max_steps:
         if bi >= len(order):
             epoch, bi = epoch + 1, 0
@@ -291,8 +287,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
                 loss = _cross_loss(enc, batch, pool, T, rng)
                 scale = 1.0
             else:
-                loss, scale = dual_loss(enc, batch, scale_param, T, rng,
-                                        memory if memory is not None and step >= T.memory_start else None)
+                loss, scale = dual_loss(enc, batch, scale_param, T, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if T.grad_clip:
@@ -326,36 +321,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     return out
 
 
-class ReplyMemory:
-    """The reply vectors (and texts) of the last ``batches`` batches, kept without gradient: extra
-    negative columns for each context at the cost of one small matmul, so a step sees
-    ``batch_size * (1 + batches)`` wrong replies instead of ``batch_size - 1`` (the cross-batch
-    memory of Wang et al. 2020, "XBM"). The vectors were computed by slightly older weights; at
-    fine-tuning learning rates they move slowly, which is what makes them usable negatives. Not
-    saved in checkpoints: a resumed run refills it within ``batches`` steps."""
-
-    def __init__(self, batches: int):
-        self.batches = int(batches)
-        self.vectors: list[torch.Tensor] = []
-        self.texts: list[list[str]] = []
-
-    def push(self, vectors: torch.Tensor, texts: list[str]) -> None:
-        self.vectors.append(vectors.detach().float())
-        self.texts.append(list(texts))
-        del self.vectors[:-self.batches], self.texts[:-self.batches]
-
-    def columns(self) -> tuple[torch.Tensor | None, list[str]]:
-        if not self.vectors:
-            return None, []
-        return torch.cat(self.vectors), [t for ts in self.texts for t in ts]
-
-
-def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random,
-              memory: ReplyMemory | None = None):
-    """The in-batch loss of one batch of pairs (and the scale it used): a step's forward. With
-    ``memory``, its stored reply vectors are more negative columns of the context->reply
-    direction (the reply->context direction stays within the batch), and this batch's replies
-    are pushed into it."""
+def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):
+    """The in-batch loss of one batch of pairs (and the scale it used): a step's forward."""
     ctx_items = [p["context"] for p in batch]
     resp_texts = [p["response"] for p in batch]
     if T.hard_negatives:
@@ -374,8 +341,7 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
             turned = first(p["response"]) or second(p["response"])
             if turned and turned != p["response"]:
                 resp_texts.append(turned)
-    stored, stored_texts = memory.columns() if memory is not None else (None, [])
-    same = duplicate_mask(resp_texts[:len(batch)], resp_texts + stored_texts)
+    same = duplicate_mask(resp_texts[:len(batch)], resp_texts)
     ctx_feats, resp_feats = enc.context_features(ctx_items), enc.response_features(resp_texts)
     if T.length_chunk > 0:  # contexts and replies together, in length-sorted chunks
         both = enc.forward_sorted(ctx_feats + resp_feats, T.length_chunk)
@@ -384,10 +350,7 @@ def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: ran
         c, r = enc.forward(enc.pad(ctx_feats)), enc.forward(enc.pad(resp_feats))
     scale = scale_param.exp().clamp(max=100.0) if scale_param is not None else T.scale
     with torch.autocast(c.device.type, enabled=False):  # the cosines in fp32 under bf16 autocast: scale 20 magnifies rounding
-        columns = r.float() if stored is None else torch.cat([r.float(), stored.to(r.device)])
-        logits = scale * c.float() @ columns.T
-    if memory is not None:
-        memory.push(r, resp_texts)
+        logits = scale * c.float() @ r.float().T
     return in_batch_loss(logits, same, T.symmetric), scale
 
 
