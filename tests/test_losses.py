@@ -200,6 +200,7 @@ def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_
     padded batch (dropout off to compare them)."""
     from conftest import save_random_dialogbert
     from retrieval.encoder import Encoder
+    from retrieval.finetune import set_dropout
 
     enc = Encoder.load(save_random_dialogbert(tmp_path / "m", pretraining=False), strict_kind=False)
     turns = [[("S1", "안녕 " * n), ("S2", "오늘 뭐 해")][: 1 + n % 2] for n in (1, 9, 3, 14, 2, 6, 11)]
@@ -207,9 +208,7 @@ def test_a_batch_run_in_length_sorted_chunks_gives_the_vectors_and_gradients_of_
     lengths = [len(f["input_ids"]) for f in feats]
     assert len(set(lengths)) > 4  # rows of many lengths, so the chunks pad differently
     enc.model.train()
-    for m in enc.model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    set_dropout(enc.model, 0.0)
 
     def run(chunk):
         enc.model.zero_grad()
