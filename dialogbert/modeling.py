@@ -85,13 +85,15 @@ class DialogBertModel(DialogBertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, turn_ids: torch.Tensor | None = None,
-                **kwargs) -> BaseModelOutputWithPooling:
+                position_ids: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
+        """``position_ids`` as BERT's (default 0, 1, ...): several dialogs packed into one row each
+        restart at 0, with a block-diagonal 4D ``attention_mask`` (retrieval.encoder packs so)."""
         if kwargs.pop("labels", None) is not None or kwargs.pop("next_turn_label", None) is not None:
             raise TypeError("DialogBertModel takes no labels: use DialogBertForPreTraining")
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
         return self.bert(inputs_embeds=self.embed(input_ids, turn_ids), attention_mask=attention_mask,
-                         token_type_ids=token_type_ids, return_dict=True)
+                         token_type_ids=token_type_ids, position_ids=position_ids, return_dict=True)
 
 
 class DialogBertForPreTraining(DialogBertModel):

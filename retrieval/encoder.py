@@ -97,6 +97,10 @@ class Encoder:
     """A dual encoder: a context and a response each become one normalised vector."""
     kind = "dual"
     auto_class = "AutoModel"  # the transformers class that loads the weights
+    # ``run`` packs a call of at most this many tokens in all into one row (:meth:`forward_packed`):
+    # a chat request's few contexts then cost their tokens, not their padding. The attention over a
+    # packed row grows with its square, so a larger call runs as length-sorted batches instead.
+    pack_tokens = 512
 
     def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, path: str | Path | None = None):
         self.model, self.tokenizer = model, tokenizer
@@ -222,6 +226,47 @@ class Encoder:
         out = torch.cat(parts)
         return out[torch.argsort(torch.tensor(order, device=out.device))]  # row i back at i
 
+    def packs(self, feats: list[dict]) -> bool:
+        """Whether ``run`` encodes ``feats`` as one packed row: several inputs, at most
+        :attr:`pack_tokens` tokens in all, and a BERT that takes position ids and a 4D mask."""
+        from transformers import BertModel
+
+        from dialogbert.modeling import DialogBertModel
+        return (self.pack_tokens > 0 and len(feats) > 1 and sum(len(f["input_ids"]) for f in feats) <= self.pack_tokens
+                and isinstance(self.model, (BertModel, DialogBertModel)))
+
+    def forward_packed(self, feats: list[dict]) -> torch.Tensor:
+        """``forward`` of several inputs as one row without padding: their tokens side by side,
+        each input attending only to its own (a block-diagonal mask), its positions counted from 0,
+        pooled on its own tokens. The same vectors as :meth:`forward` of the padded batch (fp32: to
+        1e-6) for the FLOPs of the real tokens: a chat request's 8 contexts padded to their longest
+        are 1.6-2x their tokens (docs/benchmarks.md, "Serving")."""
+        dev = next(self.model.parameters()).device
+        lens = torch.tensor([len(f["input_ids"]) for f in feats])
+        total = int(lens.sum())
+        seg = torch.repeat_interleave(torch.arange(len(feats)), lens)
+        starts = torch.cumsum(lens, 0) - lens
+
+        def row(key: str) -> torch.Tensor:
+            return torch.tensor([t for f in feats for t in f[key]], device=dev)[None]
+
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = torch.zeros(total, total, dtype=dtype)
+        mask.masked_fill_(seg[:, None] != seg[None, :], torch.finfo(dtype).min)  # added to the attention logits
+        kw = dict(input_ids=row("input_ids"), attention_mask=mask[None, None].to(dev),
+                  token_type_ids=row("token_type_ids"),
+                  position_ids=(torch.arange(total) - torch.repeat_interleave(starts, lens))[None].to(dev))
+        if self.is_dialog:
+            kw["turn_ids"] = row("turn_ids")
+        hidden = self.model(**kw).last_hidden_state[0].float()
+        if self.settings.pooling == "cls":
+            pooled = hidden[starts.to(dev)]
+        else:
+            member = torch.zeros(len(feats), total, device=dev)
+            member[seg.to(dev), torch.arange(total, device=dev)] = 1.0
+            pooled = (member @ hidden) / lens.to(dev, torch.float32)[:, None]
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
     def pad(self, feats) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         dev = next(self.model.parameters()).device
@@ -244,11 +289,12 @@ class Encoder:
 
     def run(self, feats: list[dict], shape: tuple[int, ...], batch_size: int = 64,
             show_progress: bool | None = None, desc: str = "encode") -> np.ndarray:
-        """``forward`` over features in length-sorted batches under inference mode; float32
-        ``(n, *shape)`` in input order."""
+        """``forward`` over features in length-sorted batches under inference mode, or as one
+        packed row where :meth:`packs` says so; float32 ``(n, *shape)`` in input order."""
         out = np.zeros((len(feats), *shape), dtype=np.float32)
         if not feats:
             return out
+        packed = self.packs(feats)
         order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")
         if show_progress is None:
             show_progress = len(feats) >= 5000
@@ -256,13 +302,16 @@ class Encoder:
         if was_training:  # switching walks every module (about 2 ms on the 12-layer model): only when needed
             self.model.eval()
         starts = range(0, len(order), batch_size)
-        if show_progress:
+        if show_progress and not packed:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc=desc, unit="batch")
         with torch.inference_mode(), autocast(self.precision, self.model.device.type):
-            for i in starts:
-                idx = order[i:i + batch_size]
-                out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()
+            if packed:
+                out[:] = self.forward_packed(feats).cpu().numpy()
+            else:
+                for i in starts:
+                    idx = order[i:i + batch_size]
+                    out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()
         if was_training:
             self.model.train()
         return out

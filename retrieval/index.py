@@ -48,6 +48,7 @@ INDEX_FILE, RESPONSES_FILE, INFO_FILE = "faiss.index", "responses.jsonl", "index
 MEMORY_INDEX, MEMORY_FILE = "memory.index", "memory.jsonl"
 MEMORY_CONTEXT_TURNS = 5  # turns of context stored per memory entry (the protocol's context)
 TRAIN_SAMPLE = 100_000  # vectors used to train IVF / PQ indexes
+FLAT_MATMUL_QUERIES = 64  # a Flat index's search of at most this many queries is one matrix product (search_vectors)
 
 
 def texts_sha256(*parts: Sequence[str]) -> str:
@@ -268,7 +269,26 @@ class ResponseIndex:
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(q, min(k, max(1, len(self.rows))))
+        k = min(k, max(1, len(self.rows)))
+        stored = self._flat_vectors() if len(q) <= FLAT_MATMUL_QUERIES else None
+        if stored is None:
+            return self.index.search(q, k)
+        import torch
+        scores, ids = torch.topk(torch.from_numpy(stored) @ torch.from_numpy(q).T, k, dim=0)
+        return scores.T.contiguous().numpy(), ids.T.contiguous().numpy()
+
+    def _flat_vectors(self) -> np.ndarray | None:
+        """The vectors of an exact inner-product index on the CPU (Flat), as a view of faiss's own
+        storage (no copy), else None. For a chat request's few queries one matrix product over them
+        reads the vectors once, where faiss's search of the same index is slower (docs/benchmarks.md,
+        "Serving"): the same scores to float rounding (1e-7), so only replies tied to that
+        precision may come in another order."""
+        import faiss
+        ix = self.index
+        if ix is not self._cpu or not isinstance(ix, faiss.IndexFlat) or ix.metric_type != faiss.METRIC_INNER_PRODUCT \
+                or ix.ntotal == 0:
+            return None
+        return faiss.rev_swig_ptr(ix.get_xb(), ix.ntotal * ix.d).reshape(ix.ntotal, ix.d)
 
     def response_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored vectors of response rows ``ids`` (PQ indexes give their approximation)."""

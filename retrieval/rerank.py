@@ -41,6 +41,7 @@ class CrossEncoder(Encoder):
     ``AutoModelForPreTraining`` BERT with a next-sentence head)."""
     kind = "cross"
     auto_class = "AutoModelForPreTraining"
+    pack_tokens = 0  # its forward scores a padded batch with the next-turn head: never packed
 
     def __init__(self, model, tokenizer, settings=None, path=None):
         super().__init__(model, tokenizer, settings, path)

@@ -163,7 +163,10 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
     for ctx, hits in zip(contexts, together):
         (alone,) = hybrid.search([ctx], 5)
         assert [row["text"] for _, row in hits] == [row["text"] for _, row in alone]
-        assert [s for s, _ in hits] == pytest.approx([s for s, _ in alone], abs=1e-4)
+        # to bf16's rounding where the weights are bf16: three contexts packed in one row take other
+        # matrix-product blocks than one alone (fp32: within 1e-6)
+        tol = 2e-3 if hybrid.scorer.encoder.weights_precision == "bf16" else 1e-5
+        assert [s for s, _ in hits] == pytest.approx([s for s, _ in alone], abs=tol)
 
 
 # --------------------------------------------------------------------------------------------
