@@ -157,16 +157,15 @@ def test_serves_from_a_real_index_and_never_returns_planted_personal_data(tmp_pa
 
     # the service searches overlapping requests in one call (bot/batching.py): the same answers
     from retrieval.ranker import HybridRetriever
-    hybrid = HybridRetriever.load(index_dir)
+    # in fp32: with bf16 weights three contexts packed in one row round otherwise than one alone
+    # (scores within ~1e-3), enough to swap this random model's near-equal candidates
+    hybrid = HybridRetriever.load(index_dir, precision="fp32")
     contexts = [[("U", m)] for m in ["연락처 알려줘", "오늘 뭐 했어? 나는 집에서 쉬었어", "배고파"]]
     together = hybrid.search(contexts, 5)
     for ctx, hits in zip(contexts, together):
         (alone,) = hybrid.search([ctx], 5)
         assert [row["text"] for _, row in hits] == [row["text"] for _, row in alone]
-        # to bf16's rounding where the weights are bf16: three contexts packed in one row take other
-        # matrix-product blocks than one alone (fp32: within 1e-6)
-        tol = 2e-3 if hybrid.scorer.encoder.weights_precision == "bf16" else 1e-5
-        assert [s for s, _ in hits] == pytest.approx([s for s, _ in alone], abs=tol)
+        assert [s for s, _ in hits] == pytest.approx([s for s, _ in alone], abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
