@@ -63,7 +63,7 @@ def chat_batch_arms(index, contexts, size: int = 8, k: int = 50, reps: int = 3) 
         return [enc.encode_contexts(b) for b in batches]
 
     arms = {"packed": lambda: encode(True), "padded": lambda: encode(False)}
-    flat = index._flat_vectors() is not None
+    flat = index.flat_vectors() is not None
     if flat:
         arms["product"] = lambda: [index.search_vectors(q, k) for q in vectors]
         arms["faiss"] = lambda: [index.index.search(q, min(k, index.index.ntotal)) for q in vectors]

@@ -270,14 +270,14 @@ class ResponseIndex:
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, max(1, len(self.rows)))
-        stored = self._flat_vectors() if len(q) <= FLAT_MATMUL_QUERIES else None
+        stored = self.flat_vectors() if len(q) <= FLAT_MATMUL_QUERIES else None
         if stored is None:
             return self.index.search(q, k)
         import torch
         scores, ids = torch.topk(torch.from_numpy(stored) @ torch.from_numpy(q).T, k, dim=0)
         return scores.T.contiguous().numpy(), ids.T.contiguous().numpy()
 
-    def _flat_vectors(self) -> np.ndarray | None:
+    def flat_vectors(self) -> np.ndarray | None:
         """The vectors of an exact inner-product index on the CPU (Flat), as a view of faiss's own
         storage (no copy), else None. For a chat request's few queries one matrix product over them
         reads the vectors once, where faiss's search of the same index is slower (docs/benchmarks.md,

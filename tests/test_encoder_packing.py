@@ -99,7 +99,7 @@ def _flat_index(n: int = 300, d: int = 16, seed: int = 0):
 
 def test_flat_search_as_a_matrix_product_equals_faiss():
     index, X, rng = _flat_index()
-    assert np.shares_memory(index._flat_vectors(), index._flat_vectors())  # a view of faiss's storage
+    assert np.shares_memory(index.flat_vectors(), index.flat_vectors())  # a view of faiss's storage
     for nq, k in ((1, 5), (8, 50), (64, 20), (3, 1000)):  # k above the count: every row, as faiss gives
         q = X[rng.choice(len(X), nq)] + 0.1 * rng.standard_normal((nq, X.shape[1])).astype(np.float32)
         D, I = index.search_vectors(q, k)
@@ -125,7 +125,7 @@ def test_other_indexes_search_with_faiss():
     assert I[:, 0].tolist() == list(range(len(many)))
     hnsw = faiss.IndexHNSWFlat(X.shape[1], 8, faiss.METRIC_INNER_PRODUCT)
     hnsw.add(X)
-    assert ResponseIndex(hnsw, index.rows, index.info)._flat_vectors() is None
+    assert ResponseIndex(hnsw, index.rows, index.info).flat_vectors() is None
     l2 = faiss.IndexFlatL2(X.shape[1])
     l2.add(X)
-    assert ResponseIndex(l2, index.rows, index.info)._flat_vectors() is None
+    assert ResponseIndex(l2, index.rows, index.info).flat_vectors() is None
