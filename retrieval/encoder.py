@@ -294,21 +294,18 @@ class Encoder:
         out = np.zeros((len(feats), *shape), dtype=np.float32)
         if not feats:
             return out
-        packed = self.packs(feats)
-        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")
-        if show_progress is None:
-            show_progress = len(feats) >= 5000
         was_training = self.model.training
         if was_training:  # switching walks every module (about 2 ms on the 12-layer model): only when needed
             self.model.eval()
-        starts = range(0, len(order), batch_size)
-        if show_progress and not packed:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc=desc, unit="batch")
         with torch.inference_mode(), autocast(self.precision, self.model.device.type):
-            if packed:
+            if self.packs(feats):
                 out[:] = self.forward_packed(feats).cpu().numpy()
             else:
+                order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")
+                starts = range(0, len(order), batch_size)
+                if show_progress or (show_progress is None and len(feats) >= 5000):
+                    from tqdm.auto import tqdm
+                    starts = tqdm(starts, desc=desc, unit="batch")
                 for i in starts:
                     idx = order[i:i + batch_size]
                     out[idx] = self.forward(self.pad([feats[j] for j in idx])).cpu().numpy()
