@@ -173,8 +173,15 @@ def parse_bool(text: str, key: str) -> bool:
 
 def parse_value(text: str, default: Any, key: str, item: type = str) -> Any:
     """Parse an override string by the type of the key's default (a list: comma-separated items
-    of type ``item``)."""
+    of type ``item``, or a TOML array as the config file writes it: ``["a", "b"]``)."""
     if isinstance(default, list):
+        if text.strip().startswith("["):
+            import tomllib
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ValueError(f"{key}: {text} is not a TOML array (or write the items comma-separated)") from None
+            return _coerce(value, default, key, item)
         return [parse_value(x.strip(), item(), key) for x in text.split(",") if x.strip()]
     if isinstance(default, bool):
         return parse_bool(text, key)

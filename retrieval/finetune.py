@@ -97,6 +97,7 @@ class FtTrain:
     threads: int = 0               # torch CPU threads; 0 keeps torch's default
     precision: str = "fp32"        # "bf16": matmuls autocast to bfloat16, weights and optimizer in fp32; "auto": bf16 where the hardware has it natively
     freeze_layers: int = 0         # > 0: the embeddings (word, position, speaker, turn) and the bottom N layers are not trained: no backward through them
+    word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate
 
 
 @dataclass
@@ -158,6 +159,17 @@ def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
 
 
 # ---- data -----------------------------------------------------------------------------------
+def split_word_embeddings(model: torch.nn.Module, groups: list[dict], mult: float) -> list[dict]:
+    """Move the word-embedding matrix out of ``groups`` into its own group at ``mult`` times the
+    learning rate (no weight decay): each row is one token's own memory, touched only by the
+    batches that use it."""
+    words = model.get_input_embeddings().weight
+    if not words.requires_grad:
+        return groups
+    rest = [dict(g, params=[p for p in g["params"] if p is not words]) for g in groups]
+    return [g for g in rest if g["params"]] + [{"params": [words], "weight_decay": 0.0, "lr_mult": mult}]
+
+
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
                    valid_fraction: float = 0.0) -> list[dict]:
     """(context, response) pairs of the TRAIN split, less the validation carve-out, read by
@@ -250,6 +262,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
               f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
     groups = param_groups(model, T.weight_decay)
+    if T.word_lr_mult != 1.0:
+        groups = split_word_embeddings(model, groups, T.word_lr_mult)
     if T.learn_scale and not cross:
         scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})

@@ -244,3 +244,46 @@ def test_model_dropout_sets_every_dropout_of_the_model(tmp_path):
     assert load_config(None, ["model.dropout=0"]).model.dropout == 0.0
     with pytest.raises(ValueError, match="model.dropout"):
         load_config(None, ["model.dropout=1.5"])
+
+
+def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path):
+    """train.word_lr_mult: the word-embedding matrix in its own AdamW group (no decay) at that
+    multiple of the rate; every other trainable parameter stays in exactly one group. AdamW's first
+    step moves each touched element by about the group's rate, so the used rows move ~mult times
+    as far as a layer's weights, and rows no input used do not move."""
+    from conftest import save_random_dialogbert
+    from dialogbert.engine import param_groups
+    from retrieval.encoder import Encoder
+    from retrieval.finetune import freeze_bottom, split_word_embeddings
+
+    enc = Encoder.load(save_random_dialogbert(tmp_path / "m", pretraining=False), strict_kind=False)
+    model = enc.model
+    words = model.get_input_embeddings().weight
+    groups = split_word_embeddings(model, param_groups(model, 0.01), 25.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    (own,) = [g for g in groups if any(p is words for p in g["params"])]
+    assert own["params"] == [words] and own["lr_mult"] == 25.0 and own["weight_decay"] == 0.0
+
+    lr = 1e-4
+    opt = torch.optim.AdamW(groups, lr=lr)
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    feats = enc.pad(enc.context_features([[("S1", "안녕 오늘 뭐 해")]]) + enc.response_features(["밥 먹었어"]))
+    v = enc.forward(feats)
+    (v * torch.linspace(-1, 1, v.numel()).reshape(v.shape)).sum().backward()  # (unit vectors: not their norm)
+    opt.step()
+    used = sorted(set(feats["input_ids"].flatten().tolist()))
+    moved = (words.detach() - before["bert.embeddings.word_embeddings.weight"]).abs()
+    assert moved[used].max().item() == pytest.approx(25 * lr, rel=0.05)
+    unused = torch.ones(len(words), dtype=torch.bool)
+    unused[used] = False
+    assert moved[unused].max().item() == 0.0  # no decay on the word group: untouched rows stay
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    layer = (dict(model.named_parameters())[name].detach() - before[name]).abs().max().item()
+    assert layer == pytest.approx(lr, rel=0.05)
+    # frozen embeddings: nothing to split
+    freeze_bottom(model, 1)
+    plain = param_groups(model, 0.01)
+    assert split_word_embeddings(model, plain, 25.0) is plain
