@@ -28,7 +28,6 @@ import math
 import random
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -98,8 +97,7 @@ class FtTrain:
     threads: int = 0               # torch CPU threads; 0 keeps torch's default
     precision: str = "fp32"        # "bf16": matmuls autocast to bfloat16, weights and optimizer in fp32; "auto": bf16 where the hardware has it natively
     freeze_layers: int = 0         # > 0: the embeddings (word, position, speaker, turn) and the bottom N layers are not trained: no backward through them
-    word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate ...
-    word_lr_max_share: float = 1.0  # ... those of tokens in at most this share of the training inputs; the more frequent ones at the base rate
+    word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate
 
 
 @dataclass
@@ -131,10 +129,6 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
         raise ValueError(f"model.dropout={m.dropout} must be below 1 (< 0 keeps the checkpoint's rates)")
     if not 0.0 <= t.contrast_share <= 1.0:
         raise ValueError(f"train.contrast_share={t.contrast_share} must be between 0 and 1")
-    if t.word_lr_mult <= 0:
-        raise ValueError(f"train.word_lr_mult={t.word_lr_mult} must be above 0")
-    if not 0.0 < t.word_lr_max_share <= 1.0:
-        raise ValueError(f"train.word_lr_max_share={t.word_lr_max_share} must be above 0 and at most 1")
     return cfg
 
 
@@ -174,37 +168,6 @@ def split_word_embeddings(model: torch.nn.Module, groups: list[dict], mult: floa
         return groups
     rest = [dict(g, params=[p for p in g["params"] if p is not words]) for g in groups]
     return [g for g in rest if g["params"]] + [{"params": [words], "weight_decay": 0.0, "lr_mult": mult}]
-
-
-def frequent_tokens(enc: Encoder, pairs: list[dict], share: float) -> list[int]:
-    """The token ids found in more than ``share`` of the training inputs (every context and every
-    reply as the encoder feeds them, prefixes and marks included), most frequent first."""
-    counts: Counter = Counter()
-    feats = enc.context_features([p["context"] for p in pairs]) + enc.response_features([p["response"] for p in pairs])
-    for f in feats:
-        counts.update(set(f["input_ids"]))
-    return [t for t, n in counts.most_common() if n > share * len(feats)]
-
-
-class BaseRateRows:
-    """Hold some rows of a parameter whose AdamW group runs at ``mult`` times the rate to the base
-    rate: AdamW's step is proportional to the rate (the group has no weight decay), so dividing the
-    rows' change by ``mult`` after each step is the step they would take at the base rate. Used
-    for the frequent tokens' rows under ``train.word_lr_max_share``: a row moves on every step whose
-    batch (or momentum) touches it, so at a high rate the tokens every input shares drift most."""
-
-    def __init__(self, weight: torch.nn.Parameter, rows: Sequence[int], mult: float):
-        self.weight, self.mult = weight, mult
-        self.rows = torch.tensor(list(rows), dtype=torch.long, device=weight.device)
-        self.saved = None
-
-    def before_step(self) -> None:
-        self.saved = self.weight.detach()[self.rows].clone()
-
-    def after_step(self) -> None:
-        with torch.no_grad():
-            moved = self.weight[self.rows] - self.saved
-            self.weight[self.rows] = self.saved + moved / self.mult
 
 
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
@@ -299,15 +262,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
               f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
     groups = param_groups(model, T.weight_decay)
-    held = None
     if T.word_lr_mult != 1.0:
         groups = split_word_embeddings(model, groups, T.word_lr_mult)
-        words = model.get_input_embeddings().weight
-        if T.word_lr_max_share < 1.0 and words.requires_grad:
-            frequent = frequent_tokens(enc, pairs, T.word_lr_max_share)
-            held = BaseRateRows(words, frequent, T.word_lr_mult)
-            print(f"finetune: word rows at {T.word_lr_mult:g}x the rate, but for the {len(frequent)} tokens in more "
-                  f"than {T.word_lr_max_share:g} of the inputs")
     if T.learn_scale and not cross:
         scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})
@@ -350,11 +306,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         loss.backward()
         if T.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, T.grad_clip)
-        if held is not None:
-            held.before_step()
         opt.step()
-        if held is not None:
-            held.after_step()
         step += 1
         recent.append(loss.item())
         stop = budget > 0 and spent + time.time() - t0 > budget

@@ -283,32 +283,6 @@ def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path)
     name = "bert.encoder.layer.0.attention.self.query.weight"
     layer = (dict(model.named_parameters())[name].detach() - before[name]).abs().max().item()
     assert layer == pytest.approx(lr, rel=0.05)
-    # the frequent tokens' rows held to the base rate (train.word_lr_max_share), the others at 25x
-    from retrieval.finetune import BaseRateRows, frequent_tokens, load_config
-    pairs = [{"context": [("S1", "안녕 오늘 뭐 해")], "response": "밥 먹었어"},
-             {"context": [("S1", "안녕 잘 자")], "response": "응 잘 자"},
-             {"context": [("S1", "안녕 뭐 먹어")], "response": "라면 먹어"}]
-    every = frequent_tokens(enc, pairs, 0.99)  # in all six inputs: the special tokens (and the two prefixes, if any)
-    often = frequent_tokens(enc, pairs, 0.4)   # ... and "안녕" and what the contexts share (more than 2 of 6 inputs)
-    assert set(every) < set(often) and {enc.tokenizer.cls_token_id, enc.tokenizer.sep_token_id} <= set(every)
-    anyong = enc.tokenizer("안녕", add_special_tokens=False)["input_ids"]
-    assert set(anyong) <= set(often) and not set(anyong) & set(every)
-    held = BaseRateRows(words, often, 25.0)
-    opt.zero_grad()
-    before = words.detach().clone()
-    v = enc.forward(enc.pad(enc.context_features([p["context"] for p in pairs])))
-    (v * torch.linspace(-1, 1, v.numel()).reshape(v.shape)).sum().backward()
-    held.before_step()
-    opt.step()
-    held.after_step()
-    moved = (words.detach() - before).abs()
-    rare = sorted(set(enc.context_features([pairs[0]["context"]])[0]["input_ids"]) - set(often))
-    assert rare and moved[rare].max().item() == pytest.approx(25 * lr, rel=0.1)
-    assert moved[often].max().item() == pytest.approx(lr, rel=0.1)  # AdamW's step at the base rate
-    with pytest.raises(ValueError, match="word_lr_max_share"):
-        load_config(None, ["train.word_lr_max_share=0"])
-    with pytest.raises(ValueError, match="word_lr_mult"):
-        load_config(None, ["train.word_lr_mult=-1"])
     # frozen embeddings: nothing to split
     freeze_bottom(model, 1)
     plain = param_groups(model, 0.01)
