@@ -129,6 +129,8 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
         raise ValueError(f"model.dropout={m.dropout} must be below 1 (< 0 keeps the checkpoint's rates)")
     if not 0.0 <= t.contrast_share <= 1.0:
         raise ValueError(f"train.contrast_share={t.contrast_share} must be between 0 and 1")
+    if t.word_lr_mult <= 0:
+        raise ValueError(f"train.word_lr_mult={t.word_lr_mult} must be above 0")
     return cfg
 
 

@@ -283,6 +283,9 @@ def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path)
     name = "bert.encoder.layer.0.attention.self.query.weight"
     layer = (dict(model.named_parameters())[name].detach() - before[name]).abs().max().item()
     assert layer == pytest.approx(lr, rel=0.05)
+    from retrieval.finetune import load_config
+    with pytest.raises(ValueError, match="word_lr_mult"):
+        load_config(None, ["train.word_lr_mult=0"])
     # frozen embeddings: nothing to split
     freeze_bottom(model, 1)
     plain = param_groups(model, 0.01)
