@@ -160,11 +160,10 @@ def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# ---- data -----------------------------------------------------------------------------------
 def split_word_embeddings(model: torch.nn.Module, groups: list[dict], mult: float) -> list[dict]:
     """Move the word-embedding matrix out of ``groups`` into its own group at ``mult`` times the
-    learning rate (no weight decay): each row is one token's own memory, touched only by the
-    batches that use it."""
+    learning rate (no weight decay, so rows no batch uses stay as they are): each row is one
+    token's own memory, moved only by the batches that use it and AdamW's momentum after them."""
     words = model.get_input_embeddings().weight
     if not words.requires_grad:
         return groups
@@ -172,6 +171,7 @@ def split_word_embeddings(model: torch.nn.Module, groups: list[dict], mult: floa
     return [g for g in rest if g["params"]] + [{"params": [words], "weight_decay": 0.0, "lr_mult": mult}]
 
 
+# ---- data -----------------------------------------------------------------------------------
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
                    valid_fraction: float = 0.0) -> list[dict]:
     """(context, response) pairs of the TRAIN split, less the validation carve-out, read by
