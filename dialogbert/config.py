@@ -176,12 +176,8 @@ def parse_value(text: str, default: Any, key: str, item: type = str) -> Any:
     of type ``item``, or a TOML array as the config file writes it: ``["a", "b"]``)."""
     if isinstance(default, list):
         if text.strip().startswith("["):
-            import tomllib
-            try:
-                value = tomllib.loads(f"v = {text}")["v"]
-            except tomllib.TOMLDecodeError:
-                raise ValueError(f"{key}: {text} is not a TOML array (or write the items comma-separated)") from None
-            return _coerce(value, default, key, item)
+            return _coerce(_toml_literal(text, key, "a TOML array (or write the items comma-separated)"),
+                           default, key, item)
         return [parse_value(x.strip(), item(), key) for x in text.split(",") if x.strip()]
     if isinstance(default, bool):
         return parse_bool(text, key)
@@ -202,12 +198,17 @@ def parse_value(text: str, default: Any, key: str, item: type = str) -> Any:
         except ValueError:
             raise ValueError(f"{key}: expected a number, got {text!r}") from None
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":  # a TOML string, quotes and all: key=""
-        import tomllib
-        try:
-            return tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise ValueError(f"{key}: {text} is not a TOML string (leave the quotes out)") from None
+        return _toml_literal(text, key, "a TOML string (leave the quotes out)")
     return text
+
+
+def _toml_literal(text: str, key: str, what: str) -> Any:
+    """An override value written as in a TOML file (a quoted string, an array), parsed by TOML."""
+    import tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError(f"{key}: {text} is not {what}") from None
 
 
 def _coerce(value: Any, default: Any, key: str, item: type = str) -> Any:

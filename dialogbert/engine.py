@@ -57,21 +57,32 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def param_groups(model: nn.Module, weight_decay: float, encoder_lr_ratio: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, encoder_lr_ratio: float = 1.0,
+                 word_lr_mult: float = 1.0) -> list[dict]:
     """AdamW groups: decay on matrices, none on biases, LayerNorm weights and embeddings' norms.
     With ``encoder_lr_ratio`` != 1 the pretrained encoder (``bert.*``) learns at that share of the
     learning rate (its ``lr_mult``) while what starts fresh (the heads, the turn embedding) learns
-    at the full rate: new heads on a warm-started BERT then move without dragging it along."""
+    at the full rate: new heads on a warm-started BERT then move without dragging it along.
+    With ``word_lr_mult`` != 1 the word-embedding matrix is a last group of its own, without weight
+    decay (rows no batch uses stay as they are), at that multiple of the rate it would otherwise
+    have: each row is one token's own memory, moved only by the batches that use it (and AdamW's
+    momentum after them)."""
+    words = model.get_input_embeddings().weight if word_lr_mult != 1.0 else None
     groups: dict[tuple[bool, bool], list] = {}
+    last: list[dict] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
         encoder = encoder_lr_ratio != 1.0 and name.startswith("bert.")
+        if p is words:
+            last.append({"params": [p], "weight_decay": 0.0,
+                         "lr_mult": word_lr_mult * (encoder_lr_ratio if encoder else 1.0)})
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
         groups.setdefault((no_decay, encoder), []).append(p)
     return [{"params": ps, "weight_decay": 0.0 if no_decay else weight_decay,
              "lr_mult": encoder_lr_ratio if encoder else 1.0}
-            for (no_decay, encoder), ps in sorted(groups.items())]
+            for (no_decay, encoder), ps in sorted(groups.items())] + last
 
 
 def build_optimizer(model: nn.Module, train) -> torch.optim.Optimizer:

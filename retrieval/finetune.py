@@ -160,17 +160,6 @@ def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def split_word_embeddings(model: torch.nn.Module, groups: list[dict], mult: float) -> list[dict]:
-    """Move the word-embedding matrix out of ``groups`` into its own group at ``mult`` times the
-    learning rate (no weight decay, so rows no batch uses stay as they are): each row is one
-    token's own memory, moved only by the batches that use it and AdamW's momentum after them."""
-    words = model.get_input_embeddings().weight
-    if not words.requires_grad:
-        return groups
-    rest = [dict(g, params=[p for p in g["params"] if p is not words]) for g in groups]
-    return [g for g in rest if g["params"]] + [{"params": [words], "weight_decay": 0.0, "lr_mult": mult}]
-
-
 # ---- data -----------------------------------------------------------------------------------
 def training_pairs(shards, context_turns: int = 5, sources: Sequence[str] = (),
                    valid_fraction: float = 0.0) -> list[dict]:
@@ -263,9 +252,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         print(f"finetune: embeddings and the bottom {T.freeze_layers} layers frozen; "
               f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
-    groups = param_groups(model, T.weight_decay)
-    if T.word_lr_mult != 1.0:
-        groups = split_word_embeddings(model, groups, T.word_lr_mult)
+    groups = param_groups(model, T.weight_decay, word_lr_mult=T.word_lr_mult)
     if T.learn_scale and not cross:
         scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})

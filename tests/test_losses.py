@@ -247,19 +247,20 @@ def test_model_dropout_sets_every_dropout_of_the_model(tmp_path):
 
 
 def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path):
-    """train.word_lr_mult: the word-embedding matrix in its own AdamW group (no decay) at that
-    multiple of the rate; every other trainable parameter stays in exactly one group. AdamW's first
+    """train.word_lr_mult (dialogbert.engine.param_groups): the word-embedding matrix in its own
+    AdamW group (no decay) at that multiple of the rate; every other trainable parameter stays in
+    exactly one group. AdamW's first
     step moves each touched element by about the group's rate, so the used rows move ~mult times
     as far as a layer's weights, and rows no input used do not move."""
     from conftest import save_random_dialogbert
     from dialogbert.engine import param_groups
     from retrieval.encoder import Encoder
-    from retrieval.finetune import freeze_bottom, split_word_embeddings
+    from retrieval.finetune import freeze_bottom
 
     enc = Encoder.load(save_random_dialogbert(tmp_path / "m", pretraining=False), strict_kind=False)
     model = enc.model
     words = model.get_input_embeddings().weight
-    groups = split_word_embeddings(model, param_groups(model, 0.01), 25.0)
+    groups = param_groups(model, 0.01, word_lr_mult=25.0)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
     (own,) = [g for g in groups if any(p is words for p in g["params"])]
@@ -286,7 +287,10 @@ def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path)
     from retrieval.finetune import load_config
     with pytest.raises(ValueError, match="word_lr_mult"):
         load_config(None, ["train.word_lr_mult=0"])
-    # frozen embeddings: nothing to split
+    # frozen embeddings: no word group; under pretraining's encoder ratio the two multiply
     freeze_bottom(model, 1)
-    plain = param_groups(model, 0.01)
-    assert split_word_embeddings(model, plain, 25.0) is plain
+    assert [g["lr_mult"] for g in param_groups(model, 0.01, word_lr_mult=25.0)] == [1.0, 1.0]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    assert param_groups(model, 0.01, 0.1, word_lr_mult=25.0)[-1] == {
+        "params": [words], "weight_decay": 0.0, "lr_mult": pytest.approx(2.5)}

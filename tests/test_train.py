@@ -38,7 +38,6 @@ def test_overrides_are_typed():
         apply_overrides(Config(), ['train.precision="a"b"'])
 
 
-
 def test_list_overrides_take_commas_or_a_toml_array():
     from retrieval.finetune import load_config as finetune_config
     for text in ("chatbotdata,xpersona", '["chatbotdata", "xpersona"]', "[ 'chatbotdata','xpersona' ]"):
@@ -48,6 +47,7 @@ def test_list_overrides_take_commas_or_a_toml_array():
         finetune_config(None, ['data.sources=["chatbotdata"'])
     with pytest.raises(ValueError, match=r"data\.sources: expected a list of strings"):
         finetune_config(None, ["data.sources=[1, 2]"])
+
 
 def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"train\.lrr.*max_steps.*warmup_steps"):
