@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", nargs="*", help="extra plain-text files whose pieces are kept too")
     s.add_argument("--layers", type=int, default=None,
                    help="keep only the bottom N of e5's 12 layers (each layer costs the same time to train and encode)")
+    s.add_argument("--word-memory", type=int, default=0, metavar="N",
+                   help="a word memory: one row, starting at zero, for each multi-piece word seen N times in the "
+                        "train split (0: none)")
     s.add_argument("--full", action="store_true",
                    help="no pruning: convert (once, into the cache) and print the folder (what `--init e5` uses)")
     s.set_defaults(func=cmd_base)

@@ -37,7 +37,7 @@ def cmd_base(a) -> int:
     if a.full:
         print(f"base: {full} (multilingual-e5-small as a DialogBERT, 250k pieces)")
         return 0
-    out = e5.prune(full, a.shards, a.out, extra_text=a.text or (), layers=a.layers)
+    out = e5.prune(full, a.shards, a.out, extra_text=a.text or (), layers=a.layers, word_memory=a.word_memory)
     info = (out / e5.SOURCE_FILE).read_text("utf-8")
     print(f"base: {out} (multilingual-e5-small, vocabulary pruned to the corpus)\n{info}", end="")
     return 0

@@ -211,14 +211,16 @@ def _bottom_layers(sd: dict, n_layers: int, keep: int) -> dict:
 
 
 def prune(model_dir: str | os.PathLike, shards: str | os.PathLike, out: str | os.PathLike,
-          extra_text: Iterable[str | os.PathLike] = (), layers: int | None = None) -> Path:
+          extra_text: Iterable[str | os.PathLike] = (), layers: int | None = None,
+          word_memory: int = 0) -> Path:
     """A copy of a converted folder whose vocabulary keeps the specials, the placeholders, every
     piece that the shards' TRAIN split (and ``extra_text``) tokenizes into, and the single
     characters of :func:`_served_char`. A kept text tokenizes exactly as before (its best
     segmentation uses kept pieces only); other text falls back to shorter kept pieces. With
     ``layers``, only the bottom ``layers`` transformer layers are kept (each costs the same time
-    to train and to encode with). Every other weight (the dialog embeddings included) is copied
-    as it is."""
+    to train and to encode with). With ``word_memory`` = N > 0, the copy gets a word memory
+    (dialogbert.word_memory) for every multi-piece word of the same text seen N times or more, its
+    rows at zero. Every other weight (the dialog embeddings included) is copied as it is."""
     import torch
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
@@ -258,6 +260,16 @@ def prune(model_dir: str | os.PathLike, shards: str | os.PathLike, out: str | os
         sd = _bottom_layers(sd, cfg["num_hidden_layers"], layers)
         source["layers"] = f"{layers} of {cfg['num_hidden_layers']}"
         cfg["num_hidden_layers"] = layers
+    if word_memory:
+        from dialogbert import word_memory as wm
+        vocab_size = len(new_tok)
+        keys = wm.build_keys(new_tok, train_texts(shards, list(extra_text)), vocab_size, min_count=word_memory)
+        starts, breaks = wm.piece_tables(new_tok, vocab_size)
+        hidden = sd[key].shape[1]
+        sd.update({"word_memory.weight": torch.zeros(len(keys) + 1, hidden, dtype=sd[key].dtype),
+                   "word_keys": keys, "piece_starts": starts, "piece_breaks": breaks})
+        cfg["word_memory_size"] = len(keys)
+        source["word_memory"] = {"words": len(keys), "min_count": word_memory}
     with _writing(out, source) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", "utf-8")

@@ -58,7 +58,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def param_groups(model: nn.Module, weight_decay: float, encoder_lr_ratio: float = 1.0,
-                 word_lr_mult: float = 1.0) -> list[dict]:
+                 word_lr_mult: float = 1.0, memory_lr_mult: float = 1.0) -> list[dict]:
     """AdamW groups: decay on matrices, none on biases, LayerNorm weights and embeddings' norms.
     With ``encoder_lr_ratio`` != 1 the pretrained encoder (``bert.*``) learns at that share of the
     learning rate (its ``lr_mult``) while what starts fresh (the heads, the turn embedding) learns
@@ -66,14 +66,20 @@ def param_groups(model: nn.Module, weight_decay: float, encoder_lr_ratio: float 
     With ``word_lr_mult`` != 1 the word-embedding matrix is a last group of its own, without weight
     decay (rows no batch uses stay as they are), at that multiple of the rate it would otherwise
     have: each row is one token's own memory, moved only by the batches that use it (and AdamW's
-    momentum after them)."""
+    momentum after them). The word memory's rows (dialogbert.word_memory), where the model has
+    one, are likewise a group without weight decay, at ``memory_lr_mult`` times the rate."""
     words = model.get_input_embeddings().weight if word_lr_mult != 1.0 else None
+    memory = getattr(model, "word_memory", None)
+    memory = memory.weight if memory is not None else None
     groups: dict[tuple[bool, bool], list] = {}
     last: list[dict] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         encoder = encoder_lr_ratio != 1.0 and name.startswith("bert.")
+        if p is memory:
+            last.append({"params": [p], "weight_decay": 0.0, "lr_mult": memory_lr_mult})
+            continue
         if p is words:
             last.append({"params": [p], "weight_decay": 0.0,
                          "lr_mult": word_lr_mult * (encoder_lr_ratio if encoder else 1.0)})

@@ -6,7 +6,10 @@ The embeddings are BERT's (word + position + token type) plus a **turn embedding
   0 for [CLS]/padding, 1 for the speaker of the newest turn, 2 for the speaker before that, ...
   (relative, so the model learns "who is talking now", not pseudonyms);
 * turn ids are added to ``inputs_embeds``: 0 for [CLS]/padding, 1 for the newest turn, 2 for the
-  one before it, ..., capped at ``max_turns``.
+  one before it, ..., capped at ``max_turns``;
+* with ``word_memory_size`` > 0, a **word memory** row is added to every piece of a known
+  multi-piece word (dialogbert.word_memory: the words are found in the token ids, so the inputs
+  stay the same; the rows start at zero).
 
 BERT then adds position and token-type embeddings, LayerNorm and dropout as usual, and the MLM
 decoder stays tied to the word embeddings. Attribute names ``bert`` and ``cls`` match
@@ -23,15 +26,18 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel, BertPreTrainingHeads
 from transformers.utils import ModelOutput
 
+from dialogbert.word_memory import word_rows
+
 
 class DialogBertConfig(BertConfig):
     model_type = "dialogbert"
 
-    def __init__(self, max_turns: int = 16, num_speakers: int = 4, **kwargs):
+    def __init__(self, max_turns: int = 16, num_speakers: int = 4, word_memory_size: int = 0, **kwargs):
         kwargs.setdefault("type_vocab_size", num_speakers)
         super().__init__(**kwargs)
         self.max_turns = max_turns
         self.num_speakers = num_speakers
+        self.word_memory_size = word_memory_size
         if self.type_vocab_size < num_speakers:
             raise ValueError(f"type_vocab_size={self.type_vocab_size} is smaller than "
                              f"num_speakers={num_speakers}; set type_vocab_size >= num_speakers")
@@ -45,6 +51,8 @@ class DialogBertPreTrainedModel(BertPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, DialogBertModel):
             module.turn_embeddings.weight.data.normal_(0.0, self.config.initializer_range)
+            if module.word_memory is not None:
+                module.word_memory.weight.data.zero_()  # a fresh memory leaves the model's function as it was
 
 
 @dataclass
@@ -68,6 +76,12 @@ class DialogBertModel(DialogBertPreTrainedModel):
     def _build_encoder(self, config: DialogBertConfig, add_pooling_layer: bool = True) -> None:
         self.bert = BertModel(config, add_pooling_layer=add_pooling_layer)
         self.turn_embeddings = nn.Embedding(config.max_turns + 1, config.hidden_size)
+        size = getattr(config, "word_memory_size", 0)
+        self.word_memory = nn.Embedding(size + 1, config.hidden_size, padding_idx=0) if size else None
+        if size:  # the key table and the piece tables travel in the checkpoint with the rows
+            self.register_buffer("word_keys", torch.zeros(size, dtype=torch.long))
+            self.register_buffer("piece_starts", torch.zeros(config.vocab_size, dtype=torch.bool))
+            self.register_buffer("piece_breaks", torch.ones(config.vocab_size, dtype=torch.bool))
 
     def get_input_embeddings(self):
         return self.bert.embeddings.word_embeddings
@@ -77,6 +91,8 @@ class DialogBertModel(DialogBertPreTrainedModel):
 
     def embed(self, input_ids: torch.Tensor, turn_ids: torch.Tensor | None) -> torch.Tensor:
         emb = self.bert.embeddings.word_embeddings(input_ids)
+        if self.word_memory is not None:
+            emb = emb + self.word_memory(word_rows(input_ids, self.piece_starts, self.piece_breaks, self.word_keys))
         if turn_ids is not None:
             if int(turn_ids.max()) > self.config.max_turns:
                 raise ValueError(f"turn id {int(turn_ids.max())} > max_turns={self.config.max_turns}")

@@ -98,6 +98,7 @@ class FtTrain:
     precision: str = "fp32"        # "bf16": matmuls autocast to bfloat16, weights and optimizer in fp32; "auto": bf16 where the hardware has it natively
     freeze_layers: int = 0         # > 0: the embeddings (word, position, speaker, turn) and the bottom N layers are not trained: no backward through them
     word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate
+    memory_lr_mult: float = 1.0    # the word memory's rows (a base built with one) at this multiple
 
 
 @dataclass
@@ -129,8 +130,9 @@ def load_config(config_path: str | Path | None = None, overrides: Sequence[str] 
         raise ValueError(f"model.dropout={m.dropout} must be below 1 (< 0 keeps the checkpoint's rates)")
     if not 0.0 <= t.contrast_share <= 1.0:
         raise ValueError(f"train.contrast_share={t.contrast_share} must be between 0 and 1")
-    if t.word_lr_mult <= 0:
-        raise ValueError(f"train.word_lr_mult={t.word_lr_mult} must be above 0")
+    for key in ("word_lr_mult", "memory_lr_mult"):
+        if getattr(t, key) <= 0:
+            raise ValueError(f"train.{key}={getattr(t, key)} must be above 0")
     return cfg
 
 
@@ -145,7 +147,7 @@ def set_dropout(model: torch.nn.Module, rate: float) -> int:
 
 
 def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
-    """Stop training the embeddings and the bottom ``layers`` transformer layers of a BERT-shaped
+    """Stop training the embeddings (the word memory too) and the bottom ``layers`` transformer layers of a BERT-shaped
     ``model`` (a DialogBERT, a plain BertModel, or the cross-encoder's ``bert``); return how many
     parameters stay trainable. Autograd then ends at layer ``layers``: a step costs the forward of
     every layer but the backward of the top ones only."""
@@ -153,7 +155,7 @@ def freeze_bottom(model: torch.nn.Module, layers: int) -> int:
         total = int(getattr(model.config, "num_hidden_layers", 0))
         if layers >= total:
             raise ValueError(f"train.freeze_layers={layers}: the model has {total} layers; at least one must train")
-        frozen = ("embeddings.", "turn_embeddings.") + tuple(f"encoder.layer.{i}." for i in range(layers))
+        frozen = ("embeddings.", "turn_embeddings.", "word_memory.") + tuple(f"encoder.layer.{i}." for i in range(layers))
         for name, p in model.named_parameters():
             if name.removeprefix("bert.").startswith(frozen):
                 p.requires_grad_(False)
@@ -252,7 +254,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         print(f"finetune: embeddings and the bottom {T.freeze_layers} layers frozen; "
               f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
-    groups = param_groups(model, T.weight_decay, word_lr_mult=T.word_lr_mult)
+    groups = param_groups(model, T.weight_decay, word_lr_mult=T.word_lr_mult, memory_lr_mult=T.memory_lr_mult)
     if T.learn_scale and not cross:
         scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})

@@ -227,3 +227,83 @@ def test_pruning_to_the_bottom_layers_gives_the_full_models_hidden_state_there(r
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="layers=13"):
         e5.prune(real_e5, tiny_shards, tmp_path / "bad", layers=13)
+
+
+def _words_by_hand(tok, texts) -> dict[tuple, int]:
+    """Multi-piece words counted from the piece strings (the rule of dialogbert.word_memory, written
+    out here without hashes): a word opens at a metaspace piece, and a punctuation piece is a word
+    of its own."""
+    import collections
+    import unicodedata
+
+    def punct(p):
+        body = p.lstrip("\u2581")
+        return not body or all(unicodedata.category(c)[0] in "PSZ" for c in body)
+    counts = collections.Counter()
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        pieces = tok.convert_ids_to_tokens(ids)
+        words, prev_punct = [], True
+        for i, p in zip(ids, pieces):
+            special = i in tok.all_special_ids or p.startswith("[")
+            if p.startswith("\u2581") or punct(p) or special or prev_punct:
+                words.append([])
+            words[-1].append(i)
+            prev_punct = punct(p) or special
+        counts.update(tuple(w) for w in words if len(w) >= 2)
+    return counts
+
+
+def test_a_word_memory_starts_silent_and_adds_one_row_to_each_piece_of_its_word(real_e5, tiny_shards, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from dialogbert.tokenizer import train_texts
+    from dialogbert.word_memory import word_rows
+    plain = AutoModel.from_pretrained(e5.prune(real_e5, tiny_shards, tmp_path / "plain")).eval()
+    out = e5.prune(real_e5, tiny_shards, tmp_path / "mem", word_memory=2)
+    tok, model = AutoTokenizer.from_pretrained(out), AutoModel.from_pretrained(out).eval()
+    texts = [t for batch in train_texts(tiny_shards) for t in batch]
+    by_hand = _words_by_hand(tok, texts)
+    want = sum(1 for c in by_hand.values() if c >= 2)
+    assert want > 20 and model.config.word_memory_size == want
+    assert json.loads((out / e5.SOURCE_FILE).read_text())["word_memory"] == {"words": want, "min_count": 2}
+
+    word = max(by_hand, key=by_hand.get)  # the most frequent multi-piece word of the corpus
+    text = tok.decode(list(word)).strip()
+    enc = tok([f"{text} 그리고 {text}!", "hello"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state,
+                                   plain(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state)
+    rows = word_rows(enc["input_ids"], model.piece_starts, model.piece_breaks, model.word_keys)
+    ids = enc["input_ids"][0].tolist()
+    in_word = [j for j in range(len(ids)) if any(tuple(ids[s:s + len(word)]) == word and s <= j < s + len(word)
+                                                 for s in range(len(ids)))]
+    assert len(in_word) == 2 * len(word) and len(set(rows[0, in_word].tolist())) == 1 and rows[0, in_word[0]] > 0
+    assert rows[1].eq(0).all()  # "hello" is one piece: its own row is the word's
+    # a [MASK] inside the word cuts it: the masked copy is no longer the known word, the other one is
+    masked = enc["input_ids"].clone()
+    masked[0, in_word[1]] = tok.mask_token_id
+    cut = word_rows(masked, model.piece_starts, model.piece_breaks, model.word_keys)[0]
+    assert cut[in_word[0]] == 0 and cut[in_word[len(word)]] == rows[0, in_word[0]]
+
+    # a row, once set, moves exactly the embeddings of that word's pieces; it survives a save and load
+    with torch.no_grad():
+        model.word_memory.weight[rows[0, in_word[0]]] = 0.5
+        e_new = model.embed(enc["input_ids"], None)
+        e_old = plain.embed(enc["input_ids"], None)
+    moved = (e_new - e_old).abs().amax(-1)[0]
+    assert set(moved.nonzero().flatten().tolist()) == set(in_word) and torch.allclose(moved[in_word], torch.tensor(0.5))
+    model.save_pretrained(tmp_path / "saved")
+    again = AutoModel.from_pretrained(tmp_path / "saved").eval()
+    assert torch.equal(again.word_keys, model.word_keys) and torch.equal(again.word_memory.weight, model.word_memory.weight)
+
+    # fine-tuning: the memory's rows are a group of their own (no decay) at train.memory_lr_mult
+    from dialogbert.engine import param_groups
+    from retrieval.finetune import freeze_bottom, load_config
+    groups = param_groups(again, 0.01, word_lr_mult=30.0, memory_lr_mult=100.0)
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in again.parameters())
+    (own,) = [g for g in groups if any(p is again.word_memory.weight for p in g["params"])]
+    assert len(own["params"]) == 1 and (own["weight_decay"], own["lr_mult"]) == (0.0, 100.0)
+    with pytest.raises(ValueError, match="memory_lr_mult"):
+        load_config(None, ["train.memory_lr_mult=0"])
+    freeze_bottom(again, 1)
+    assert not again.word_memory.weight.requires_grad
