@@ -43,6 +43,7 @@ from preprocess.schema import atomic_write_text
 from retrieval.encoder import Encoder, EncoderSettings, autocast, check_precision, resolve_precision
 from retrieval.examples import train_examples
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
+from retrieval.word_rows import BaseRateRows, rows_without_hangul
 from retrieval.rerank import CrossEncoder, listwise_loss
 
 # ---- config: typed sections, checked like pretraining's (dialogbert.config) ------------------
@@ -97,7 +98,8 @@ class FtTrain:
     threads: int = 0               # torch CPU threads; 0 keeps torch's default
     precision: str = "fp32"        # "bf16": matmuls autocast to bfloat16, weights and optimizer in fp32; "auto": bf16 where the hardware has it natively
     freeze_layers: int = 0         # > 0: the embeddings (word, position, speaker, turn) and the bottom N layers are not trained: no backward through them
-    word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate
+    word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate ...
+    word_lr_hangul_only: bool = False  # ... only those of pieces with Hangul; the others at the base rate (retrieval.word_rows)
     memory_lr_mult: float = 1.0    # the word memory's rows (a base built with one) at this multiple
 
 
@@ -255,6 +257,12 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
               f"{trainable / 1e6:.1f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters train")
     scale_param = None
     groups = param_groups(model, T.weight_decay, word_lr_mult=T.word_lr_mult, memory_lr_mult=T.memory_lr_mult)
+    held = None
+    words = model.get_input_embeddings().weight
+    if T.word_lr_hangul_only and T.word_lr_mult != 1.0 and words.requires_grad:
+        held = BaseRateRows(words, rows_without_hangul(enc.tokenizer, words.shape[0]), T.word_lr_mult)
+        print(f"finetune: word rows with Hangul at {T.word_lr_mult:g}x the rate, the other "
+              f"{len(held.rows)} of {words.shape[0]} at the base rate")
     if T.learn_scale and not cross:
         scale_param = torch.nn.Parameter(torch.tensor(math.log(T.scale)))
         groups.append({"params": [scale_param], "weight_decay": 0.0, "lr_mult": 100.0})
@@ -297,7 +305,11 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
         loss.backward()
         if T.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, T.grad_clip)
+        if held is not None:
+            held.before_step()
         opt.step()
+        if held is not None:
+            held.after_step()
         step += 1
         recent.append(loss.item())
         stop = budget > 0 and spent + time.time() - t0 > budget
