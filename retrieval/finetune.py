@@ -43,8 +43,8 @@ from preprocess.schema import atomic_write_text
 from retrieval.encoder import Encoder, EncoderSettings, autocast, check_precision, resolve_precision
 from retrieval.examples import train_examples
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
-from retrieval.word_rows import BaseRateRows, rows_without_hangul
 from retrieval.rerank import CrossEncoder, listwise_loss
+from retrieval.word_rows import BaseRateRows, rows_without_hangul
 
 # ---- config: typed sections, checked like pretraining's (dialogbert.config) ------------------
 @dataclass
