@@ -15,12 +15,11 @@ step it would take at the base rate: one parameter, two rates, no second optimiz
 """
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import torch
 
-HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")  # jamo, compatibility jamo, syllables
+from retrieval.morphemes import HANGUL  # syllables, jamo and compatibility jamo
 
 
 def rows_without_hangul(tokenizer, vocab_size: int) -> list[int]:
