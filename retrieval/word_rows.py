@@ -5,7 +5,8 @@ Fine-tuning moves the word-embedding rows at a multiple of the learning rate so 
 works as its token's own memory (as the n-gram encoder's rows do). That pays on Korean, where the
 unigram vocabulary's pieces with Hangul are syllables and short words of the corpus; the other
 pieces (English subwords, punctuation, the prefixes and speaker marks) are shared by every input
-and carry what e5 knows of English, and at 30x they drift by half their norm in 20 minutes.
+and carry what e5 knows of English; at 30x the most used of them (English function words,
+punctuation) moved by about half their norm in the demo's 20 minutes.
 ``train.word_lr_hangul_only`` keeps the higher rate for the Hangul pieces only
 (docs/experiments/2026-12-07-word-embedding-rate.md, section 6).
 
