@@ -14,6 +14,9 @@ bf16/fp16). ``DeepSpeedEngine`` wraps ``deepspeed.initialize`` and is the only p
 imported (lazily). Both use our own ``torch.optim.AdamW`` and the loop's LR function, so the
 optimizer and schedule are the same whatever runs the step (and deepspeed never compiles its
 fused Adam on CPU).
+
+About 400 lines because the two engines are kept side by side: each of the six calls has its
+torch and its deepspeed form, and reading them together is how one checks that they agree.
 """
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ def in_batch_loss(logits: torch.Tensor, duplicates: torch.Tensor | None = None,
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None,
-                window: int = 0, groups: Sequence[str] | None = None) -> list[list[int]]:
+                window: int = 0, groups: Sequence[str] | None = None,
+                weights: Sequence[float] | None = None) -> list[list[int]]:
     """The epoch's batches: a seeded shuffle cut into ``batch_size`` rows. With ``lengths`` and
     ``window`` > 0, each run of ``window`` batches of the shuffle is sorted by length before it is
     cut, and the batches are shuffled again: a batch then pads to a length near its own rows'
@@ -67,11 +68,17 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: Sequenc
     still drawn from the whole corpus. With ``groups`` (one label a row, e.g. its corpus) each
     batch is cut from one group, so its in-batch negatives are of the same kind as its positives
     (a Korean reply is no lesson as the negative of an English context); each group's remainder
-    is pooled into mixed batches, and the batches of all groups are shuffled together."""
+    is pooled into mixed batches, and the batches of all groups are shuffled together. With
+    ``weights`` (one a row) the epoch holds row i ``int(w)`` times, and once more with probability
+    ``w - int(w)`` (drawn anew each epoch): 0.5 is a different half of those rows each epoch, 2
+    each row twice (two copies in one batch mask each other as duplicates)."""
     rng = random.Random(seed * 1_000_003 + epoch)
     members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups if groups is not None else [""] * n):
-        members.setdefault(g, []).append(i)
+    labels = groups if groups is not None else [""] * n
+    for i in range(n):
+        w = 1.0 if weights is None else float(weights[i])
+        for _ in range(int(w) + (w != int(w) and rng.random() < w - int(w))):
+            members.setdefault(labels[i], []).append(i)
     batches, rest = [], []
     for g in sorted(members):
         for b in _cut(members[g], batch_size, rng, lengths, window):

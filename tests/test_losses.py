@@ -294,3 +294,26 @@ def test_word_lr_mult_moves_the_used_word_rows_that_many_times_further(tmp_path)
         p.requires_grad_(True)
     assert param_groups(model, 0.01, 0.1, word_lr_mult=25.0)[-1] == {
         "params": [words], "weight_decay": 0.0, "lr_mult": pytest.approx(2.5)}
+
+
+def test_source_weights_repeat_or_thin_a_corpus_each_epoch_and_leave_the_unweighted_order_alone():
+    from retrieval.finetune import load_config, source_weights
+    from retrieval.losses import batch_order
+    corpus = ["twice"] * 300 + ["half"] * 300 + ["once"] * 300
+    weights = [2.0] * 300 + [0.5] * 300 + [1.0] * 300
+    halves = []
+    for epoch in range(3):
+        rows = [i for b in batch_order(900, 1, seed=0, epoch=epoch, weights=weights) for i in b]
+        count = np.bincount(rows, minlength=900)
+        assert (count[:300] == 2).all() and (count[600:] == 1).all()
+        assert set(count[300:600]) <= {0, 1} and 110 < count[300:600].sum() < 190
+        halves.append(frozenset(np.flatnonzero(count[300:600])))
+    assert len(set(halves)) == 3  # a different half each epoch
+    assert batch_order(900, 1, 0, 0, weights=weights) == batch_order(900, 1, 0, 0, weights=weights)  # resumable
+    lengths = [i % 37 for i in range(900)]
+    assert batch_order(900, 32, 0, 1, lengths, 20, corpus, [1.0] * 900) == batch_order(900, 32, 0, 1, lengths, 20, corpus)
+    assert source_weights(["chitchat:0.5", "chatbotdata:2"]) == {"chitchat": 0.5, "chatbotdata": 2.0}
+    assert load_config(None, ["data.source_weights=chitchat:0.5"]).data.source_weights == ["chitchat:0.5"]
+    for bad in ("chitchat", "chitchat:0", "chitchat:-1", ":2", "chitchat:x", "chitchat:nan"):
+        with pytest.raises(ValueError, match="CORPUS:WEIGHT"):
+            load_config(None, [f"data.source_weights={bad}"])
