@@ -537,3 +537,11 @@ def test_word_lr_hangul_only_moves_the_hangul_rows_at_the_word_rate_and_the_rest
     assert moved["all"][used_other].max().item() == pytest.approx(25 * lr, rel=0.05)
     assert moved["hangul"][used_other].max().item() == pytest.approx(lr, rel=0.05)
     assert moved["hangul"][hangul].max().item() == pytest.approx(25 * lr, rel=0.05)
+
+
+def test_source_weights_naming_a_corpus_without_pairs_is_an_error_that_lists_the_corpora(tiny_model, tiny_shards, tmp_path):
+    from retrieval.finetune import finetune, training_pairs
+    corpora = sorted({p["source"] for p in training_pairs(tiny_shards)})
+    with pytest.raises(ValueError, match=r"source_weights names \['chitchta'\].*" + corpora[0]):
+        finetune(tiny_model, tiny_shards, tmp_path / "ft", overrides=["data.source_weights=chitchta:0.5"], progress=False)
+    assert not list((tmp_path / "ft").glob("checkpoints/*"))
