@@ -41,7 +41,7 @@ from dialogbert.train import lr_at
 from preprocess.schema import atomic_write_text
 from retrieval.encoder import Encoder, EncoderSettings, autocast, resolve_precision
 from retrieval.examples import train_examples
-from retrieval.finetune_config import FinetuneConfig, FtTrain, load_config, source_weights  # noqa: F401 (callers import the config from here too)
+from retrieval.finetune_config import FinetuneConfig, FtTrain, load_config, source_weights
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
 from retrieval.word_rows import BaseRateRows, rows_without_hangul
