@@ -199,8 +199,10 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
             raise ValueError(f"data.source_weights names {sorted(set(by_source) - present)}, which have no training "
                              f"pairs in {shards}; its corpora: {sorted(present)}")
         weights = [by_source.get(p["source"], 1.0) for p in pairs]
-        print("finetune: pairs an epoch " + ", ".join(
-            f"{s} {sum(w for w, p in zip(weights, pairs) if p['source'] == s):.0f}" for s in sorted(present)))
+        per_epoch: dict[str, float] = {}
+        for w, p in zip(weights, pairs):
+            per_epoch[p["source"]] = per_epoch.get(p["source"], 0.0) + w
+        print("finetune: pairs an epoch " + ", ".join(f"{s} {per_epoch[s]:.0f}" for s in sorted(per_epoch)))
     order = batch_order(len(pairs), bs, seed, epoch, lengths, T.length_window, corpus, weights)
     recent: list[float] = []
     while step < max_steps:
