@@ -168,6 +168,8 @@ class TorchEngine(Engine):
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend, timeout=timedelta(minutes=30))
         self.module = model.to(self.device)
+        from dialogbert.modeling import attention_for_device
+        attention_for_device(self.module, self.device)
         self.model: nn.Module = self.module
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -350,6 +352,8 @@ class DeepSpeedEngine(Engine):
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds)
         self.module = self.engine.module
         self.device = self.engine.device
+        from dialogbert.modeling import attention_for_device
+        attention_for_device(self.module, self.device)
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:  # the wrapped optimizer steps with these groups

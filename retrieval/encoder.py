@@ -124,7 +124,7 @@ class Encoder:
     def load(cls, path: str | Path, strict_kind: bool = True, **overrides) -> "Encoder":
         from transformers import AutoTokenizer
 
-        import dialogbert.modeling  # noqa: F401  (registers model_type "dialogbert")
+        from dialogbert.modeling import attention_for_device  # also registers model_type "dialogbert"
 
         path = Path(path)
         if not (path / "config.json").exists():
@@ -143,6 +143,7 @@ class Encoder:
         model = getattr(transformers, cls.auto_class).from_pretrained(path, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model.eval()
+        attention_for_device(model, next(model.parameters()).device)
         return cls(model, tok, settings, path)
 
     def save(self, out: str | Path) -> Path:

@@ -129,3 +129,47 @@ def test_other_indexes_search_with_faiss():
     l2 = faiss.IndexFlatL2(X.shape[1])
     l2.add(X)
     assert ResponseIndex(l2, index.rows, index.info).flat_vectors() is None
+
+
+@pytest.mark.parametrize("which", ["dialog", "plain"])
+def test_a_cpu_encoder_runs_plain_attention_with_the_fused_kernels_vectors_and_gradients(dialog_model, plain_bert, which):
+    """On a CPU the encoder runs BERT's own attention matmuls ("eager"): torch's fused SDPA kernel is
+    the slow one there for short inputs. Vectors (padded and packed) and gradients are SDPA's."""
+    from dialogbert.modeling import attention_for_device
+    from retrieval.encoder import Encoder
+    enc = Encoder.load(dialog_model if which == "dialog" else plain_bert, strict_kind=False, context_prefix="query:")
+    model = enc.model
+    assert model.config._attn_implementation == "eager"
+
+    def vectors_and_grads():
+        enc.pack_tokens = 512
+        packed = enc.encode_contexts(CONTEXTS)
+        enc.pack_tokens = 0
+        padded = enc.encode_contexts(CONTEXTS)
+        model.zero_grad(set_to_none=True)
+        vectors = enc.forward(enc.pad(enc.context_features(CONTEXTS)))
+        (vectors[:, :5] * torch.arange(1.0, 6.0)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return packed, padded, grads
+
+    eager = vectors_and_grads()
+    assert attention_for_device(model, "cuda") == "sdpa"  # where the fused kernels pay; nothing moves to a GPU here
+    sdpa = vectors_and_grads()
+    assert attention_for_device(model, torch.device("cpu")) == "eager"
+    for a, b in zip(eager[:2], sdpa[:2]):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    assert eager[2].keys() == sdpa[2].keys() and len(eager[2]) > 10
+    for name, g in eager[2].items():
+        torch.testing.assert_close(g, sdpa[2][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_training_engine_sets_plain_attention_on_a_cpu():
+    from dialogbert.config import TrainSection
+    from dialogbert.engine import TorchEngine
+    from dialogbert.modeling import DialogBertConfig, DialogBertForPreTraining
+    model = DialogBertForPreTraining(DialogBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                      num_attention_heads=2, intermediate_size=32,
+                                                      max_position_embeddings=32))
+    model.set_attn_implementation("sdpa")
+    TorchEngine(model, TrainSection(lr=1e-3, device="cpu"))
+    assert model.config._attn_implementation == "eager"
