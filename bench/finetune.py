@@ -1,5 +1,5 @@
-"""Dual-encoder fine-tuning step benchmark: fp32 against bf16 autocast, length-sorted chunks and
-frozen lower layers.
+"""Dual-encoder fine-tuning step benchmark: fp32 against bf16 autocast, length-sorted chunks, the
+attention kernel and frozen lower layers.
 
     .venv/bin/python bench/finetune.py                       # the demo's base and shards (after `make demo`)
     .venv/bin/python bench/finetune.py --base runs/demo/base --steps 8 --no-write
@@ -13,6 +13,8 @@ first epoch, bucketed by context length as it trains), forward + backward + Adam
 * ``train.precision=bf16``: the matmuls autocast to bfloat16 (weights, AdamW and the cosines fp32);
 * bf16 with ``train.length_chunk=16`` (``--chunk``): a step's contexts and replies sorted by length
   and run 16 at a time, each chunk padded to its own longest row (the demo's recipe);
+* the same with torch's fused SDPA attention kernel, which the encoder used on a CPU before
+  ``dialogbert.modeling.attention_for_device`` chose BERT's plain matmuls there (``attention``);
 * ``train.freeze_layers=6`` (``--freeze``), fp32 and bf16: the embeddings and the bottom six layers fixed.
 
 Reports seconds per step (the first step of each arm is warm-up and not counted) and the speed-up
@@ -40,16 +42,17 @@ from bench.serving import shown  # noqa: E402
 HEADING = "## Fine-tuning"
 
 
-def arms(freeze: int, chunk: int) -> list[tuple[str, str, int, int]]:
-    """(name, precision, frozen layers, train.length_chunk) of each arm."""
-    return [("fp32, every layer trained (the reference)", "fp32", 0, 0),
-            ("bf16 autocast (contexts and replies as two padded blocks)", "bf16", 0, 0),
-            (f"bf16 + contexts and replies {chunk} at a time by length (the demo's recipe)", "bf16", 0, chunk),
-            (f"fp32, embeddings + bottom {freeze} layers frozen", "fp32", freeze, 0),
-            (f"bf16 + bottom {freeze} layers frozen", "bf16", freeze, 0)]
+def arms(freeze: int, chunk: int) -> list[tuple[str, str, int, int, str]]:
+    """(name, precision, frozen layers, train.length_chunk, attention kernel) of each arm."""
+    return [("fp32, every layer trained, fused SDPA attention (the reference)", "fp32", 0, 0, "sdpa"),
+            ("bf16 autocast (contexts and replies as two padded blocks), SDPA", "bf16", 0, 0, "sdpa"),
+            (f"bf16 + contexts and replies {chunk} at a time by length, SDPA", "bf16", 0, chunk, "sdpa"),
+            (f"bf16 + {chunk} at a time + BERT's plain attention matmuls (the demo's recipe)", "bf16", 0, chunk, "eager"),
+            (f"fp32, embeddings + bottom {freeze} layers frozen, plain attention", "fp32", freeze, 0, "eager"),
+            (f"bf16 + bottom {freeze} layers frozen, plain attention", "bf16", freeze, 0, "eager")]
 
 
-def step_seconds(base: str, batches: list, precision: str, freeze: int, chunk: int) -> float:
+def step_seconds(base: str, batches: list, precision: str, freeze: int, chunk: int, attention: str) -> float:
     """Mean seconds of a training step after the first, for one arm on a fresh copy of ``base``."""
     import torch
 
@@ -62,6 +65,7 @@ def step_seconds(base: str, batches: list, precision: str, freeze: int, chunk: i
                        max_length=D.max_length, max_turn_tokens=D.max_turn_tokens,
                        context_prefix=M.context_prefix, response_prefix=M.response_prefix)
     model = enc.model
+    model.set_attn_implementation(attention)
     model.train()
     freeze_bottom(model, freeze)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-6)
@@ -110,8 +114,8 @@ def main(argv=None) -> int:
     lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs]
     batches = [[pairs[i] for i in b] for b in
                batch_order(len(pairs), a.batch_size, 0, 0, lengths, T.length_window)[:a.steps]]
-    rows = [(name, step_seconds(a.base, batches, precision, freeze, chunk))
-            for name, precision, freeze, chunk in arms(a.freeze, a.chunk)]
+    rows = [(name, step_seconds(a.base, batches, precision, freeze, chunk, attention))
+            for name, precision, freeze, chunk, attention in arms(a.freeze, a.chunk)]
     base = rows[0][1]
     cmd = " ".join(["python bench/finetune.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [f"Command: `{cmd}` ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPU cores, "
@@ -126,7 +130,8 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {sec:.2f} | {a.batch_size / sec:.1f} | {base / sec:.2f}x |")
     lines += ["", "What the arms give in R10@1 for the same minutes: "
               "docs/experiments/2026-12-06-bf16-and-more-steps.md (bf16 kept, frozen layers not); "
-              "the chunks change no vector or gradient (tests/test_losses.py), only the padding."]
+              "the chunks change no vector or gradient (tests/test_losses.py), only the padding; nor does the "
+              "attention kernel (tests/test_encoder_packing.py), only the time."]
     publish("\n".join(lines), a.out, HEADING, write=not a.no_write)
     return 0
 

@@ -444,7 +444,7 @@ def test_length_window_batches_cover_every_pair_once_and_pad_less():
 
 
 def test_the_fine_tuning_benchmark_times_every_arm(tiny_model, tiny_shards, capsys):
-    """bench/finetune.py on the tiny model: five arms on the same batches, the reference at 1.00x."""
+    """bench/finetune.py on the tiny model: six arms on the same batches, the reference at 1.00x."""
     import importlib.util
     from pathlib import Path
 
@@ -459,8 +459,9 @@ def test_the_fine_tuning_benchmark_times_every_arm(tiny_model, tiny_shards, caps
                        "--batch-size", "8", "--threads", "1", "--freeze", "1", "--chunk", "4", "--no-write"]) == 0
     torch.set_num_threads(threads)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "x |" in line]
-    assert len(rows) == 5 and rows[0].endswith("| 1.00x |") and "bottom 1 layers frozen" in rows[4]
+    assert len(rows) == 6 and rows[0].endswith("| 1.00x |") and "bottom 1 layers frozen" in rows[5]
     assert "4 at a time by length" in rows[2]  # the 16 texts of a step run in chunks of 4
+    assert "SDPA" in rows[2] and "plain attention matmuls (the demo's recipe)" in rows[3]
     assert bench.main(["--base", str(tiny_model / "nope"), "--no-write"]) == 2
 
 
