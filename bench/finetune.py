@@ -14,7 +14,8 @@ first epoch, bucketed by context length as it trains), forward + backward + Adam
 * bf16 with ``train.length_chunk=16`` (``--chunk``): a step's contexts and replies sorted by length
   and run 16 at a time, each chunk padded to its own longest row (the demo's recipe);
 * the same with torch's fused SDPA attention kernel, which the encoder used on a CPU before
-  ``dialogbert.modeling.attention_for_device`` chose BERT's plain matmuls there (``attention``);
+  ``dialogbert.modeling.attention_for_device`` chose BERT's plain matmuls there (``attention``;
+  every arm trains without dropout, as the recipe does: with dropout SDPA takes another kernel);
 * ``train.freeze_layers=6`` (``--freeze``), fp32 and bf16: the embeddings and the bottom six layers fixed.
 
 Reports seconds per step (the first step of each arm is warm-up and not counted) and the speed-up
@@ -58,7 +59,7 @@ def step_seconds(base: str, batches: list, precision: str, freeze: int, chunk: i
 
     from dialogbert.engine import param_groups
     from retrieval.encoder import Encoder, autocast
-    from retrieval.finetune import dual_loss, freeze_bottom, load_config
+    from retrieval.finetune import dual_loss, freeze_bottom, load_config, set_dropout
     cfg = load_config(ROOT / "configs" / "finetune_e5.toml", [f"train.length_chunk={chunk}"])
     D, M = cfg.data, cfg.model
     enc = Encoder.load(base, strict_kind=False, pooling=M.pooling, context_turns=D.context_turns,
@@ -67,6 +68,8 @@ def step_seconds(base: str, batches: list, precision: str, freeze: int, chunk: i
     model = enc.model
     model.set_attn_implementation(attention)
     model.train()
+    if M.dropout >= 0:
+        set_dropout(model, M.dropout)  # as the recipe trains (no dropout); SDPA's CPU kernel depends on it
     freeze_bottom(model, freeze)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-6)
     rng = random.Random(0)  # dual_loss draws negatives only when the recipe asks for extra ones
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
              f"**{resolve_precision('auto')}** here; total {time.time() - t_all:.0f} s).", "",
              f"Base `{shown(a.base)}`, {a.steps - 1} timed steps of {a.batch_size} training pairs from "
              f"`{shown(a.shards)}`: the first batches of the demo's first epoch (batches of similar context "
-             f"length, `train.length_window={T.length_window}`), the same batches for every arm.", "",
+             f"length, `train.length_window={T.length_window}`), the same batches for every arm, each at "
+             f"the recipe's dropout (`model.dropout = {c.model.dropout:g}`).", "",
              "| arm | s / step | pairs / s | speed-up |", "|---|---|---|---|"]
     for name, sec in rows:
         lines.append(f"| {name} | {sec:.2f} | {a.batch_size / sec:.1f} | {base / sec:.2f}x |")

@@ -16,7 +16,9 @@ Both arms train the same-sized model (AdamW step, dropout on) on the SAME exampl
 with the same 15% masking rate and next-turn labels):
 
 * ours: ``PretrainStream`` batches (length-bucketed, padded to a multiple of 8) and
-  ``DialogBertForPreTraining``, whose MLM head decodes only the masked positions;
+  ``DialogBertForPreTraining``, whose MLM head decodes only the masked positions, with the
+  attention kernel the training engine picks for the device (``attention_for_device``: BERT's
+  plain matmuls on a CPU; transformers' default, SDPA, in the reference);
 * reference: the examples in stream order, ``batch_size`` at a time, padded to ``max_length``,
   into ``BertForPreTraining`` (full-vocabulary logits at every position);
 * with ``--ablate``, a third arm: our model on the reference's padded batches (the head alone).
@@ -176,6 +178,9 @@ def prepare(a, arm: str) -> dict:
         for b in batches:
             b["next_turn_label"] = b.pop("next_sentence_label")
     model.to(device).train()
+    if arm != "reference":  # the attention kernel `dialogbert pretrain`'s engine picks for the device
+        from dialogbert.modeling import attention_for_device
+        attention_for_device(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(b):

@@ -178,11 +178,12 @@ def attention_for_device(model: nn.Module, device: str | torch.device) -> str:
     """Set ``model``'s attention kernel for where it runs and return it: "eager" (BERT's own
     matmuls and softmax) on a CPU, torch's SDPA elsewhere.
 
-    Why: for dialog-length inputs (16 rows of at most 64 tokens) torch's fused SDPA kernel on a
-    CPU spends 11 ms on each backward call, 30% of a fine-tuning step, where the plain matmuls
-    compute the same attention in a fraction of it: 1.3x the fine-tuning steps a minute, the same
-    encoding speed (docs/benchmarks.md, "Fine-tuning"). On a GPU the fused kernels are the fast
-    ones. Any transformers model that has both (BERT, DialogBERT) takes it; others keep theirs."""
+    Why: without attention dropout (the fine-tuning recipe's ``model.dropout = 0``) SDPA on a CPU
+    runs its flash kernel, whose backward takes 11 ms a call for dialog-length inputs (16 rows of
+    at most 64 tokens), 30% of a fine-tuning step; the plain matmuls compute the same attention in
+    a fraction of that: 1.36x the fine-tuning steps a minute, the same encoding speed
+    (docs/benchmarks.md, "Fine-tuning"). On a GPU the fused kernels are the fast ones. Any
+    transformers model that has both (BERT, DialogBERT) takes it; others keep theirs."""
     want = "sdpa" if torch.device(device).type == "cuda" else "eager"
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "set_attn_implementation"):
