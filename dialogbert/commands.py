@@ -192,7 +192,9 @@ def cmd_encode(a) -> int:
     from retrieval.encoder import Encoder
     enc = Encoder.load(a.model)
     if a.device != "cpu":
+        from dialogbert.modeling import attention_for_device
         enc.model.to(a.device)
+        attention_for_device(enc.model, a.device)  # the fused kernels on a GPU, as loaded on a CPU
     with enc.at_precision(a.precision):
         info = encode_share(enc, a.shards, a.out, rank=a.rank, world=a.world, split=None if a.split == "all" else a.split,
                             chunk=a.chunk, batch_size=a.batch_size, progress=lambda s: print(s, flush=True))
