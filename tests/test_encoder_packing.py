@@ -133,8 +133,9 @@ def test_other_indexes_search_with_faiss():
 
 @pytest.mark.parametrize("which", ["dialog", "plain"])
 def test_a_cpu_encoder_runs_plain_attention_with_the_fused_kernels_vectors_and_gradients(dialog_model, plain_bert, which):
-    """On a CPU the encoder runs BERT's own attention matmuls ("eager"): torch's fused SDPA kernel is
-    the slow one there for short inputs. Vectors (padded and packed) and gradients are SDPA's."""
+    """On a CPU the encoder runs BERT's own attention matmuls ("eager"): without dropout, torch's SDPA
+    takes its flash kernel there, whose backward is the slow one for short inputs. Vectors (padded and
+    packed) and gradients are SDPA's."""
     from dialogbert.modeling import attention_for_device
     from retrieval.encoder import Encoder
     enc = Encoder.load(dialog_model if which == "dialog" else plain_bert, strict_kind=False, context_prefix="query:")
