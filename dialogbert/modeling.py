@@ -181,16 +181,13 @@ def attention_for_device(model: nn.Module, device: str | torch.device) -> str:
     Why: without attention dropout (the fine-tuning recipe's ``model.dropout = 0``) SDPA on a CPU
     runs its flash kernel, whose backward takes 11 ms a call for dialog-length inputs (16 rows of
     at most 64 tokens), 30% of a fine-tuning step; the plain matmuls compute the same attention in
-    a fraction of that: 1.36x the fine-tuning steps a minute, the same encoding speed
-    (docs/benchmarks.md, "Fine-tuning"). On a GPU the fused kernels are the fast ones. Any
-    transformers model that has both (BERT, DialogBERT) takes it; others keep theirs."""
+    a fraction of that: a step 1.36x faster on the benchmark's batches (docs/benchmarks.md,
+    "Fine-tuning"), 16-19% more steps in the demo's 20 minutes, the same encoding speed. On a GPU
+    the fused kernels are the fast ones. For any transformers model (BERT, DialogBERT)."""
     want = "sdpa" if torch.device(device).type == "cuda" else "eager"
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "set_attn_implementation"):
-        return getattr(config, "_attn_implementation", "unknown")
-    if config._attn_implementation != want:
+    if model.config._attn_implementation != want:
         model.set_attn_implementation(want)
-    return config._attn_implementation
+    return model.config._attn_implementation
 
 
 AutoConfig.register("dialogbert", DialogBertConfig)

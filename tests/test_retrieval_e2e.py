@@ -541,14 +541,15 @@ def test_word_lr_hangul_only_moves_the_hangul_rows_at_the_word_rate_and_the_rest
 
 
 def test_source_weights_naming_a_corpus_without_pairs_is_an_error_that_lists_the_corpora(tiny_model, tiny_shards, tmp_path, capsys):
+    from collections import Counter
+
     from retrieval.finetune import finetune, training_pairs
-    corpora = sorted({p["source"] for p in training_pairs(tiny_shards)})
+    counts = Counter(p["source"] for p in training_pairs(tiny_shards))
+    corpora = sorted(counts)
     with pytest.raises(ValueError, match=r"source_weights names \['chitchta'\].*" + corpora[0]):
         finetune(tiny_model, tiny_shards, tmp_path / "ft", overrides=["data.source_weights=chitchta:0.5"], progress=False)
     assert not list((tmp_path / "ft").glob("checkpoints/*"))
     # a corpus named rightly: the epoch's pairs per corpus are reported, the weighted one doubled
-    from collections import Counter
-    counts = Counter(p["source"] for p in training_pairs(tiny_shards))
     finetune(tiny_model, tiny_shards, tmp_path / "ok", overrides=[
         f"data.source_weights={corpora[0]}:2", "train.max_steps=1", "train.batch_size=4", "train.threads=1",
         "train.save_every=0"], progress=False)
