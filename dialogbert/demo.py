@@ -75,7 +75,7 @@ def run_demo(out: str | Path = "runs/demo", serve: bool = True, port: int = 8000
                          f"train.max_steps={PRETRAIN_STEPS}"])
         _done(t0, f"{ckpt}  (curves: {out / 'pretrain' / 'curves.png'})")
 
-    t0 = _stage("fine-tune it as a dual encoder (in-batch negatives)")
+    t0 = _stage("fine-tune it as a dual encoder (in-batch negatives), then its reply memory")
     from retrieval.finetune import finetune
     encoder = out / "encoder"
     if (encoder / "finetune.json").is_file():  # done (its time budget spent): a second run goes on from here

@@ -83,13 +83,21 @@ def autocast(precision: str, device: str):
 
 
 def model_hash(folder: str | Path) -> str:
-    """sha256 of the weights file (model.safetensors, else pytorch_model.bin)."""
+    """sha256 of the weights file (model.safetensors, else pytorch_model.bin); with a reply memory
+    (retrieval.reply_memory) beside it, the sha256 of both files' hashes: the memory changes the
+    reply vectors an index holds."""
+    import hashlib
+
     from preprocess.pipeline import file_sha256
+    from retrieval.reply_memory import MEMORY_FILE
     folder = Path(folder)
     for name in ("model.safetensors", "pytorch_model.bin"):
         p = folder / name
         if p.exists():
-            return file_sha256(p)
+            h = file_sha256(p)
+            if (folder / MEMORY_FILE).exists():
+                h = hashlib.sha256((h + file_sha256(folder / MEMORY_FILE)).encode()).hexdigest()
+            return h
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin: not a model folder")
 
 
@@ -118,10 +126,13 @@ class Encoder:
         limit = int(getattr(cfg, "max_position_embeddings", 512))
         self.settings.max_length = min(self.settings.max_length, limit)
         self.dim = int(cfg.hidden_size)
+        # retrieval.reply_memory.ReplyMemory: applied by encode_responses; Encoder.load reads the
+        # folder's reply_memory.npz unless told not to (``reply_memory=False``)
+        self.reply_memory = None
 
     # ---- loading and saving -------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, strict_kind: bool = True, **overrides) -> "Encoder":
+    def load(cls, path: str | Path, strict_kind: bool = True, reply_memory: bool = True, **overrides) -> "Encoder":
         from transformers import AutoTokenizer
 
         from dialogbert.modeling import attention_for_device  # also registers model_type "dialogbert"
@@ -144,7 +155,11 @@ class Encoder:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model.eval()
         attention_for_device(model, next(model.parameters()).device)
-        return cls(model, tok, settings, path)
+        enc = cls(model, tok, settings, path)
+        if reply_memory and cls.kind == "dual":
+            from retrieval.reply_memory import ReplyMemory
+            enc.reply_memory = ReplyMemory.load(path)
+        return enc
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
@@ -324,4 +339,7 @@ class Encoder:
         return self.encode(contexts, prefix=self.settings.context_prefix, **kw)
 
     def encode_responses(self, texts: Sequence[str], speaker: str = "R", **kw) -> np.ndarray:
-        return self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
+        """Reply vectors; a remembered reply's moved towards the contexts it answered in
+        fine-tuning (:attr:`reply_memory`, retrieval.reply_memory)."""
+        vecs = self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
+        return vecs if self.reply_memory is None else self.reply_memory.expand(texts, vecs)

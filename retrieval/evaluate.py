@@ -80,6 +80,20 @@ class MemoEncoder:
                           lambda items, **k: self.encoder.encode_responses(items, speaker=speaker, **k), kw)
 
 
+def without_reply_memory(encoder: MemoEncoder) -> MemoEncoder | None:
+    """The same encoder without its reply memory (retrieval.reply_memory), sharing the wrapped
+    one's context vectors; None when it has no memory with a weight."""
+    import copy
+    memory = getattr(encoder.encoder, "reply_memory", None)
+    if memory is None or not memory.weight:
+        return None
+    inner = copy.copy(encoder.encoder)
+    inner.reply_memory = None
+    bare = MemoEncoder(inner)
+    bare._contexts = encoder._contexts
+    return bare
+
+
 class RandomScorer:
     name = "random"
 
@@ -261,6 +275,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
         model_name = str(model) if model is not None else (name or "encoder")
         label = name or "encoder"  # the dialog model's own row (docs/protocol.md)
         m = ev(EncoderScorer(encoder, label, batch_size))
+        bare = without_reply_memory(encoder)
         if index_dir is not None:
             from retrieval.index import ResponseIndex
             from retrieval.ranker import Ranker
@@ -271,6 +286,8 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
             ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
+        if bare is not None:  # the transformer's own vectors beside them: what the memory adds
+            systems[f"{label} without reply memory"] = ev(EncoderScorer(bare, f"{label} without reply memory", batch_size))
         served = label  # the bot ranks by the dual encoder alone unless a ranker weighs more
         scorer, own = ranker_scorers(idx, ranker, label, reranker) if index_dir is not None else (None, [])
         for sc in own:  # the ranker's own encoders, alone

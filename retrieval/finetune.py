@@ -44,6 +44,7 @@ from retrieval.examples import train_examples
 from retrieval.finetune_config import FinetuneConfig, FtTrain, load_config, source_weights
 from retrieval.losses import batch_order, duplicate_mask, in_batch_loss
 from retrieval.rerank import CrossEncoder, listwise_loss
+from retrieval.reply_memory import MEMORY_FILE
 from retrieval.word_rows import BaseRateRows, rows_without_hangul
 
 def set_dropout(model: torch.nn.Module, rate: float) -> int:
@@ -138,7 +139,7 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     settings = EncoderSettings(pooling=M.pooling, context_turns=D.context_turns, max_length=D.max_length,
                                max_turn_tokens=D.max_turn_tokens, zero_dialog_ids=M.zero_dialog_ids,
                                context_prefix=M.context_prefix, response_prefix=M.response_prefix)
-    enc = (CrossEncoder if cross else Encoder).load(start_from, strict_kind=False, **asdict(settings))
+    enc = (CrossEncoder if cross else Encoder).load(start_from, strict_kind=False, reply_memory=False, **asdict(settings))
     enc.path = None
     model = enc.model
     model.train()
@@ -253,8 +254,38 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     if D.valid_fraction > 0:
         info["valid"] = validate(enc, shards, cfg)
         print(f"finetune: validation {info['valid']}")
+    (out / MEMORY_FILE).unlink(missing_ok=True)  # a memory of other weights (an earlier run into this folder)
+    if T.reply_memory and not cross:
+        info["reply_memory"] = write_reply_memory(enc, pairs, shards, cfg, out, progress)
     atomic_write_text(out / "finetune.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneConfig, out: Path,
+                       progress: bool = True) -> dict:
+    """The fine-tuned model's reply memory of its training ``pairs`` (retrieval.reply_memory), its
+    weight chosen on the validation carve-out (1 without one), written to ``out``; its summary."""
+    from retrieval.evaluate import RetrievalEvaluator
+    from retrieval.examples import validation_examples
+    from retrieval.reply_memory import build, choose_weight
+    t0 = time.time()
+    enc.for_inference(cfg.train.precision)  # the weights as the index and the chat service read them
+    memory = build(enc, [p["context"] for p in pairs], [p["response"] for p in pairs],
+                   show_progress=progress or None)
+    D = cfg.data
+    exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns,
+                              sources=D.sources or None) if D.valid_fraction > 0 else []
+    if len({e.response for e in exs}) >= 100:
+        table = choose_weight(enc, memory, RetrievalEvaluator(exs, n=100))
+        if progress:
+            print("finetune: reply memory, validation R10@1 by weight: "
+                  + ", ".join(f"{w} {m['R10@1']:.3f}" for w, m in table.items()) + f"; weight {memory.weight:g}")
+    memory.info["seconds"] = round(time.time() - t0, 1)
+    memory.save(out)
+    if progress:
+        print(f"finetune: reply memory of {memory.info['replies']} replies ({memory.info['pairs']} pairs) "
+              f"-> {out / MEMORY_FILE} ({memory.info['seconds']:.0f} s)")
+    return memory.info
 
 
 def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):

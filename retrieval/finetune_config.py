@@ -67,6 +67,7 @@ class FtTrain:
     word_lr_mult: float = 1.0      # the word-embedding rows learn at this multiple of the learning rate ...
     word_lr_hangul_only: bool = False  # ... only those of pieces with Hangul; the others at the base rate (retrieval.word_rows)
     memory_lr_mult: float = 1.0    # the word memory's rows (a base built with one) at this multiple
+    reply_memory: bool = False     # dual: after training, each training reply's vector moved towards its contexts' (retrieval.reply_memory)
 
 
 @dataclass

@@ -1,0 +1,175 @@
+"""The dual encoder's reply memory (retrieval.reply_memory): rows worked out by hand, the weight
+chosen on validation, the files, and the fine-tuning -> encoder -> evaluation path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from retrieval.reply_memory import MEMORY_FILE, ReplyMemory, build, choose_weight, text_key
+
+
+class TableEncoder:
+    """Contexts and replies from fixed tables: a context is keyed by its newest turn's text."""
+    reply_memory = None
+
+    def __init__(self, contexts: dict, replies: dict):
+        self.contexts, self.replies = contexts, replies
+        self.dim = len(next(iter(contexts.values())))
+
+    def encode_contexts(self, contexts, **kw):
+        return np.array([self.contexts[c[-1][1]] for c in contexts], np.float32)
+
+    def encode_responses(self, texts, **kw):
+        return np.array([self.replies[t] for t in texts], np.float32)
+
+
+def test_rows_are_each_replys_mean_context_less_its_languages_mean():
+    ctx = {"배고파": [1, 0, 0], "밥 먹자": [0, 1, 0], "졸려": [0, 0, 4], "hi there": [2, 2, 0], "hello": [0, 2, 2]}
+    enc = TableEncoder(ctx, {})
+    pairs = [("배고파", "밥 먹으러 가요"), ("밥 먹자", "밥 먹으러 가요"), ("졸려", "일찍 자요"),
+             ("hi there", "hey"), ("hello", "hey")]
+    mem = build(enc, [[("S1", c)] for c, _ in pairs], [r for _, r in pairs])
+    assert len(mem) == 3 and mem.info["pairs"] == 5 and mem.info["languages"] == {"en": 2, "ko": 3}
+    ko_mean = np.array([1, 1, 4]) / 3
+    rows, found = mem.lookup(["밥 먹으러 가요", "일찍 자요", "hey", "never said"])
+    assert found.tolist() == [True, True, True, False]
+    np.testing.assert_allclose(rows[0], (np.array([1, 0, 0]) + np.array([0, 1, 0])) / 2 - ko_mean, atol=2e-3)
+    np.testing.assert_allclose(rows[1], np.array([0, 0, 4]) - ko_mean, atol=2e-3)
+    np.testing.assert_allclose(rows[2], [0, 0, 0], atol=1e-6)  # both English contexts: their mean is the language's
+    assert not rows[3].any()
+
+
+def test_expand_moves_only_remembered_replies_and_keeps_vectors_unit_length():
+    mem = ReplyMemory(np.array([text_key("a"), text_key("b")]), np.array([[0, 1], [1, 0]], np.float16), weight=1.0)
+    v = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    out = mem.expand(["a", "unknown", "b"], v)
+    np.testing.assert_allclose(out[0], [2 ** -0.5, 2 ** -0.5], atol=1e-6)
+    np.testing.assert_array_equal(out[1], v[1])
+    np.testing.assert_allclose(out[2], np.array([1.6, 0.8]) / np.linalg.norm([1.6, 0.8]), atol=1e-6)
+    np.testing.assert_array_equal(mem.expand(["a", "b", "b"], v, weight=0.0), v)
+    np.testing.assert_array_equal(v, np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32))  # not changed in place
+
+
+def test_a_memory_round_trips_through_its_file_and_a_broken_file_names_itself(tmp_path):
+    mem = ReplyMemory(np.array([text_key("x"), text_key("y")]), np.array([[1, 2], [3, 4]], np.float16), 0.5,
+                      {"pairs": 7, "replies": 2})
+    mem.save(tmp_path)
+    back = ReplyMemory.load(tmp_path)
+    assert back.weight == 0.5 and back.info == {"pairs": 7, "replies": 2}
+    np.testing.assert_array_equal(back.lookup(["y"])[0], [[3, 4]])
+    assert ReplyMemory.load(tmp_path / "nothing") is None
+    (tmp_path / MEMORY_FILE).write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=MEMORY_FILE):
+        ReplyMemory.load(tmp_path)
+    with pytest.raises(ValueError, match="duplicate"):
+        ReplyMemory(np.array([1, 1]), np.zeros((2, 2)))
+
+
+def _examples(pairs):
+    from retrieval.examples import Example
+    return [Example([("S1", c)], r, "S2", f"c{i}", "test", 1, [c, r]) for i, (c, r) in enumerate(pairs)]
+
+
+def test_the_weight_is_the_one_that_scores_best_on_validation_and_zero_when_none_helps():
+    from retrieval.evaluate import RetrievalEvaluator
+
+    rng = np.random.default_rng(0)
+    n, d = 60, 32
+    ctx_vecs = rng.normal(size=(n, d))
+    ctx_vecs /= np.linalg.norm(ctx_vecs, axis=1, keepdims=True)
+    pairs = [(f"질문 {i}", f"대답 {i}") for i in range(n)]
+    ev = RetrievalEvaluator(_examples(pairs), n=10)
+    # replies whose own vectors say nothing (random), remembered with the contexts they answered
+    blind = TableEncoder({c: ctx_vecs[i] for i, (c, _) in enumerate(pairs)},
+                         {r: rng.normal(size=d) / d ** 0.5 for _, r in pairs})
+    mem = build(blind, [[("S1", c)] for c, _ in pairs], [r for _, r in pairs])
+    table = choose_weight(blind, mem, ev)
+    assert table["0.0"]["R10@1"] < 0.5 and mem.weight > 0
+    assert table[str(mem.weight)]["R10@1"] > 0.9 and mem.info["validation"] == table
+    # replies whose own vectors already find them: no weight can do better, and the tie keeps 0
+    sighted = TableEncoder(blind.contexts, {r: ctx_vecs[i] for i, (_, r) in enumerate(pairs)})
+    noise = ReplyMemory(mem.keys, rng.normal(size=mem.rows.shape).astype(np.float16))
+    choose_weight(sighted, noise, ev)
+    assert noise.weight == 0.0
+    sighted.reply_memory = noise
+    with pytest.raises(ValueError, match="without a reply memory"):
+        choose_weight(sighted, noise, ev)
+
+
+@pytest.fixture(scope="module")
+def remembering(tiny_shards, tmp_path_factory):
+    import torch
+
+    from conftest import save_random_dialogbert
+    from retrieval.finetune import finetune
+
+    model = save_random_dialogbert(tmp_path_factory.mktemp("m"), pretraining=False)
+    out = tmp_path_factory.mktemp("enc")
+    threads = torch.get_num_threads()
+    finetune(model, tiny_shards, out, overrides=[
+        "train.max_steps=20", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=2", "train.save_every=0",
+        "train.threads=1", "data.max_length=64", "data.valid_fraction=0.2", "train.reply_memory=true"], progress=False)
+    yield model, out
+    torch.set_num_threads(threads)
+
+
+def test_finetune_writes_the_memory_of_its_training_pairs_and_the_encoder_applies_it(remembering, tiny_shards):
+    from retrieval.encoder import Encoder, model_hash
+    from retrieval.finetune import training_pairs
+    from preprocess.pipeline import file_sha256
+
+    model, out = remembering
+    info = json.loads((out / "finetune.json").read_text("utf-8"))["reply_memory"]
+    pairs = training_pairs(tiny_shards, 2, (), 0.2)
+    replies = sorted({p["response"] for p in pairs})
+    assert info["pairs"] == len(pairs) and info["replies"] == len(replies)
+    assert set(info["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0"} and info["weight"] in (0.0, 0.5, 1.0, 1.5, 2.0)
+    enc = Encoder.load(out)
+    bare = Encoder.load(out, reply_memory=False)
+    assert enc.reply_memory is not None and len(enc.reply_memory) == len(replies) and bare.reply_memory is None
+    enc.reply_memory.weight = 1.0
+    unseen = "이 문장은 학습 데이터에 없어요 정말로"
+    v, b = enc.encode_responses([replies[0], unseen]), bare.encode_responses([replies[0], unseen])
+    np.testing.assert_allclose(v[1], b[1], atol=1e-6)          # a reply it never saw keeps its vector
+    assert abs(float(v[0] @ b[0])) < 0.9999                    # a training reply moved ...
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)  # ... and stays a unit vector
+    assert model_hash(out) != file_sha256(out / "model.safetensors")  # an index built with it knows the memory
+
+
+def test_the_report_keeps_the_transformers_own_row_beside_the_encoder_with_its_memory(remembering, tiny_shards, tmp_path):
+    import shutil
+
+    from retrieval.evaluate import evaluate
+
+    _, out = remembering
+    folder = tmp_path / "enc"
+    shutil.copytree(out, folder)
+    mem = ReplyMemory.load(folder)
+    mem.weight = 1.0
+    mem.save(folder)
+    rep = evaluate(folder, tiny_shards, None, baselines=False, precision="fp32")
+    rows = rep["systems"]
+    assert {"encoder", "encoder without reply memory"} <= set(rows) and rep["served"] == "encoder"
+    assert rows["encoder"]["MRR"] != rows["encoder without reply memory"]["MRR"]
+    mem.weight = 0.0
+    mem.save(folder)
+    assert "encoder without reply memory" not in evaluate(folder, tiny_shards, None, baselines=False,
+                                                           precision="fp32")["systems"]
+
+
+def test_finetuning_again_without_the_memory_removes_the_stale_one(remembering, tiny_shards, tmp_path):
+    import shutil
+
+    from retrieval.finetune import finetune
+
+    model, out = remembering
+    folder = tmp_path / "enc"
+    shutil.copytree(out, folder)
+    assert (folder / MEMORY_FILE).exists()
+    finetune(model, tiny_shards, folder, overrides=[
+        "train.max_steps=20", "train.batch_size=16", "train.save_every=0", "train.threads=1", "data.max_length=64",
+        "data.valid_fraction=0.2"], resume=None, progress=False)
+    assert not (folder / MEMORY_FILE).exists()
+    assert "reply_memory" not in json.loads((folder / "finetune.json").read_text("utf-8"))
