@@ -153,10 +153,21 @@ def test_the_report_keeps_the_transformers_own_row_beside_the_encoder_with_its_m
     rows = rep["systems"]
     assert {"encoder", "encoder without reply memory"} <= set(rows) and rep["served"] == "encoder"
     assert rows["encoder"]["MRR"] != rows["encoder without reply memory"]["MRR"]
+    from retrieval.fixed import evaluate_fixed
+    from retrieval.finetune import training_pairs
+    fixed = tmp_path / "fixed.jsonl"
+    pairs = training_pairs(tiny_shards, 2, (), 0.2)[:6]
+    fixed.write_text("".join(json.dumps({"context": [t for _, t in p["context"]], "label": 0,
+                                         "candidates": [p["response"], "전혀 상관없는 다른 대답이에요"]}, ensure_ascii=False) + "\n"
+                             for p in pairs), "utf-8")
+    assert {"encoder", "encoder without reply memory"} <= set(evaluate_fixed(fixed, None, folder, shards=tiny_shards,
+                                                                             precision="fp32")["systems"])
     mem.weight = 0.0
     mem.save(folder)
     assert "encoder without reply memory" not in evaluate(folder, tiny_shards, None, baselines=False,
                                                            precision="fp32")["systems"]
+    assert "encoder without reply memory" not in evaluate_fixed(fixed, None, folder, shards=tiny_shards,
+                                                                precision="fp32")["systems"]
 
 
 def test_finetuning_again_without_the_memory_removes_the_stale_one(remembering, tiny_shards, tmp_path):
