@@ -182,7 +182,7 @@ def attention_for_device(model: nn.Module, device: str | torch.device) -> str:
     runs its flash kernel, whose backward takes 11 ms a call for dialog-length inputs (16 rows of
     at most 64 tokens), 30% of a fine-tuning step; the plain matmuls compute the same attention in
     a fraction of that: a step 1.36x faster on the benchmark's batches (docs/benchmarks.md,
-    "Fine-tuning"), 16-19% more steps in the demo's 20 minutes, the same encoding speed. On a GPU
+    "Fine-tuning"), 16-19% more steps in 20 minutes of the demo's recipe, the same encoding speed. On a GPU
     the fused kernels are the fast ones. For any transformers model (BERT, DialogBERT)."""
     want = "sdpa" if torch.device(device).type == "cuda" else "eager"
     if model.config._attn_implementation != want:

@@ -338,8 +338,9 @@ class Encoder:
     def encode_contexts(self, contexts: Sequence[Turns], **kw) -> np.ndarray:
         return self.encode(contexts, prefix=self.settings.context_prefix, **kw)
 
-    def encode_responses(self, texts: Sequence[str], speaker: str = "R", **kw) -> np.ndarray:
+    def encode_responses(self, texts: Sequence[str], speaker: str = "R", reply_memory: bool = True,
+                         **kw) -> np.ndarray:
         """Reply vectors; a remembered reply's moved towards the contexts it answered in
-        fine-tuning (:attr:`reply_memory`, retrieval.reply_memory)."""
+        fine-tuning (:attr:`reply_memory`, retrieval.reply_memory) unless ``reply_memory`` is False."""
         vecs = self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
-        return vecs if self.reply_memory is None else self.reply_memory.expand(texts, vecs)
+        return vecs if self.reply_memory is None or not reply_memory else self.reply_memory.expand(texts, vecs)

@@ -29,14 +29,16 @@ PEER_NAME = "all-MiniLM-L6-v2 (off the shelf, last 3 turns)"
 
 
 class EncoderScorer:
-    """Dot products of normalised context and response vectors (an Encoder from encoder.py)."""
+    """Dot products of normalised context and response vectors (an Encoder from encoder.py);
+    ``reply_memory=False``: the replies without the encoder's reply memory (retrieval.reply_memory)."""
 
-    def __init__(self, encoder, name: str = "encoder", batch_size: int = 64):
+    def __init__(self, encoder, name: str = "encoder", batch_size: int = 64, reply_memory: bool = True):
         self.encoder, self.name, self.batch_size = encoder, name, batch_size
+        self.kw = {} if reply_memory else {"reply_memory": False}
 
     def score(self, contexts, candidates) -> np.ndarray:
         uniq, idx = distinct(candidates)
-        R = self.encoder.encode_responses(uniq, batch_size=self.batch_size)
+        R = self.encoder.encode_responses(uniq, batch_size=self.batch_size, **self.kw)
         C = self.encoder.encode_contexts(contexts, batch_size=self.batch_size)
         return np.einsum("md,mnd->mn", C, R[idx])
 
@@ -80,18 +82,15 @@ class MemoEncoder:
                           lambda items, **k: self.encoder.encode_responses(items, speaker=speaker, **k), kw)
 
 
-def without_reply_memory(encoder: MemoEncoder) -> MemoEncoder | None:
-    """The same encoder without its reply memory (retrieval.reply_memory), sharing the wrapped
-    one's context vectors; None when it has no memory with a weight."""
-    import copy
-    memory = getattr(encoder.encoder, "reply_memory", None)
+def bare_row(encoder, name: str, batch_size: int) -> dict[str, EncoderScorer]:
+    """``{name + " without reply memory": scorer}`` where ``encoder`` has a reply memory with a weight
+    (retrieval.reply_memory): the transformer's own reply vectors beside the encoder's row, so
+    every report shows what the memory adds; else empty."""
+    memory = getattr(encoder, "reply_memory", None)
     if memory is None or not memory.weight:
-        return None
-    inner = copy.copy(encoder.encoder)
-    inner.reply_memory = None
-    bare = MemoEncoder(inner)
-    bare._contexts = encoder._contexts
-    return bare
+        return {}
+    label = f"{name} without reply memory"
+    return {label: EncoderScorer(encoder, label, batch_size, reply_memory=False)}
 
 
 class RandomScorer:
@@ -275,7 +274,6 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
         model_name = str(model) if model is not None else (name or "encoder")
         label = name or "encoder"  # the dialog model's own row (docs/protocol.md)
         m = ev(EncoderScorer(encoder, label, batch_size))
-        bare = without_reply_memory(encoder)
         if index_dir is not None:
             from retrieval.index import ResponseIndex
             from retrieval.ranker import Ranker
@@ -286,8 +284,7 @@ def evaluate(model: str | Path | None, shards: str | Path, report: str | Path | 
             m.update(index_recall(encoder, idx, examples, batch_size=batch_size))
             ranker = Ranker.load(index_dir, idx.info)
         systems[label] = m
-        if bare is not None:  # the transformer's own vectors beside them: what the memory adds
-            systems[f"{label} without reply memory"] = ev(EncoderScorer(bare, f"{label} without reply memory", batch_size))
+        systems.update((k, ev(sc)) for k, sc in bare_row(encoder, label, batch_size).items())
         served = label  # the bot ranks by the dual encoder alone unless a ranker weighs more
         scorer, own = ranker_scorers(idx, ranker, label, reranker) if index_dir is not None else (None, [])
         for sc in own:  # the ranker's own encoders, alone

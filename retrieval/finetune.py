@@ -271,7 +271,7 @@ def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneCon
     t0 = time.time()
     enc.for_inference(cfg.train.precision)  # the weights as the index and the chat service read them
     memory = build(enc, [p["context"] for p in pairs], [p["response"] for p in pairs],
-                   show_progress=progress or None)
+                   show_progress=progress)
     D = cfg.data
     exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns,
                               sources=D.sources or None) if D.valid_fraction > 0 else []
@@ -285,7 +285,7 @@ def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneCon
     if progress:
         print(f"finetune: reply memory of {memory.info['replies']} replies ({memory.info['pairs']} pairs) "
               f"-> {out / MEMORY_FILE} ({memory.info['seconds']:.0f} s)")
-    return memory.info
+    return {**memory.info, "weight": memory.weight}
 
 
 def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):

@@ -302,8 +302,7 @@ def evaluate_fixed(candidates: str | Path, report: str | Path | None, model: str
     ``report`` is None; returns the report dict. ``precision``: the weights of an encoder loaded
     here (Encoder.for_inference), as the chat service serves them."""
     from retrieval.baselines import BM25Scorer, TfidfScorer
-    from retrieval.evaluate import (PEER_NAME, EncoderScorer, MemoEncoder, RandomScorer, ranker_scorers,
-                                    without_reply_memory)
+    from retrieval.evaluate import PEER_NAME, EncoderScorer, MemoEncoder, RandomScorer, bare_row, ranker_scorers
     examples, stats = load_fixed(candidates, fmt, max_examples, group_size)
     ev = FixedEvaluator(examples)
     systems: dict[str, dict] = {"random": ev(RandomScorer())}
@@ -321,9 +320,7 @@ def evaluate_fixed(candidates: str | Path, report: str | Path | None, model: str
         encoder, model_name = _encoder(model, index_dir, precision)
     if encoder is not None:
         systems["encoder"] = ev(EncoderScorer(encoder, "encoder", batch_size))
-        bare = without_reply_memory(encoder)
-        if bare is not None:  # the transformer's own vectors beside them (retrieval.reply_memory)
-            systems["encoder without reply memory"] = ev(EncoderScorer(bare, "encoder without reply memory", batch_size))
+        systems.update((k, ev(sc)) for k, sc in bare_row(encoder, "encoder", batch_size).items())
         served = "encoder"
         if index_dir is not None:
             from retrieval.index import ResponseIndex

@@ -137,15 +137,12 @@ def choose_weight(encoder, memory: ReplyMemory, evaluator, weights: Sequence[flo
                   batch_size: int = 64) -> dict:
     """R10@1 and MRR of each weight on ``evaluator``'s examples (retrieval.evaluate.RetrievalEvaluator
     over the validation carve-out); sets ``memory.weight`` to the best one (the smallest on a tie:
-    0, the plain vectors, unless a weight does better) and returns the table."""
-    if getattr(encoder, "reply_memory", None) is not None:  # its encode_responses would apply that one
-        raise ValueError("choose_weight: pass the encoder without a reply memory")
+    0, the plain vectors, unless a weight does better) and returns the table. The candidates are
+    scored from the encoder's own reply vectors, without any memory it already has."""
+    from retrieval.examples import distinct
     C = encoder.encode_contexts(evaluator.contexts, batch_size=batch_size)
-    texts = evaluator.candidates.texts
-    flat = sorted({t for row in texts for t in row})
-    at = {t: i for i, t in enumerate(flat)}
-    plain = encoder.encode_responses(flat, batch_size=batch_size)
-    idx = np.array([[at[t] for t in row] for row in texts])
+    flat, idx = distinct(evaluator.candidates.texts)
+    plain = encoder.encode_responses(flat, batch_size=batch_size, reply_memory=False)
 
     class Fixed:
         def __init__(self, R):
@@ -161,5 +158,4 @@ def choose_weight(encoder, memory: ReplyMemory, evaluator, weights: Sequence[flo
     best = max(weights, key=lambda w: (table[str(w)]["R10@1"], table[str(w)]["MRR"], -w))
     memory.weight = float(best)
     memory.info["validation"] = table
-    memory.info["weight"] = float(best)
     return table
