@@ -58,7 +58,9 @@ Names: ``Anonymizer(names)`` takes the participants' display names, expands them
 variants match anywhere (particles stay: ``민준아`` -> ``[NAME]아``); Latin variants need word
 boundaries and are case-sensitive when capitalised. ``@mentions`` and IDs after 카톡/인스타/ID
 cues become ``[MENTION]``; names in system lines and surname + 1-2 syllables before 씨/님 or after
-이름은/저는...입니다 become ``[NAME]``.
+이름은/저는...입니다 become ``[NAME]``, and so does any word said to be a name (이름은/닉네임은/별명은/
+성함은 X, then 이야/예요/입니다/라고...: 블레이크, 수지, Ali), unless it is a question word or a word
+about the name (뭐, 비밀, 가명).
 
 Overlaps: the first row in table order wins (same placeholder: the spans merge); participant
 names come last.
@@ -82,9 +84,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
 from preprocess.pii_english import EnglishNames, LibraryPhones
-from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, fine_num_ok, iban_ok, intl_ok, ip_ok, jibun_ok,
-                                       landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok, service_ok,
-                                       ssn_ok)
+from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, cue_name_ok, fine_num_ok, iban_ok, intl_ok, ip_ok,
+                                       jibun_ok, landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok,
+                                       said_name_ok, service_ok, ssn_ok)
 
 __all__ = ["Detector", "Span", "DETECTORS", "Anonymizer", "anonymize", "find_pii", "contains_pii",
            "name_variants"]
@@ -269,7 +271,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("[NAME]", _D(rf"(?<![가-힣])({_SURNAME_RE}[가-힣]{{1,2}}?)(?=\s?(?:씨|님)(?![가-힣]{{0,1}}(?:께서|이|을|의|은|는)?[가-힣]))"),
              person_ok, group=1, needs="씨님", name="surname-honorific"),
     Detector("[NAME]", _D(rf"(?:이름이\s+|이름은|이름:|성함은|성함:)\s*({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이야|야|이고|이라고|라고|임|요|\s|$|[.,!])"),
-             person_ok, group=1, needs="름함", name="name-cue"),
+             cue_name_ok, group=1, needs="름함", name="name-cue"),
+    # what a name is said to be, any name: "내 이름은 블레이크야", "친구 이름은 수지라고 해", "닉네임은 wolf94야"
+    Detector("[NAME]", _D(r"(?:이름|닉네임|별명)(?:은|는|이)\s*([가-힣]{1,6}?|[A-Za-z][A-Za-z0-9_'-]{0,19})"
+                          r"(?=이야|야|입니다|이에요|예요|이고|이라고|라고|이래|래|이었|였|임(?![가-힣]))"),
+             said_name_ok, group=1, needs="름닉별", name="name-said"),
     Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
              person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
     # --- English: national numbers, IBAN, phones, street addresses, given names -----------------

@@ -110,7 +110,8 @@ class EnglishNames:
     """Given names after the cues English speakers introduce or address someone with, as a
     DETECTORS pattern (one regex pass; how sure a cue is decides what may follow it):
 
-    * "my name is X", "my name's X", "I'm called X", "they call me X": any X but a known word
+    * "my name is X", "my name's X", "my nickname is X", "I'm called X", "they call me X": any X
+      but a known word
       ("my name is not important");
     * "I'm X", "I am X", "call me X", "hi X", "hey, X", "thanks X", "bye X", "nice to meet you X"
       (after a title any X: "Goodbye Mr. Stark"): X a listed given name (capitalised where
@@ -123,7 +124,7 @@ class EnglishNames:
 
     # run over the text in lower case (one pattern for "Hi", "hi" and "HI"; offsets are the same)
     _CUE = (r"(?=[imtcghybdwsn])(?:"
-            r"(?P<sure>\b(?:my\s+name(?:['’]s|\s+is|s)|the\s+name['’]s|i(?:['’]m|\s+am)\s+called|they\s+call\s+me)"
+            r"(?P<sure>\b(?:my\s+(?:name(?:['’]s|\s+is|s)|nick(?:\s?name)?(?:['’]s|\s+is))|the\s+name['’]s|i(?:['’]m|\s+am)\s+called|they\s+call\s+me)"
             r"\s+(?:(?:actually|just|really|also)\s+)?)"
             r"|\b(?:i(?:['’]?m|\s+am)|call\s+me|h(?:i|ey|ello|iya|eya|owdy)|yo|th(?:anks|ank\s+you|x)|bye|goodbye|"
             r"good\s?(?:night|morning)|morning|dear|welcome|congrat(?:s|ulations)|cheers|see\s+y(?:a|ou)|"

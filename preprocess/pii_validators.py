@@ -149,6 +149,26 @@ def person_ok(s: str) -> bool:
     return not (_stop(s, _NAME_STOP) or s[:2] in _NAME_STOP or s[-1] in "날글솜맵")
 
 
+
+# What follows "이름은/이름이/닉네임은/별명은/성함은" before a copula and is not a name: the questions
+# ("이름이 뭐야?"), what one says of a name ("이름은 비밀이야", "본명이야", "영어야"), pointers.
+_SAID_NAME_STOP = frozenset(
+    "뭐 뭔 뭘 머 모 무엇 무어 누구 어디 언제 몇 무슨 어떤 어떻게 왜 비밀 아직 가명 본명 예명 실명 별명 "
+    "닉네임 이름 영어 한글 한국어 한자 외자 진짜 가짜 똑같 같은 특이 이거 그거 저거 이게 그게 저게 이것 "
+    "그것 저것 여기 거기 저기 그 이 저 다 모름 몰라 뭐였 뭐더 기억 생각 예쁘 이쁘 예뻐 이뻐 가물 what secret same".split())
+
+
+def said_name_ok(s: str) -> bool:
+    """A name said after 이름은/닉네임은/..., unless a question word or a word about the name."""
+    return s.strip().lower() not in _SAID_NAME_STOP
+
+
+def cue_name_ok(s: str) -> bool:
+    """Surname + 1-2 syllables after 이름은/성함은 (maybe ending the phrase): a name shape that is
+    neither a word about names ("이름이 기억 안 나", "이름은 가명이야") nor a predicate ("예쁘다")."""
+    s = s.strip()
+    return person_ok(s) and said_name_ok(s) and s[-1] != "다"
+
 # --- English ----------------------------------------------------------------------------------
 
 def ssn_ok(s: str) -> bool:

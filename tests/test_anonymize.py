@@ -122,6 +122,13 @@ PII_CASES = [
     ("저는 남궁민수입니다", "저는 [NAME]입니다"),
     ("정우성씨 팬이에요", "[NAME]씨 팬이에요"),
     ("제갈공명님 안녕하세요", "[NAME]님 안녕하세요"),
+    # any name said to be one (foreign, given-only, Latin), not only surname-shaped ones
+    ("내 이름은 블레이크야. 너는?", "내 이름은 [NAME]야. 너는?"),
+    ("안녕, 내 이름은 Ali야.", "안녕, 내 이름은 [NAME]야."),
+    ("제 이름은 에밀리예요", "제 이름은 [NAME]예요"),
+    ("친구 이름은 수지라고 해", "친구 이름은 [NAME]라고 해"),
+    ("내이름은 달린이고 중국어는 못해", "내이름은 [NAME]이고 중국어는 못해"),
+    ("닉네임은 늑대소년이었어", "닉네임은 [NAME]이었어"),
     # --- mentions and handles
     ("@minjun 이거 봐", "[MENTION] 이거 봐"),
     ("@김민준 확인", "[MENTION] 확인"),
@@ -159,6 +166,9 @@ SURVIVE = [
     # 1-syllable names, common words near cues, honorific look-alikes
     "준아 밥 먹자", "선생님 안녕하세요", "아저씨 마음씨 날씨 좋다", "저는 정말 좋아요", "나는 이제 가요", "부모님 집에 가",
     "고객님 감사합니다", "하나님 감사합니다", "사장님 여기요",
+    # what is said about a name, not a name
+    "이름이 뭐야?", "그의 이름은 뭐니?", "이름이 뭐예요", "이름이 뭐였더라", "이름은 비밀이야", "이름은 가명이야",
+    "이름이 예쁘다", "이름이 기억 안 나", "이름은 중요하지 않아", "이름은 모르겠어요", "이름이 특이하네", "이름이 같아",
     # place words that are not addresses
     "서울 가고 싶다", "친구 이동 3번", "출근길 30분", "진짜로 100 넘어", "바로 3시에 와", "우리 10명",
     "운동 30분 했어", "강남 가자", "지하철 2호선", "3층 301호 앞", "서울 강남구 맛집",
@@ -420,6 +430,8 @@ EN_PII_CASES = [
     ("Hi, I'm Ethan!", "Hi, I'm [NAME]!"),
     ("hey im kyle", "hey im [NAME]"),
     ("thanks Mr Smith!", "thanks Mr [NAME]!"),
+    ("My nickname is Jaezo. I don't know why", "My nickname is [NAME]. I don't know why"),
+    ("my nick is wolfy", "my nick is [NAME]"),
     # --- phones: US, NANP-shaped (also fictional 555 numbers), international
     ("call me at 555-867-5309 tonight", "call me at [PHONE] tonight"),
     ("(415) 555-2671", "[PHONE]"),
@@ -453,7 +465,7 @@ EN_PII_CASES = [
 
 EN_SURVIVE = [
     # not names
-    "I'm Happy", "I'm Korean", "I'm tired", "Hi there", "I'm sure", "I'm fine", "I'm fine, thanks!",
+    "I'm Happy", "I'm Korean", "I'm tired", "my nickname is not important", "Hi there", "I'm sure", "I'm fine", "I'm fine, thanks!",
     "Hey guys!", "Thanks so much!", "call me later", "my name is not important", "I'm Pre Dental!",
     "Hey Sorry I need to go", "Hello! Wow, what a cool prompt!", "Thanks! See ya!", "I'm from Utah",
     "I'm going home", "Hi, What's up?", "I'm so tired", "Hey, how are you?", "Thanks, man!", "Hi everyone",
