@@ -532,8 +532,9 @@ def render(r: dict, argv: list[str]) -> str:
            else f"{cpu1 / GOAL_PER_CORE:.2f}x the 45,000 per core")
         + (f" ({GOAL_PER_CORE / rate1:.1f}x short by wall clock on this shared machine). " if rate1 < GOAL_PER_CORE
            else " (also by wall clock). ")
-        + (f"The baseline (`{r['base_root']}`, same file, same run) did {bcpu:,.0f} per CPU-second: "
-           f"{cpu1 / bcpu:.2f}x; output {'identical' if r['base']['same_output'] else 'DIFFERENT'}. "
+        + (f"The baseline (`{r['base_root']}`, same file, same run, sentence splitting off as it runs) did "
+           f"{bcpu:,.0f} per CPU-second against this checkout's {wn['messages'] / wn['cpu_s']:,.0f} with the same "
+           f"settings: {wn['messages'] / wn['cpu_s'] / bcpu:.2f}x; output {'identical' if r['base']['same_output'] else 'DIFFERENT'}. "
            if (bcpu := (r['base']['messages'] / r['base']['cpu_s'] if r.get('base') else 0)) else "")
         + f"The floor (reading lines, no parsing) is {floor / GOAL_PER_CORE:.0f}x the goal, "
         f"so the gap is Python work per message, not I/O. Sentence splitting with the default backend "
