@@ -58,9 +58,9 @@ Names: ``Anonymizer(names)`` takes the participants' display names, expands them
 variants match anywhere (particles stay: ``민준아`` -> ``[NAME]아``); Latin variants need word
 boundaries and are case-sensitive when capitalised. ``@mentions`` and IDs after 카톡/인스타/ID
 cues become ``[MENTION]``; names in system lines and surname + 1-2 syllables before 씨/님 or after
-이름은/저는...입니다 become ``[NAME]``, and so does any word said to be a name (이름은/닉네임은/별명은/
-성함은 X, then 이야/예요/입니다/라고...: 블레이크, 수지, Ali), unless it is a question word or a word
-about the name (뭐, 비밀, 가명).
+이름은/저는...입니다 become ``[NAME]``, and so does any word said to be a name (이름은/닉네임은/별명은
+X, then 이야/예요/입니다/라고...: 블레이크, 수지, Ali), unless it is a question word or a word about
+the name (뭐, 비밀, 가명).
 
 Overlaps: the first row in table order wins (same placeholder: the spans merge); participant
 names come last.

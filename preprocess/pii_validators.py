@@ -149,8 +149,7 @@ def person_ok(s: str) -> bool:
     return not (_stop(s, _NAME_STOP) or s[:2] in _NAME_STOP or s[-1] in "날글솜맵")
 
 
-
-# What follows "이름은/이름이/닉네임은/별명은/성함은" before a copula and is not a name: the questions
+# What follows "이름은/이름이/닉네임은/별명은/성함은" where a name would stand and is not a name: the questions
 # ("이름이 뭐야?"), what one says of a name ("이름은 비밀이야", "본명이야", "영어야"), pointers.
 _SAID_NAME_STOP = frozenset(
     "뭐 뭔 뭘 머 모 무엇 무어 누구 어디 언제 몇 무슨 어떤 어떻게 왜 비밀 아직 가명 본명 예명 실명 별명 "
@@ -168,6 +167,7 @@ def cue_name_ok(s: str) -> bool:
     neither a word about names ("이름이 기억 안 나", "이름은 가명이야") nor a predicate ("예쁘다")."""
     s = s.strip()
     return person_ok(s) and said_name_ok(s) and s[-1] != "다"
+
 
 # --- English ----------------------------------------------------------------------------------
 
