@@ -118,10 +118,11 @@ def build(encoder, contexts: Sequence, replies: Sequence[str], batch_size: int =
     if not len(replies):
         return ReplyMemory(np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float16), 0.0, {"pairs": 0})
     C = encoder.encode_contexts(list(contexts), batch_size=batch_size, show_progress=show_progress)
-    langs = [detect_lang([r]) for r in replies]
+    langs = np.array([detect_lang([r]) for r in replies])
+    names, counts = np.unique(langs, return_counts=True)
     centred = np.empty_like(C)
-    for lang in set(langs):
-        sel = np.array([x == lang for x in langs])
+    for lang in names:
+        sel = langs == lang
         centred[sel] = C[sel] - C[sel].mean(0)
     keys = np.array([text_key(r) for r in replies], dtype=np.int64)
     uniq, inv = np.unique(keys, return_inverse=True)
@@ -130,7 +131,7 @@ def build(encoder, contexts: Sequence, replies: Sequence[str], batch_size: int =
     rows = sums / np.bincount(inv, minlength=len(uniq))[:, None]
     return ReplyMemory(uniq, rows.astype(np.float16), 1.0,
                        {"pairs": len(replies), "replies": int(len(uniq)),
-                        "languages": {k: langs.count(k) for k in sorted(set(langs))}})
+                        "languages": {str(k): int(c) for k, c in zip(names, counts)}})
 
 
 def choose_weight(encoder, memory: ReplyMemory, evaluator, weights: Sequence[float] = WEIGHTS,
