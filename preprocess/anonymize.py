@@ -38,7 +38,8 @@ library or a word list: ``LibraryPhones`` (Google's libphonenumber, the ``phonen
 numbers valid in their country's numbering plan and grouped as that country groups them, for
 ``PHONE_REGIONS``' national formats and any ``+``-prefixed international one) and ``EnglishNames``
 (given names after "I'm", "my name is", "hi", "thanks", ...; the US census given-name list of the
-``names`` package tells names from words in lower case).
+``names`` package tells names from words in lower case) and ``EnglishMentions`` (someone spoken of:
+after a title, "his name is", "my friend", "named", "this is").
 
 English rows: SSN (``123-45-6789``; area 000, 666 and 9xx, group 00, serial 0000 are not SSNs;
 9 digits in a row only near "SSN"/"social security") -> ``[RRN]``, the national-number
@@ -65,13 +66,17 @@ the name (뭐, 비밀, 가명).
 Overlaps: the first row in table order wins (same placeholder: the spans merge); participant
 names come last.
 
+Messenger handles after a platform's name ("my instagram is jane_doe99", "snap: wolfy94") become
+``[MENTION]`` too ("is" only before a word shaped like a handle, with a digit, "_" or ".").
+
 Known limits (English): names with no cue ("Ethan said so"), after "I'm" in lower case when the
 name is also a word ("i'm will"), or in a cue that ends its sentence ("Hey! Adam!"); a capitalised
 word that closes a greeting is taken for a name ("HEY APPLE!"); a 3-3-4 grouped order number is
 taken for a phone number.
 
 Known limits: numbers written with native numerals (하나 둘 셋) or split by words; names that are
-neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines); addresses without a
+neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines), given names addressed
+without a surname ("민수야 뭐해?": shaped like "아니야", "괜찮아"; a name list would be needed); addresses without a
 number below district level ("역삼동 살아"); order numbers that happen to pass Luhn (13-19 digits,
 ~10%) or look like a birth date + [1-8] (13 digits) are replaced too.
 """
@@ -83,7 +88,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from preprocess.pii_english import EnglishNames, LibraryPhones
+from preprocess.pii_english import EnglishMentions, EnglishNames, LibraryPhones
 from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, cue_name_ok, fine_num_ok, iban_ok, intl_ok, ip_ok,
                                        jibun_ok, landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok,
                                        said_name_ok, service_ok, ssn_ok)
@@ -106,7 +111,7 @@ class Detector:
     needs: str = ""                     # gate: space-separated groups, each needs one of its chars
                                         # ("#" = any ASCII digit, "A" = any ASCII letter)
     cue: re.Pattern | None = None       # must occur near the match
-    context: re.Pattern | None = None   # must occur anywhere in the text
+    context: re.Pattern | None = None   # must occur anywhere in the text (or an object with such a search)
     group: int = 0                      # regex group holding the PII (text view)
     near: str | None = None             # or: a span of this placeholder nearby
     name: str = ""
@@ -169,6 +174,17 @@ def _view(text: str) -> str:
 # the table
 
 _D = re.compile
+
+
+class _Contains:
+    """A Detector context that is plain substrings (``in`` is several times faster than a regex)."""
+
+    def __init__(self, *subs: str):
+        self.subs = subs
+
+    def search(self, text: str) -> bool | None:
+        return True if any(s in text for s in self.subs) else None
+
 _H = "공영빵일이삼사오육륙칠팔구"
 _DIGIT_OF = {**{str(i): str(i) for i in range(10)}, "공": "0", "영": "0", "빵": "0", "일": "1", "이": "2", "삼": "3",
              "사": "4", "오": "5", "육": "6", "륙": "6", "칠": "7", "팔": "8", "구": "9"}
@@ -255,8 +271,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("[MENTION]", _D(r"(?<![\w.@])@[0-9A-Za-z가-힣][\w가-힣.\-]{1,29}(?<!\.)"), needs="@", name="mention"),
     Detector("[MENTION]", _D(r"(?:카톡|카카오톡|아이디|인스타|인스타그램|라인|텔레그램|트위터|디엠)\s*(?:아이디|id|ID)?\s*(?:은|는|:|=)?\s*:?\s*([A-Za-z][A-Za-z0-9._-]{2,29})(?![A-Za-z0-9])"),
              group=1, needs="톡디스텔트 A", name="handle"),
-    Detector("[MENTION]", _D(r"(?<![A-Za-z])(?i:kakao ?id|kakaotalk|insta(?:gram)?|telegram|twitter|id)\s*[:=]\s*([A-Za-z][A-Za-z0-9._-]{2,29})(?![A-Za-z0-9])"),
-             group=1, needs=":= A", name="handle-en"),
+    Detector("[MENTION]", _D(r"(?=[KkIiTtSsDdUuGgPpWwLl])(?<![A-Za-z])(?i:kakao ?id|kakaotalk|insta(?:gram)?|ig|telegram|twitter|snap(?:chat)?|tiktok|discord|"
+                             r"user ?name|gamertag|psn|steam|skype|wechat|line ?id|id)(?:\s*[:=]\s*|\s+is\s+@?"
+                             # after "is", only what is shaped like a handle ("my ig is jane_doe99", not "is private")
+                             r"(?=[A-Za-z][A-Za-z0-9]*(?:[._-][A-Za-z0-9]|\d)))([A-Za-z][A-Za-z0-9._-]{2,29})(?<![._-])(?![A-Za-z0-9])"),
+             group=1, needs="A", context=_Contains(":", "=", " is "), name="handle-en"),
     Detector("[PASSPORT]", _D(r"(?<![A-Za-z0-9])[MSRODG](?:\d{3}[A-Z]\d{4}|\d{8})(?![A-Za-z0-9])"), needs="# A", context=_PASSPORT_CTX, name="passport"),
     Detector("[PLATE]", _D(rf"(?<![\d가-힣])(?:{_SIDO}\s?)?\d{{2,3}}\s?[{_PLATE_LETTERS}]\s?\d{{4}}(?!\d)"), needs="#", context=_PLATE_CTX, name="plate"),
     Detector("[ADDRESS]", _D(rf"(?<![가-힣A-Za-z])(?:{_COARSE}\s*){{0,3}}[가-힣0-9]{{1,12}}(?:로|길)\s?(?:\d{{1,4}}번?[가나다]?길\s?)?\d{{1,4}}(?:-\d{{1,4}})?(?!\d|[.:,]\d){_TAIL}(?!{_UNITS}){_AFTER}"),
@@ -297,6 +316,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("[POSTCODE]", _D(rf"(?<![A-Za-z])(?:{'|'.join(_US_STATES)})\s+(\d{{5}}(?:-\d{{4}})?)(?![\d-])"),
              group=1, needs="# A", context=_D(r"[A-Z]{2}\s+\d{5}"), name="zip-us"),
     Detector("[NAME]", EnglishNames(), needs="A", name="name-en"),
+    Detector("[NAME]", EnglishMentions(), needs="A", name="name-en-mention"),
     # --- digit view (pattern: digits only, validator: grouped "010-1234-5678") ------------------
     Detector("[PHONE]", _D(r"01[016789]\d{7,8}"), view="digits", name="mobile"),
     Detector("[PHONE]", _D(r"82(?:0?1[016789]\d{7,8}|0?(?:2|[3-6][1-5]|70)\d{7,8})"), view="digits", name="phone-intl"),

@@ -1,12 +1,13 @@
 """English personal data that patterns alone find badly, as DETECTORS patterns
 (preprocess.anonymize): phone numbers through Google's libphonenumber (:class:`LibraryPhones`)
-and given names next to an introduction or an address, from the US census name lists
-(:class:`EnglishNames`). Each has ``finditer(text)`` yielding re.Match-shaped spans."""
+and given names next to an introduction or an address (:class:`EnglishNames`) or where someone else
+is spoken of (:class:`EnglishMentions`), from the US census name lists. Each has ``finditer(text)``
+yielding re.Match-shaped spans."""
 from __future__ import annotations
 
 import re
 
-__all__ = ["LibraryPhones", "EnglishNames"]
+__all__ = ["LibraryPhones", "EnglishNames", "EnglishMentions"]
 
 
 class _Found:
@@ -166,3 +167,83 @@ class EnglishNames:
 
 _TITLE_CASE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
 _NAME_SHAPE = re.compile(r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?|[A-Z]{2,3}")    # "Jaezo", "Mary-Jo", "BK"; not "SOOOOO"
+
+
+# what a title is followed by that is no person's name: "Hi Dr. Who", "Mr. Right", "Dr Pepper"
+_TITLE_NOT_NAMES = frozenset("who right wrong strange bean pepper potato clean freeze robot nobody nice big know t".split())
+_KIN = ("friend|bestie|bff|buddy|pal|brother|bro|sister|sis|wife|husband|hubby|boyfriend|girlfriend|bf|gf|son|"
+        "daughter|cousin|uncle|aunt|auntie|nephew|niece|grandson|granddaughter|grandma|grandpa|grandmother|"
+        "grandfather|roommate|neighbou?r|co-?worker|colleague|boss|classmate|teacher|coach|partner|fianc[eé]e?|"
+        "ex|mom|dad|mum|mother|father|step(?:mom|dad|mother|father|son|daughter)|kid|baby|dog|cat|puppy|kitten")
+
+
+class EnglishMentions:
+    """Someone else's name, where English speaks of a person rather than to one (a DETECTORS
+    pattern beside :class:`EnglishNames`):
+
+    * a title anywhere, capitalised, before a capitalised word ("Ms. Johnson said hi", "Dr Patel");
+      not a character ("Dr. Who", "Mr. Right");
+    * "his/her/their/your name is X", "her nickname's X": any X but a known word ("Her name is
+      Sister Loar": the word after such a title);
+    * "this is X", "a dog named X", "my friend X", "our son X" (family, friends, colleagues, pets):
+      X a listed given name, capitalised ("my friend Tom", not "this is Korea" or "my friend said").
+
+    Up to two capitalised words after the name on the same line go with it ("Mr. John Smith",
+    "Nick Van Alfen")."""
+
+    _RE = re.compile(
+        r"(?=[mdpthyino])(?:(?P<title>\b(?:mr|mrs|ms|mx|dr|prof)\.?\s+)"      # the lookahead: re's fast scan
+        r"|(?P<said>\b(?:his|her|their|your|its)\s+(?:nick\s?)?name(?:['’]s|\s+is|\s+was)\s+)"
+        r"|(?P<weak>\b(?:this\s+is|named|(?:my|our|his|her|their)\s+(?:(?:best|little|big|older|younger|baby|"
+        r"twin|old|new)\s+)?(?:" + _KIN + r")),?\s+))"
+        r"(?=(?P<name>[a-z]+(?:-[a-z]+)?)(?![a-z0-9])(?!['’][a-z]{2}))")
+
+    def finditer(self, text: str):
+        low = text.lower()
+        if len(low) != len(text):
+            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        return () if self._RE.search(low) is None else self._names(text, low)
+
+    def _names(self, text: str, low: str):
+        for m in self._RE.finditer(low):
+            start, end = m.span("name")
+            w, word = m.group("name"), text[start:end]
+            if m.group("said") is not None and w in _BEFORE_NAMES:      # "her name is Sister Loar"
+                nxt = _NEXT_WORD.match(text, end)
+                if nxt is None:
+                    continue
+                start, end = nxt.span(1)
+                w, word = low[start:end], text[start:end]
+            if len(w) < 2 or w in _EN_NOT_NAMES:
+                continue
+            if m.group("title") is not None:
+                ok = text[m.start("title")].isupper() and _TITLE_CASE.fullmatch(word) is not None \
+                    and w not in _TITLE_NOT_NAMES
+            elif m.group("said") is not None:
+                ok = not _ADJ_ENDING.search(w) and w not in _SAID_NOT_NAMES
+            else:
+                ok = w in _GIVEN and word[0].isupper()
+            if ok:
+                end = _surname_end(text, end)
+                yield _Found(start, end, text[start:end])
+
+
+# what a name is said to be that is no name ("his name is long", "her name is unique")
+_SAID_NOT_NAMES = frozenset("long short hard easy unique cute nice common rare simple unknown secret different "
+                            "similar same cool lame bad good pretty".split())
+_NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+(?:-[A-Za-z]+)?)(?![A-Za-z0-9])")
+_SURNAME = re.compile(r"[ \t]+([A-Z][a-z]+(?:-[A-Z][a-z]+)?)(?![A-Za-z0-9])(?!['’][a-z]{2})")
+# the words a name may follow ("Sister Loar", "Elder Price", "Coach Carter"): the name is the next word
+_BEFORE_NAMES = frozenset("sister brother elder father mother aunt uncle saint st president bishop pastor coach "
+                          "professor officer captain sir lady lord king queen prince princess".split())
+
+
+def _surname_end(text: str, end: int) -> int:
+    """Where a name whose first word ends at ``end`` ends: after at most two capitalised words that
+    follow it on the same line and are not known words."""
+    for _ in range(2):
+        m = _SURNAME.match(text, end)
+        if m is None or m.group(1).lower() in _EN_NOT_NAMES:
+            break
+        end = m.end()
+    return end

@@ -214,7 +214,7 @@ def test_contains_pii_ignores_placeholders():
 def test_table_shape():
     assert all(d.placeholder in PLACEHOLDERS for d in DETECTORS)
     # every row is a compiled regex, except the rows that wrap a library or a word list
-    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en"}
+    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en", "name-en-mention"}
     assert all(callable(getattr(d.pattern, "finditer", None)) for d in DETECTORS)
     assert len({d.name for d in DETECTORS}) == len(DETECTORS)
     assert all(d.view in ("text", "digits") for d in DETECTORS)
@@ -432,6 +432,22 @@ EN_PII_CASES = [
     ("thanks Mr Smith!", "thanks Mr [NAME]!"),
     ("My nickname is Jaezo. I don't know why", "My nickname is [NAME]. I don't know why"),
     ("my nick is wolfy", "my nick is [NAME]"),
+    # --- someone else's name: after a title, "his name is", "my friend", "named", "this is"
+    ("Ms. Johnson said hi", "Ms. [NAME] said hi"),
+    ("Dr Patel will see you now", "Dr [NAME] will see you now"),
+    ("I had it with Mr. John Smith", "I had it with Mr. [NAME]"),
+    ("his name is andrew.", "his name is [NAME]."),
+    ("So, his name is Nick Van Alfen if you want", "So, his name is [NAME] if you want"),
+    ("Her name is Sister Loar", "Her name is Sister [NAME]"),
+    ("My friend Tom and I went fishing", "My friend [NAME] and I went fishing"),
+    ("This is Jennifer speaking", "This is [NAME] speaking"),
+    ("She has one daughter named Macie", "She has one daughter named [NAME]"),
+    ("our son Jake's birthday", "our son [NAME]'s birthday"),
+    ("okay his name is Richard Hunter\nhe served", "okay his name is [NAME]\nhe served"),
+    # --- handles after the platform's name
+    ("My instagram is jane_doe99", "My instagram is [MENTION]"),
+    ("add me on snap: wolfy94", "add me on snap: [MENTION]"),
+    ("my discord is wolf.94!", "my discord is [MENTION]!"),
     # --- phones: US, NANP-shaped (also fictional 555 numbers), international
     ("call me at 555-867-5309 tonight", "call me at [PHONE] tonight"),
     ("(415) 555-2671", "[PHONE]"),
@@ -472,6 +488,9 @@ EN_SURVIVE = [
     "I am American.", "I'm Exhausted.", "Im Mormon", "i'm will be there", "I'll mark it", "I may go",
     "Hello Old sport", "Yes I am XD", "I'm Catholic", "I'm a student", "I am SOOOOO EXCITED!!",
     "goodbye mr president", "Hi Dr. Who", "Howdy pa'dna",
+    "Dr. Strange was great", "Mr. Right will come", "my friend said hi", "This is Korea!", "this is june",
+    "a town named after its river", "his name is long", "her name is not important", "a song named Whiplash",
+    "I miss my friend so much", "My friend And I", "my snapchat is down.", "my ig is private", "my username is taken",
     # not numbers worth hiding
     "2024-05-06", "05/06/2024", "$1,299.99", "it costs 12,500 won", "at 10:30-11:45", "7:45pm",
     "order #20240506-0012", "Order 1234567890123", "version 1.2.3.4", "v2.10.3", "room 101", "in 1999",
