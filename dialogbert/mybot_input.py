@@ -67,30 +67,35 @@ def preprocess_exports(files: list[str], shards: Path, reply_as: Sequence[str], 
     Returns (summary, labels: path -> "export N")."""
     from preprocess.pipeline import PARTS_DIR, run
     labels = {path: f"export {i}" for i, path in enumerate(files, 1)}
+    summary = None
     try:
         summary = run(files, str(shards), workers=workers, resume=not reply_as, progress=progress,
                       mark_speakers=reply_as)
     finally:
         shutil.rmtree(shards / PARTS_DIR, ignore_errors=True)  # its markers name the inputs
-        scrub_manifest(shards / "manifest.json", labels)
+        if summary is None:     # no manifest is written before the end; remove one that might be
+            (shards / "manifest.json").unlink(missing_ok=True)
+        else:
+            scrub_manifest(shards / "manifest.json", summary, labels)
     if summary.get("failed"):
         raise ValueError("cannot read " + "; ".join(f["error"] for f in summary["failed"])
                          + " (see `dialogbert preprocess --help` for the formats read)")
     return summary, labels
 
 
-def scrub_manifest(path: Path, labels: dict[str, str]) -> None:
-    """The manifest with ``export N`` for each input path (file names often hold a name)."""
+def scrub_manifest(path: Path, summary: dict, labels: dict[str, str]) -> None:
+    """The manifest with ``export N`` for each input (file names often hold a name). Its entries
+    are in the order of ``summary``'s (the run's, with the paths as given), which say which is which."""
     if not path.is_file():
         return
     m = json.loads(path.read_text("utf-8"))
-    for entry in m.get("inputs", []):
-        entry["path"] = labels.get(entry["path"], "export")
+    for entry, given in zip(m.get("inputs", []), summary["inputs"]):
+        entry["path"] = labels.get(given["path"], "export")
         if "duplicate_of" in entry:
-            entry["duplicate_of"] = labels.get(entry["duplicate_of"], "export")
-        entry["bad_line_examples"] = [relabel(x, labels) for x in entry.get("bad_line_examples", [])]
+            entry["duplicate_of"] = labels.get(given.get("duplicate_of"), "export")
+        entry["bad_line_examples"] = [relabel(x, labels) for x in given.get("bad_line_examples", [])]
     m["failed"] = [{"path": labels.get(f["path"], "input"), "error": relabel(f["error"], labels)}
-                   for f in m.get("failed", [])]
+                   for f in summary.get("failed", [])]
     m["skipped"] = [f"skipped file {i}" for i, _ in enumerate(m.get("skipped", []), 1)]
     atomic_write_text(path, json.dumps(m, ensure_ascii=False, indent=1) + "\n")
 

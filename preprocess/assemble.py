@@ -132,3 +132,24 @@ def manifest(ordered: list[dict], failed: list[dict], skipped: list[str], shards
         "skipped": skipped,
         "shards": shards,
     }
+
+
+def manifest_on_disk(m: dict) -> dict:
+    """The manifest as written: each input named as :func:`preprocess.inputs.label` names it (an
+    export's file name holds the room's name, often a person's), in its entry, its bad-line
+    examples, a duplicate's original, the failed and the skipped files. The run's summary, shown
+    on the terminal only, keeps the paths as given."""
+    from .inputs import label
+
+    def named(text: str, path: str) -> str:
+        return text.replace(path, label(path))
+
+    entries = []
+    for e in m["inputs"]:
+        e = dict(e, path=label(e["path"]), bad_line_examples=[named(x, e["path"]) for x in e["bad_line_examples"]])
+        if "duplicate_of" in e:
+            e["duplicate_of"] = label(e["duplicate_of"])
+        entries.append(e)
+    return dict(m, inputs=entries, failed=[{"path": label(f["path"]), "error": named(f["error"], f["path"])}
+                                           for f in m["failed"]],
+                skipped=[label(x) for x in m["skipped"]])

@@ -97,7 +97,7 @@ def run_jobs(jobs: list[tuple], ray_address: str | None = None, split_bytes: int
                 stats, text = ray.get(refs)
                 texts = [text]
             if "error" not in stats:
-                _commit(parts_dir, Options(**opts_dict), stats, texts)
+                _commit(parts_dir, Options(**opts_dict), stats, texts, path)
                 stats.update(path=path, resumed=False)
         except Exception as e:   # noqa: BLE001 - a failed task names its file, as in a local run
             stats = failure(path, e)
@@ -118,12 +118,12 @@ def _join(ray, finish_t, path, sha, fmt, opts_dict, refs) -> tuple[dict, list[st
     return stats, [t for t, _ in done]
 
 
-def _commit(parts_dir: Path, opts: Options, stats: dict, texts: list[str]) -> None:
+def _commit(parts_dir: Path, opts: Options, stats: dict, texts: list[str], path: str) -> None:
     part, _ = part_paths(parts_dir, stats["sha256"], opts)
     tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
     try:
         ranges.write_part(texts, tmp)
-        commit_part(tmp, parts_dir, opts, stats)
+        commit_part(tmp, parts_dir, opts, stats, path)
     finally:
         if tmp.exists():
             tmp.unlink()

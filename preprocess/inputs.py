@@ -7,7 +7,7 @@ for ``hdfs://``), and fsspec's error names it when it is missing. Outputs stay l
 
 Every input read goes through here: ``open_binary`` (seekable, for the sniffing, the sha256 and
 the byte ranges of a split export), ``size``, and ``walk`` (a folder's files, as ``discover``
-walks a local folder).
+walks a local folder). ``label``: an input's path as written to disk (the room's name masked).
 """
 from __future__ import annotations
 
@@ -67,3 +67,38 @@ def walk(uri: str) -> list[tuple[str, list[str]]]:
         rel = p[len(root):].lstrip("/").split("/")
         out.append((uri.rstrip("/") + "/" + "/".join(rel), rel))
     return out
+
+
+# How the apps name an export (file or folder): the room's name, which for a one-to-one chat is the
+# other person's display name, sits between a fixed head and tail (docs/preprocess.md lists them).
+_EXPORT_NAMES = tuple(re.compile(p) for p in (
+    r"^(KakaoTalk_Chat_)(.+?)(_\d{4}-\d{2}-\d{2}.*)$",                       # PC: KakaoTalk_Chat_<room>_2024-02-09-19-32-15.txt
+    r"^(KakaoTalk_\d{8}_\d{4}_\d{2}_\d{3}_)(.+?)((?:\.\w+)?)$",               # mobile: KakaoTalk_20240301_1000_00_000_<room>.txt
+    r"^(KakaoTalk Chats with )(.+?)((?: \(\d+ people\))?(?:-\d+)?(?:\.\w+)?)$",
+    r"^()(.+?)((?: 님과| ?\(\d+명\)과|과|와) 카카오톡 대화(?:-\d+)?(?:\.\w+)?)$",
+    r"^(\[LINE\] Chat (?:history )?(?:with|in) )(.+?)((?:\.\w+)?)$",
+    r"^(\[LINE\] )(.+?)((?:님과의 대화|과의 대화|とのトーク(?:履歴)?|的聊天記錄)(?:\.\w+)?)$",
+))
+
+
+def label(path) -> str:
+    """``path`` as the manifest and the part markers name it: every part of it (folder or file)
+    named as KakaoTalk or LINE name an export has the room's name, often a person's, replaced by
+    ``[NAME]`` (``exports/KakaoTalk_Chat_[NAME]_2024-02-09.txt``). Other names stay as they are."""
+    text = str(path)
+    head = _SCHEME.match(text)
+    start = head.end() if head else 0
+    parts = re.split(r"([/\\])", text[start:])
+    for i in range(0, len(parts), 2):
+        for p in _EXPORT_NAMES:
+            m = p.match(parts[i])
+            if m is not None:
+                parts[i] = f"{m.group(1)}[NAME]{m.group(3)}"
+                break
+    return text[:start] + "".join(parts)
+
+
+def relabel(text: str, path) -> str:
+    """``text`` ("path" or "path:line: reason") with ``path`` as :func:`label` names it."""
+    path = str(path)
+    return label(path) + text[len(path):] if text == path or text.startswith(path + ":") else text

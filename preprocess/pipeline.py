@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .assemble import assemble, mark_duplicate_files
 from .assemble import manifest as build_manifest
+from .assemble import manifest_on_disk
 from .conversation import (GENERIC_SELF, content_hash, conversation_id, detect_lang, mask_names, speaker_key,
                            system_names)
 from .discover import discover
@@ -125,7 +126,7 @@ def run(inputs: list[str], out: str, workers: int = 1, session_gap_minutes: floa
     shards, dups = assemble(out_p, parts_dir, ordered, opts)
 
     manifest = build_manifest(ordered, failed, skipped, shards, dups, opts)
-    atomic_write_text(out_p / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    atomic_write_text(out_p / "manifest.json", json.dumps(manifest_on_disk(manifest), ensure_ascii=False, indent=1) + "\n")
     summary = dict(manifest, out=str(out_p), seconds=round(elapsed, 3),
                    resumed_files=sum(1 for r in ordered if r.get("resumed")))
     print(_summary_table(summary), flush=True)

@@ -362,11 +362,13 @@ def check_read(path: str, fmt: str, stats: dict) -> None:
         raise FormatError(path, f"no messages found (format {fmt})")
 
 
-def commit_part(tmp: Path, parts_dir: Path, opts: Options, stats: dict) -> None:
-    """A complete part file (written to ``tmp``, fsynced) goes into place, then its marker, last."""
+def commit_part(tmp: Path, parts_dir: Path, opts: Options, stats: dict, path: str) -> None:
+    """A complete part file (written to ``tmp``, fsynced) goes into place, then its marker, last.
+    The marker names the input as :func:`preprocess.inputs.label` does (its bad-line examples)."""
     part, marker = part_paths(parts_dir, stats["sha256"], opts)
     os.replace(tmp, part)
-    atomic_write_text(marker, json.dumps(stats, ensure_ascii=False, sort_keys=True))
+    on_disk = dict(stats, bad_line_examples=[x.replace(path, inputs.label(path)) for x in stats["bad_line_examples"]])
+    atomic_write_text(marker, json.dumps(on_disk, ensure_ascii=False, sort_keys=True))
 
 
 def failure(path: str, e: Exception, last_line: int = 0) -> dict:
@@ -407,7 +409,7 @@ def process_file(job: tuple) -> dict:
             os.fsync(out.fileno())
         stats = proc.stats()
         check_read(path, fmt, stats)
-        commit_part(tmp, parts_dir, opts, stats)
+        commit_part(tmp, parts_dir, opts, stats, path)
         stats.update(path=path, resumed=False)
         return stats
     except Exception as e:   # noqa: BLE001 - one bad file must not stop the run; named in the manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from preprocess.inputs import is_uri
+from preprocess.inputs import is_uri, label
 from preprocess.pipeline import discover, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +75,24 @@ def test_missing_and_unknown_uris_are_named(memory_exports, tmp_path):
     assert errors["memory://exports/nothing.txt"] == "memory://exports/nothing.txt: no such file or folder"
     assert errors["nosuchscheme://x/y.txt"].startswith("nosuchscheme://x/y.txt: cannot read:")
     assert [i["path"] for i in out["inputs"]] == ["memory://exports/kakaotalk_pc_ko.txt"]
+
+
+@pytest.mark.parametrize("path,written", [
+    ("exports/KakaoTalk_Chat_김민준_2024-02-09-19-32-15.txt", "exports/KakaoTalk_Chat_[NAME]_2024-02-09-19-32-15.txt"),
+    ("/in/KakaoTalk_20240301_1000_00_000_박영우 소마.txt", "/in/KakaoTalk_20240301_1000_00_000_[NAME].txt"),
+    ("KakaoTalk Chats with Jane Doe (4 people)-1.txt", "KakaoTalk Chats with [NAME] (4 people)-1.txt"),
+    ("홍길동 님과 카카오톡 대화.txt", "[NAME] 님과 카카오톡 대화.txt"),
+    ("가족 (4명)과 카카오톡 대화-1.txt", "[NAME] (4명)과 카카오톡 대화-1.txt"),
+    ("[LINE] Chat with Tom.txt", "[LINE] Chat with [NAME].txt"),
+    ("[LINE] Chat history in Family.txt", "[LINE] Chat history in [NAME].txt"),
+    ("[LINE] 홍길동님과의 대화.txt", "[LINE] [NAME]님과의 대화.txt"),
+    ("[LINE] 山田とのトーク.txt", "[LINE] [NAME]とのトーク.txt"),
+    ("s3://bucket/KakaoTalk_Chat_A B_2024-01-01.txt", "s3://bucket/KakaoTalk_Chat_[NAME]_2024-01-01.txt"),
+    ("KakaoTalk_Chat_철수_2024-01-01/messages.csv", "KakaoTalk_Chat_[NAME]_2024-01-01/messages.csv"),
+    # no room's name in these: unchanged
+    ("Talk_2023.3.23 02:10-1.txt", "Talk_2023.3.23 02:10-1.txt"),
+    ("data/sample/kakaotalk/kakao_pc.txt", "data/sample/kakaotalk/kakao_pc.txt"),
+    ("memory://exports/KakaoTalk_Chat_.txt", "memory://exports/KakaoTalk_Chat_.txt"),
+])
+def test_an_exports_room_name_is_masked_where_its_path_is_written(path, written):
+    assert label(path) == written

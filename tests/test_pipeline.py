@@ -336,6 +336,45 @@ def test_bad_lines_are_reported_without_their_content(tmp_path, capsys):
         assert secret not in written, secret
 
 
+def test_export_file_names_are_written_without_the_rooms_name(tmp_path, capsys):
+    """KakaoTalk and LINE name an export after its room, for a one-to-one chat the other person:
+    the manifest and the part markers write such a path with the room's name masked (the entry, its
+    bad-line examples, a duplicate's original, a failed file); the terminal and the returned summary
+    keep the paths as given, for the user who ran it."""
+    room = tmp_path / "KakaoTalk_Chat_홍길동_2024-02-09-19-32-15"
+    room.mkdir()
+    with open(room / "messages.jsonl", "w", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "t", "turns": [{"speaker": "A", "text": "hi"}, {"speaker": "B", "text": "yo"}]}) + "\n")
+        f.write('{"id": "u", "turns": [\n')
+    (tmp_path / "[LINE] Chat with Jane Doe.txt").write_bytes(b"")                      # fails: empty
+    copy = tmp_path / "KakaoTalk Chats with Jane Doe (2 people)-1.jsonl"               # a duplicate file
+    copy.write_bytes((room / "messages.jsonl").read_bytes())
+    out = tmp_path / "out"
+    summary = run([str(room), str(tmp_path / "[LINE] Chat with Jane Doe.txt"), str(copy)], str(out),
+                  sentence_backend="none", progress=False)
+    err = capsys.readouterr().err
+    written = "".join(p.read_text("utf-8", errors="replace") for p in out.rglob("*") if p.is_file())
+    for name in ("홍길동", "Jane Doe", "Jane"):
+        assert name not in written, name
+    m = json.loads((out / "manifest.json").read_text("utf-8"))
+    first, dup = m["inputs"]
+    assert first["path"].endswith("KakaoTalk_Chat_[NAME]_2024-02-09-19-32-15/messages.jsonl")
+    assert first["bad_line_examples"][0].startswith(first["path"] + ":2: ")
+    assert dup["path"].endswith("KakaoTalk Chats with [NAME] (2 people)-1.jsonl") and dup["duplicate_of"] == first["path"]
+    assert m["failed"][0]["path"].endswith("[LINE] Chat with [NAME].txt") and "empty" in m["failed"][0]["error"]
+    assert m["failed"][0]["error"].startswith(m["failed"][0]["path"])
+    markers = [json.loads(p.read_text("utf-8")) for p in (out / ".parts").glob("*.done.json")]
+    assert [x["bad_line_examples"][0].split(":2:")[0] for x in markers] == [first["path"]]
+    # the user's own terminal and the in-memory summary name the files as given
+    assert summary["inputs"][0]["path"] == str(room / "messages.jsonl") and "Jane Doe" in err
+    assert summary["inputs"][0]["bad_line_examples"][0].startswith(str(room / "messages.jsonl") + ":2:")
+    # a second run resumes from the markers and writes the same manifest
+    before = (out / "manifest.json").read_bytes()
+    run([str(room), str(tmp_path / "[LINE] Chat with Jane Doe.txt"), str(copy)], str(out),
+        sentence_backend="none", progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+
+
 def test_ids_and_split_survive_a_re_export(tmp_path):
     """The same chat exported again with new messages appended: the sessions it already had keep
     their ids, so the train/test split (a hash of the id) does not move under a trained model."""
