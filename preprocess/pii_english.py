@@ -221,8 +221,8 @@ class EnglishMentions:
                     and w not in _TITLE_NOT_NAMES
             elif m.group("said") is not None:
                 ok = not _ADJ_ENDING.search(w) and w not in _SAID_NOT_NAMES
-            else:
-                ok = w in _GIVEN and word[0].isupper()
+            else:                       # not "this is May 5th"
+                ok = w in _GIVEN and word[0].isupper() and _DIGIT_NEXT.match(text, end) is None
             if ok:
                 end = _surname_end(text, end)
                 yield _Found(start, end, text[start:end])
@@ -231,6 +231,7 @@ class EnglishMentions:
 # what a name is said to be that is no name ("his name is long", "her name is unique")
 _SAID_NOT_NAMES = frozenset("long short hard easy unique cute nice common rare simple unknown secret different "
                             "similar same cool lame bad good pretty".split())
+_DIGIT_NEXT = re.compile(r"\s*\d")
 _NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+(?:-[A-Za-z]+)?)(?![A-Za-z0-9])")
 _SURNAME = re.compile(r"[ \t]+([A-Z][a-z]+(?:-[A-Z][a-z]+)?)(?![A-Za-z0-9])(?!['’][a-z]{2})")
 # the words a name may follow ("Sister Loar", "Elder Price", "Coach Carter"): the name is the next word

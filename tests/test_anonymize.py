@@ -490,7 +490,7 @@ EN_SURVIVE = [
     "goodbye mr president", "Hi Dr. Who", "Howdy pa'dna",
     "Dr. Strange was great", "Mr. Right will come", "my friend said hi", "This is Korea!", "this is june",
     "a town named after its river", "his name is long", "her name is not important", "a song named Whiplash",
-    "I miss my friend so much", "My friend And I", "my snapchat is down.", "my ig is private", "my username is taken",
+    "I miss my friend so much", "My friend And I", "my snapchat is down.", "my ig is private", "my username is taken", "This is May 5th",
     # not numbers worth hiding
     "2024-05-06", "05/06/2024", "$1,299.99", "it costs 12,500 won", "at 10:30-11:45", "7:45pm",
     "order #20240506-0012", "Order 1234567890123", "version 1.2.3.4", "v2.10.3", "room 101", "in 1999",
