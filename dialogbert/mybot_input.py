@@ -73,9 +73,7 @@ def preprocess_exports(files: list[str], shards: Path, reply_as: Sequence[str], 
                       mark_speakers=reply_as)
     finally:
         shutil.rmtree(shards / PARTS_DIR, ignore_errors=True)  # its markers name the inputs
-        if summary is None:     # no manifest is written before the end; remove one that might be
-            (shards / "manifest.json").unlink(missing_ok=True)
-        else:
+        if summary is not None:     # a failed run writes no manifest
             scrub_manifest(shards / "manifest.json", summary, labels)
     if summary.get("failed"):
         raise ValueError("cannot read " + "; ".join(f["error"] for f in summary["failed"])

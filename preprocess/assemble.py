@@ -139,17 +139,14 @@ def manifest_on_disk(m: dict) -> dict:
     export's file name holds the room's name, often a person's), in its entry, its bad-line
     examples, a duplicate's original, the failed and the skipped files. The run's summary, shown
     on the terminal only, keeps the paths as given."""
-    from .inputs import label
-
-    def named(text: str, path: str) -> str:
-        return text.replace(path, label(path))
+    from .inputs import label, labelled
 
     entries = []
     for e in m["inputs"]:
-        e = dict(e, path=label(e["path"]), bad_line_examples=[named(x, e["path"]) for x in e["bad_line_examples"]])
+        e = dict(e, path=label(e["path"]), bad_line_examples=labelled(e["bad_line_examples"], e["path"]))
         if "duplicate_of" in e:
             e["duplicate_of"] = label(e["duplicate_of"])
         entries.append(e)
-    return dict(m, inputs=entries, failed=[{"path": label(f["path"]), "error": named(f["error"], f["path"])}
+    return dict(m, inputs=entries, failed=[{"path": label(f["path"]), "error": labelled([f["error"]], f["path"])[0]}
                                            for f in m["failed"]],
                 skipped=[label(x) for x in m["skipped"]])

@@ -98,7 +98,8 @@ def label(path) -> str:
     return text[:start] + "".join(parts)
 
 
-def relabel(text: str, path) -> str:
-    """``text`` ("path" or "path:line: reason") with ``path`` as :func:`label` names it."""
+def labelled(texts: list[str], path) -> list[str]:
+    """``texts`` (bad-line examples, error messages) with ``path`` written as :func:`label` writes it."""
     path = str(path)
-    return label(path) + text[len(path):] if text == path or text.startswith(path + ":") else text
+    named = label(path)
+    return texts if named == path else [t.replace(path, named) for t in texts]

@@ -107,6 +107,13 @@ _EN_NOT_NAMES = frozenset(
 _ADJ_ENDING = re.compile(r"(?:ed|ing|ful|ous|ive|ish|ese|ian|ean|ican|ic|less|able|ible|ly|y|ist|ism)$")
 
 
+def _lower(text: str) -> str:
+    """``text`` in lower case with the same offsets (a character whose lower case is longer, rare,
+    is kept as it is), so a match found in it is a span of ``text``."""
+    low = text.lower()
+    return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
 class EnglishNames:
     """Given names after the cues English speakers introduce or address someone with, as a
     DETECTORS pattern (one regex pass; how sure a cue is decides what may follow it):
@@ -136,9 +143,7 @@ class EnglishNames:
                      r"(?P<close>\s*(?:[,.!?;:)~]|$)|\s+(?:btw|by\s+the\s+way|here|and|but|from|nice)\b)?)")
 
     def finditer(self, text: str):
-        low = text.lower()
-        if len(low) != len(text):      # a character whose lower case is longer (rare): keep offsets
-            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        low = _lower(text)
         # most lines hold no cue: one search, and no generator, for them
         return () if self._RE.search(low) is None else self._names(text, low)
 
@@ -199,9 +204,7 @@ class EnglishMentions:
         r"(?=(?P<name>[a-z]+(?:-[a-z]+)?)(?![a-z0-9])(?!['’][a-z]{2}))")
 
     def finditer(self, text: str):
-        low = text.lower()
-        if len(low) != len(text):
-            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        low = _lower(text)
         return () if self._RE.search(low) is None else self._names(text, low)
 
     def _names(self, text: str, low: str):

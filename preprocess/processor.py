@@ -367,7 +367,7 @@ def commit_part(tmp: Path, parts_dir: Path, opts: Options, stats: dict, path: st
     The marker names the input as :func:`preprocess.inputs.label` does (its bad-line examples)."""
     part, marker = part_paths(parts_dir, stats["sha256"], opts)
     os.replace(tmp, part)
-    on_disk = dict(stats, bad_line_examples=[x.replace(path, inputs.label(path)) for x in stats["bad_line_examples"]])
+    on_disk = dict(stats, bad_line_examples=inputs.labelled(stats["bad_line_examples"], path))
     atomic_write_text(marker, json.dumps(on_disk, ensure_ascii=False, sort_keys=True))
 
 
