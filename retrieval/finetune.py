@@ -193,6 +193,10 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
     step, epoch, bi = state["step"], state["epoch"], state["batch"]
     lengths = [sum(len(t) for _, t in p["context"][-D.context_turns:]) for p in pairs] if T.length_window else None
     corpus = [p["source"] for p in pairs] if D.batch_by_source else None
+    if D.topic_batches:
+        from retrieval.topics import topic_labels
+        corpus = topic_labels([p["context"][-1][1] for p in pairs], [p["source"] for p in pairs], D.topic_batches, seed)
+        print(f"finetune: batches from {len(set(corpus))} topic clusters of about {D.topic_batches} pairs")
     weights = None
     if D.source_weights:
         by_source, present = source_weights(D.source_weights), {p["source"] for p in pairs}

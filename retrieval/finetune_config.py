@@ -25,6 +25,7 @@ class FtData:
     sources: list[str] = field(default_factory=list)  # e.g. ["chatbotdata"]: one corpus of a mixed folder
     valid_fraction: float = 0.0    # > 0: hold out this share of TRAIN conversations, report R10@1 on it
     batch_by_source: bool = False  # dual: each batch from one corpus (its in-batch negatives of the same kind); remainders mixed
+    topic_batches: int = 0         # > 0: each batch cut from one cluster of about this many similar contexts of one corpus (retrieval.topics)
     source_weights: list[str] = field(default_factory=list)  # e.g. ["chitchat:0.5"]: a corpus's pairs this many times an epoch (losses.batch_order)
 
 

@@ -317,3 +317,23 @@ def test_source_weights_repeat_or_thin_a_corpus_each_epoch_and_leave_the_unweigh
     for bad in ("chitchat", "chitchat:0", "chitchat:-1", ":2", "chitchat:x", "chitchat:nan"):
         with pytest.raises(ValueError, match="CORPUS:WEIGHT"):
             load_config(None, [f"data.source_weights={bad}"])
+
+
+def test_topic_batches_cut_each_batch_from_one_cluster_of_similar_contexts_of_one_corpus():
+    from retrieval.losses import batch_order
+    from retrieval.topics import topic_labels
+    food = [f"pizza and pasta for dinner tonight {i}" for i in range(40)] + [f"배고파 피자 먹고 싶다 {i}" for i in range(40)]
+    sport = [f"the soccer match goal was great {i}" for i in range(40)] + [f"축구 경기 골 대박이었어 {i}" for i in range(40)]
+    texts = food[:40] + sport[:40] + food[40:] + sport[40:] + ["hello there"] * 10
+    sources = ["en"] * 80 + ["ko"] * 80 + ["tiny"] * 10
+    labels = topic_labels(texts, sources, per_cluster=40)
+    assert labels == topic_labels(texts, sources, per_cluster=40)  # seeded: a resumed run cuts the same batches
+    for lo in (0, 40, 80, 120):  # each topic of each corpus one cluster ...
+        assert len(set(labels[lo:lo + 40])) == 1
+    assert labels[0] != labels[40] and labels[80] != labels[120]  # ... the two topics apart
+    assert {labels[0], labels[40]}.isdisjoint({labels[80], labels[120]})  # no cluster spans two corpora
+    assert set(labels[160:]) == {"tiny"}  # too few rows for two clusters: one label
+    for b in batch_order(len(texts), 20, 0, 0, groups=labels):
+        assert len({labels[i] for i in b}) == 1
+    with pytest.raises(ValueError, match="topic_batches"):
+        topic_labels(texts, sources, per_cluster=1)
