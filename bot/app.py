@@ -68,6 +68,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from bot.openapi import document
 from bot.sessions import Sessions
 from preprocess.anonymize import anonymize, contains_pii
+from preprocess.pii_korean import kiwi
 from preprocess.pipeline import detect_lang
 
 USER, BOT = "U", "B"
@@ -353,6 +354,7 @@ def create_app(config: dict | None = None) -> Flask:
         # loaded now (after the cheap checks above), so a wrong folder or a model/index mismatch
         # stops the service at start-up with the loader's message, not at the first chat request
         app.config["RETRIEVER"] = load()
+        kiwi()  # the Korean name detector's analyser (~1 s), now rather than on a user's first message
     if app.config["INDEX_DIR"] and app.config["RELOAD_SECONDS"] and load is not None:
         from bot.reload import IndexWatcher
         app.extensions["dialogbert.watcher"] = IndexWatcher(app.config["INDEX_DIR"], load,

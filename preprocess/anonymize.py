@@ -69,14 +69,19 @@ names come last.
 Messenger handles after a platform's name ("my instagram is jane_doe99", "snap: wolfy94") become
 ``[MENTION]`` too ("is" only before a word shaped like a handle, with a digit, "_" or ".").
 
+A given name called by it without a surname (민수야 뭐해?, 지현아) or so introduced (나는 민수야) becomes
+``[NAME]`` through ``KoreanVocatives`` (preprocess.pii_korean): the word is read by Kiwi, Korean's
+morphological analyser, as a proper noun and a vocative particle; 아니야, 괜찮아, 친구야 are not.
+
 Known limits (English): names with no cue ("Ethan said so"), after "I'm" in lower case when the
 name is also a word ("i'm will"), or in a cue that ends its sentence ("Hey! Adam!"); a capitalised
 word that closes a greeting is taken for a name ("HEY APPLE!"); a 3-3-4 grouped order number is
 taken for a phone number.
 
 Known limits: numbers written with native numerals (하나 둘 셋) or split by words; names that are
-neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines), given names addressed
-without a surname ("민수야 뭐해?": shaped like "아니야", "괜찮아"; a name list would be needed); addresses without a
+neither participants nor next to a cue (씨/님/이름은/저는...입니다/system lines) nor called by name
+(민수야, 지현아: ``KoreanVocatives``, Kiwi's proper noun + vocative particle; a given name Kiwi takes
+for a word, 재원아, passes); addresses without a
 number below district level ("역삼동 살아"); order numbers that happen to pass Luhn (13-19 digits,
 ~10%) or look like a birth date + [1-8] (13 digits) are replaced too.
 """
@@ -89,6 +94,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
 from preprocess.pii_english import EnglishMentions, EnglishNames, LibraryPhones
+from preprocess.pii_korean import KoreanVocatives
 from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, cue_name_ok, fine_num_ok, iban_ok, intl_ok, ip_ok,
                                        jibun_ok, landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok,
                                        said_name_ok, service_ok, ssn_ok)
@@ -291,12 +297,15 @@ DETECTORS: tuple[Detector, ...] = (
              person_ok, group=1, needs="씨님", name="surname-honorific"),
     Detector("[NAME]", _D(rf"(?:이름이\s+|이름은|이름:|성함은|성함:)\s*({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이야|야|이고|이라고|라고|임|요|\s|$|[.,!])"),
              cue_name_ok, group=1, needs="름함", name="name-cue"),
-    # what a name is said to be, any name: "내 이름은 블레이크야", "친구 이름은 수지라고 해", "닉네임은 wolf94야"
-    Detector("[NAME]", _D(r"(?:이름|닉네임|별명)(?:은|는|이)\s*([가-힣]{1,6}?|[A-Za-z][A-Za-z0-9_'-]{0,19})"
+    # what a name is said to be, any name: "내 이름은 블레이크야", "친구 이름은 수지라고 해", "닉네임은 wolf94야",
+    # "내 이름은 클레터스 허클베리야" (two Hangul words)
+    Detector("[NAME]", _D(r"(?:이름|닉네임|별명)(?:은|는|이)\s*([가-힣]{1,6}?(?: [가-힣]{1,6}?)?|[A-Za-z][A-Za-z0-9_'-]{0,19})"
                           r"(?=이야|야|입니다|이에요|예요|이고|이라고|라고|이래|래|이었|였|임(?![가-힣]))"),
              said_name_ok, group=1, needs="름닉별", name="name-said"),
     Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
              person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
+    # a given name called by it (민수야, 지현아) or introduced so (나는 민수야): Kiwi reads NNP + JKV
+    Detector("[NAME]", KoreanVocatives(), needs="아야", name="name-ko-vocative"),
     # --- English: national numbers, IBAN, phones, street addresses, given names -----------------
     Detector("[RRN]", _D(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"), ssn_ok, needs="#", context=_SSN_CTX, name="ssn"),
     Detector("[RRN]", _D(r"(?<!\d)\d{9}(?!\d)"), ssn_ok, needs="#", cue=_SSN_CUE, context=_D(r"\d{9}"), name="ssn-cued"),
@@ -613,13 +622,16 @@ def name_variants(display_name: str) -> set[str]:
     """The strings under which a participant may appear in text.
 
     ``"김민준/94/늑대"`` -> ``{"김민준/94/늑대", "김민준", "민준", "늑대"}``; ``"박영우 소마"`` ->
-    ``{"박영우 소마", "박영우", "영우", "소마"}``. Numbers, 1-syllable parts, region names and generic
+    ``{"박영우 소마", "박영우", "영우", "소마"}``; ``"최수빈🐰"`` -> ``{"최수빈🐰", "최수빈", "수빈"}``.
+    Numbers, 1-syllable parts, region names and generic
     words ("you", "회원님", "방장", "알 수 없음") are dropped."""
     out: set[str] = set()
     raw = unicodedata.normalize("NFKC", display_name or "").strip()
     if not raw:
         return out
-    parts = [p for p in re.split(r"[\s/|_\-·.,()\[\]{}<>@#~!?:;*+=♡♥☆★]+", raw) if p]
+    # any character that is neither a letter nor a digit separates parts: "최수빈🐰" (an emoji, a
+    # variation selector, a zero-width joiner) is 최수빈 as surely as "김민준/94" is 김민준
+    parts = [p for p in re.split(r"[^\w']+|_", raw) if p]
 
     def ok(p: str) -> bool:
         if p.lower() in _GENERIC_NAMES or p.isdigit():
@@ -632,7 +644,7 @@ def name_variants(display_name: str) -> set[str]:
             return False
         return True
 
-    keep_raw = len(parts) > 1 and raw.lower() not in _GENERIC_NAMES
+    keep_raw = (len(parts) > 1 or parts != [raw]) and raw.lower() not in _GENERIC_NAMES
     for p in parts:
         p = re.sub(r"님$", "", p) if len(p) > 2 and re.fullmatch(r"[가-힣]+님", p) else p
         if not ok(p):

@@ -158,8 +158,9 @@ _SAID_NAME_STOP = frozenset(
 
 
 def said_name_ok(s: str) -> bool:
-    """A name said after 이름은/닉네임은/..., unless a question word or a word about the name."""
-    return s.strip().lower() not in _SAID_NAME_STOP
+    """A name said after 이름은/닉네임은/... (one or two words), unless a question word or a word
+    about the name."""
+    return all(w not in _SAID_NAME_STOP for w in s.lower().split())
 
 
 def cue_name_ok(s: str) -> bool:

@@ -26,8 +26,8 @@ before out-of-vocabulary morphemes lost their placeholder's neighbours: 8 neighb
 docs/retrieval.md has the test figures ("Morphemes and their pretrained neighbours").
 
 The nearest-morpheme search scans the model's vocabulary (about 7 ms a morpheme), so each
-morpheme's neighbours are looked up once per process and kept; loading the model takes ~3 s and
-~280 MB.
+morpheme's neighbours are looked up once per process and kept; loading the model (the anonymizer's, preprocess.pii_korean.kiwi) takes ~1 s and
+~300 MB.
 """
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ _KIWI = None
 
 
 def _kiwi():
-    """One CoNg Kiwi a process (its model takes ~3 s and ~280 MB to load)."""
+    """One CoNg Kiwi a process (the anonymizer's: preprocess.pii_korean.kiwi)."""
     global _KIWI
     if _KIWI is None:
         version()  # raises, naming the fix, where kiwipiepy is missing
-        from kiwipiepy import Kiwi
+        from preprocess.pii_korean import kiwi
         try:
-            _KIWI = Kiwi(model_type="cong")
+            _KIWI = kiwi()  # the anonymizer's: one model a process
         except (ImportError, OSError, RuntimeError, ValueError) as e:  # kiwipiepy_model missing or damaged
             raise MorphemesUnavailable(f"{PACKAGE} could not load its CoNg model ({e}); reinstall it: "
                                        f"`pip install --force-reinstall -r requirements.txt`") from e

@@ -129,6 +129,14 @@ PII_CASES = [
     ("친구 이름은 수지라고 해", "친구 이름은 [NAME]라고 해"),
     ("내이름은 달린이고 중국어는 못해", "내이름은 [NAME]이고 중국어는 못해"),
     ("닉네임은 늑대소년이었어", "닉네임은 [NAME]이었어"),
+    ("내 이름은 클레터스 허클베리야. 반가워", "내 이름은 [NAME]야. 반가워"),
+    # given names called by it or introduced so, not participants (Kiwi: proper noun + vocative particle)
+    ("지현아 사랑해ㅋㅋ", "[NAME]아 사랑해ㅋㅋ"),
+    ("야 철수야 밥 먹자", "야 [NAME]야 밥 먹자"),
+    ("서연아, 내일 봐", "[NAME]아, 내일 봐"),
+    ("은비야 생일 축하해!", "[NAME]야 생일 축하해!"),
+    ("나는 현우야. 드라마 좋아해?", "나는 [NAME]야. 드라마 좋아해?"),
+    ("안녕 나는 앤디야", "안녕 나는 [NAME]야"),
     # --- mentions and handles
     ("@minjun 이거 봐", "[MENTION] 이거 봐"),
     ("@김민준 확인", "[MENTION] 확인"),
@@ -166,9 +174,14 @@ SURVIVE = [
     # 1-syllable names, common words near cues, honorific look-alikes
     "준아 밥 먹자", "선생님 안녕하세요", "아저씨 마음씨 날씨 좋다", "저는 정말 좋아요", "나는 이제 가요", "부모님 집에 가",
     "고객님 감사합니다", "하나님 감사합니다", "사장님 여기요",
+    # words and kin called by them, shaped like a given name and its vocative particle
+    "아니야 괜찮아", "최고야!", "친구야 고마워", "하늘아 파랗다", "엄마야 나 왔어", "오빠야 뭐해", "자기야 보고싶어",
+    "얘들아 모여", "사랑아 가지 마", "동생아 밥 먹어", "언니야 진짜야?", "바보야 그게 아니잖아", "여보야 사랑해",
+    "애기야 가자", "선생님아 숙제 내줘", "뭐야 이게", "내일이야",
     # what is said about a name, not a name
     "이름이 뭐야?", "그의 이름은 뭐니?", "이름이 뭐예요", "이름이 뭐였더라", "이름은 비밀이야", "이름은 가명이야",
     "이름이 예쁘다", "이름이 기억 안 나", "이름은 중요하지 않아", "이름은 모르겠어요", "이름이 특이하네", "이름이 같아",
+    "이름은 비밀 이야",
     # place words that are not addresses
     "서울 가고 싶다", "친구 이동 3번", "출근길 30분", "진짜로 100 넘어", "바로 3시에 와", "우리 10명",
     "운동 30분 했어", "강남 가자", "지하철 2호선", "3층 301호 앞", "서울 강남구 맛집",
@@ -213,8 +226,8 @@ def test_contains_pii_ignores_placeholders():
 
 def test_table_shape():
     assert all(d.placeholder in PLACEHOLDERS for d in DETECTORS)
-    # every row is a compiled regex, except the rows that wrap a library or a word list
-    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en", "name-en-mention"}
+    # every row is a compiled regex, except the rows that wrap a library, a word list or an analyser
+    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en", "name-en-mention", "name-ko-vocative"}
     assert all(callable(getattr(d.pattern, "finditer", None)) for d in DETECTORS)
     assert len({d.name for d in DETECTORS}) == len(DETECTORS)
     assert all(d.view in ("text", "digits") for d in DETECTORS)
@@ -232,6 +245,11 @@ def test_table_shape():
     ("서울/28/남", set()),
     ("준", set()),
     ("이서연 (직장인)", {"이서연 (직장인)", "이서연", "서연"}),
+    # emoji and symbols beside a name, as KakaoTalk users write their display names
+    ("최수빈🐰", {"최수빈🐰", "최수빈", "수빈"}),
+    ("💕수빈💕", {"💕수빈💕", "수빈"}),
+    ("지수❤️민호", {"지수❤️민호", "지수", "민호"}),
+    ("O'Brien", {"O'Brien"}),
 ])
 def test_name_variants(display, expected):
     assert name_variants(display) == expected
