@@ -300,7 +300,7 @@ DETECTORS: tuple[Detector, ...] = (
     # what a name is said to be, any name: "내 이름은 블레이크야", "친구 이름은 수지라고 해", "닉네임은 wolf94야",
     # "내 이름은 클레터스 허클베리야" (two Hangul words)
     Detector("[NAME]", _D(r"(?:이름|닉네임|별명)(?:은|는|이)\s*([가-힣]{1,6}?(?: [가-힣]{1,6}?)?|[A-Za-z][A-Za-z0-9_'-]{0,19})"
-                          r"(?=이야|야|입니다|이에요|예요|이고|이라고|라고|이래|래|이었|였|임(?![가-힣]))"),
+                          r"(?=이야|야|입니다|이에요|예요|이고|이라고|라고|(?:이래|래)요?(?![가-힣])|이었|였|임(?![가-힣]))"),
              said_name_ok, group=1, needs="름닉별", name="name-said"),
     Detector("[NAME]", _D(rf"(?<![가-힣])(?:저는|나는)\s+({_SURNAME_RE}[가-힣]{{1,2}}?)(?=입니다|이에요|예요|이라고 (?:해|합)|라고 (?:해|합))"),
              person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),

@@ -154,7 +154,8 @@ def person_ok(s: str) -> bool:
 _SAID_NAME_STOP = frozenset(
     "뭐 뭔 뭘 머 모 무엇 무어 누구 어디 언제 몇 무슨 어떤 어떻게 왜 비밀 아직 가명 본명 예명 실명 별명 "
     "닉네임 이름 영어 한글 한국어 한자 외자 진짜 가짜 똑같 같은 특이 이거 그거 저거 이게 그게 저게 이것 "
-    "그것 저것 여기 거기 저기 그 이 저 다 모름 몰라 뭐였 뭐더 기억 생각 예쁘 이쁘 예뻐 이뻐 가물 what secret same".split())
+    "그것 저것 여기 거기 저기 그 이 저 다 모름 몰라 뭐였 뭐더 기억 생각 예쁘 이쁘 예뻐 이뻐 가물 아니 안 못 더 좀 "
+    "너무 정말 what secret same".split())
 
 
 def said_name_ok(s: str) -> bool:
