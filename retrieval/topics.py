@@ -32,7 +32,10 @@ def topic_labels(texts: Sequence[str], sources: Sequence[str], per_cluster: int,
         if k < 2:
             continue
         docs = [texts[i] for i in rows]
-        tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True).fit_transform(docs)
+        try:
+            tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True).fit_transform(docs)
+        except ValueError:  # no n-gram in two texts: nothing to cluster by, the corpus stays one group
+            continue
         n_dims = min(dims, tfidf.shape[1] - 1)
         x = TruncatedSVD(n_dims, random_state=seed).fit_transform(tfidf) if n_dims >= 2 else tfidf.toarray()
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)

@@ -337,3 +337,4 @@ def test_topic_batches_cut_each_batch_from_one_cluster_of_similar_contexts_of_on
         assert len({labels[i] for i in b}) == 1
     with pytest.raises(ValueError, match="topic_batches"):
         topic_labels(texts, sources, per_cluster=1)
+    assert topic_labels(["가", "나", "다", "라"], ["odd"] * 4, per_cluster=2) == ["odd"] * 4  # no shared n-gram
