@@ -644,7 +644,7 @@ def name_variants(display_name: str) -> set[str]:
             return False
         return True
 
-    keep_raw = (len(parts) > 1 or parts != [raw]) and raw.lower() not in _GENERIC_NAMES
+    keep_raw = parts != [raw] and raw.lower() not in _GENERIC_NAMES  # the display name is more than its one part
     for p in parts:
         p = re.sub(r"님$", "", p) if len(p) > 2 and re.fullmatch(r"[가-힣]+님", p) else p
         if not ok(p):

@@ -37,8 +37,8 @@ def kiwi():
                     from kiwipiepy import Kiwi
                     _KIWI = Kiwi(model_type="cong", load_typo_dict=False, load_multi_dict=False)
                 except (ImportError, OSError, RuntimeError, ValueError) as e:
-                    raise RuntimeError(f"kiwipiepy could not load its CoNg model ({e}); the Korean name detector "
-                                       f"needs it: `pip install --force-reinstall -r requirements.txt`") from e
+                    raise RuntimeError(f"kiwipiepy could not load its CoNg model ({e}); reinstall it: "
+                                       f"`pip install --force-reinstall -r requirements.txt`") from e
     return _KIWI
 
 

@@ -63,21 +63,14 @@ def version() -> str:
     return kiwipiepy.__version__
 
 
-_KIWI = None
-
-
 def _kiwi():
-    """One CoNg Kiwi a process (the anonymizer's: preprocess.pii_korean.kiwi)."""
-    global _KIWI
-    if _KIWI is None:
-        version()  # raises, naming the fix, where kiwipiepy is missing
-        from preprocess.pii_korean import kiwi
-        try:
-            _KIWI = kiwi()  # the anonymizer's: one model a process
-        except (ImportError, OSError, RuntimeError, ValueError) as e:  # kiwipiepy_model missing or damaged
-            raise MorphemesUnavailable(f"{PACKAGE} could not load its CoNg model ({e}); reinstall it: "
-                                       f"`pip install --force-reinstall -r requirements.txt`") from e
-    return _KIWI
+    """The process's one CoNg Kiwi, the anonymizer's (preprocess.pii_korean.kiwi, which keeps it)."""
+    version()  # raises, naming the fix, where kiwipiepy is missing
+    from preprocess.pii_korean import kiwi
+    try:
+        return kiwi()
+    except RuntimeError as e:  # kiwipiepy_model missing or damaged: the message names the fix
+        raise MorphemesUnavailable(str(e)) from e
 
 
 def _base_tag(tag) -> str:
