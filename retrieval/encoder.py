@@ -338,9 +338,25 @@ class Encoder:
     def encode_contexts(self, contexts: Sequence[Turns], **kw) -> np.ndarray:
         return self.encode(contexts, prefix=self.settings.context_prefix, **kw)
 
+    @property
+    def vector_precision(self) -> str:
+        """"bf16" where the matmuls run in bfloat16 (weights cast, or autocast), else "fp32": the
+        reply memory's stored vectors are reused only by an encoder that computes them so (the two
+        bf16 ways agree to cosine 0.9999, as bf16 and fp32 do not quite)."""
+        return "bf16" if "bf16" in (self.weights_precision, self.precision) else "fp32"
+
     def encode_responses(self, texts: Sequence[str], speaker: str = "R", reply_memory: bool = True,
                          **kw) -> np.ndarray:
         """Reply vectors; a remembered reply's moved towards the contexts it answered in
-        fine-tuning (:attr:`reply_memory`, retrieval.reply_memory) unless ``reply_memory`` is False."""
-        vecs = self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
-        return vecs if self.reply_memory is None or not reply_memory else self.reply_memory.expand(texts, vecs)
+        fine-tuning (:attr:`reply_memory`, retrieval.reply_memory) unless ``reply_memory`` is False
+        (then every vector is computed now). With the memory, the plain vectors it stores (computed
+        by this model at :attr:`vector_precision`) are read instead of run again."""
+        mem = self.reply_memory if reply_memory else None
+        if mem is None or speaker != "R":
+            vecs = self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
+            return vecs if mem is None else mem.expand(texts, vecs)
+        vecs, found = mem.plain(texts, self.vector_precision)
+        todo = np.flatnonzero(~found)
+        if len(todo):
+            vecs[todo] = self.encode([[(speaker, texts[i])] for i in todo], prefix=self.settings.response_prefix, **kw)
+        return mem.expand(texts, vecs)

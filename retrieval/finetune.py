@@ -267,29 +267,33 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
 
 def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneConfig, out: Path,
                        progress: bool = True) -> dict:
-    """The fine-tuned model's reply memory of its training ``pairs`` (retrieval.reply_memory), its
-    weight chosen on the validation carve-out (1 without one), written to ``out``; its summary."""
+    """The fine-tuned model's reply memory (retrieval.reply_memory) of its training ``pairs`` and
+    the validation carve-out's pairs, its weight and borrowing chosen on the carve-out with the
+    rows of ``pairs`` alone (weight 1 without a carve-out), written to ``out``; its summary."""
     from retrieval.evaluate import RetrievalEvaluator
-    from retrieval.examples import validation_examples
+    from retrieval.examples import train_examples, validation_examples
     from retrieval.reply_memory import build, choose_weight
     t0 = time.time()
     enc.for_inference(cfg.train.precision)  # the weights as the index and the chat service read them
-    memory = build(enc, [p["context"] for p in pairs], [p["response"] for p in pairs],
-                   show_progress=progress)
     D = cfg.data
+    carve = [(ex.context, ex.response) for ex in train_examples(shards, D.valid_fraction, True, D.context_turns,
+                                                                D.sources or None)] if D.valid_fraction > 0 else []
+    memory = build(enc, [p["context"] for p in pairs] + [c for c, _ in carve],
+                   [p["response"] for p in pairs] + [r for _, r in carve], show_progress=progress, carve_out=len(carve))
     exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns,
                               sources=D.sources or None) if D.valid_fraction > 0 else []
     if len({e.response for e in exs}) >= 100:
         table = choose_weight(enc, memory, RetrievalEvaluator(exs, n=100))
         if progress:
             print("finetune: reply memory, validation R10@1 by weight: "
-                  + ", ".join(f"{w} {m['R10@1']:.3f}" for w, m in table.items()) + f"; weight {memory.weight:g}")
+                  + ", ".join(f"{w} {m['R10@1']:.3f}" for w, m in table.items())
+                  + f"; weight {memory.weight:g}" + (", borrowing" if memory.borrow else ""))
     memory.info["seconds"] = round(time.time() - t0, 1)
     memory.save(out)
     if progress:
-        print(f"finetune: reply memory of {memory.info['replies']} replies ({memory.info['pairs']} pairs) "
-              f"-> {out / MEMORY_FILE} ({memory.info['seconds']:.0f} s)")
-    return {**memory.info, "weight": memory.weight}
+        print(f"finetune: reply memory of {memory.info['replies']} replies ({memory.info['pairs']} pairs, "
+              f"{len(carve)} of them the validation carve-out's) -> {out / MEMORY_FILE} ({memory.info['seconds']:.0f} s)")
+    return {**memory.info, "weight": memory.weight, "borrow": memory.borrow}
 
 
 def dual_loss(enc: Encoder, batch: list[dict], scale_param, T: FtTrain, rng: random.Random):

@@ -30,7 +30,8 @@ def test_rows_are_each_replys_mean_context_less_its_languages_mean():
     enc = TableEncoder(ctx, {})
     pairs = [("배고파", "밥 먹으러 가요"), ("밥 먹자", "밥 먹으러 가요"), ("졸려", "일찍 자요"),
              ("hi there", "hey"), ("hello", "hey")]
-    mem = build(enc, [[("S1", c)] for c, _ in pairs], [r for _, r in pairs])
+    mem = build(enc, [[("S1", c)] for c, _ in pairs], [r for _, r in pairs], vectors=False)
+    assert mem.vectors is None and mem.fitting is None
     assert len(mem) == 3 and mem.info["pairs"] == 5 and mem.info["languages"] == {"en": 2, "ko": 3}
     ko_mean = np.array([1, 1, 4]) / 3
     rows, found = mem.lookup(["밥 먹으러 가요", "일찍 자요", "hey", "never said"])
@@ -114,20 +115,29 @@ def remembering(tiny_shards, tmp_path_factory):
 
 def test_finetune_writes_the_memory_of_its_training_pairs_and_the_encoder_applies_it(remembering, tiny_shards):
     from retrieval.encoder import Encoder, model_hash
+    from retrieval.examples import train_examples
     from retrieval.finetune import training_pairs
     from preprocess.pipeline import file_sha256
 
     model, out = remembering
     info = json.loads((out / "finetune.json").read_text("utf-8"))["reply_memory"]
     pairs = training_pairs(tiny_shards, 2, (), 0.2)
-    replies = sorted({p["response"] for p in pairs})
-    assert info["pairs"] == len(pairs) and info["replies"] == len(replies)
-    assert set(info["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0"} and info["weight"] in (0.0, 0.5, 1.0, 1.5, 2.0)
+    carve = list(train_examples(tiny_shards, 0.2, True, 2))
+    fitted = sorted({p["response"] for p in pairs})
+    replies = sorted(set(fitted) | {e.response for e in carve})
+    assert len(carve) and len(replies) > len(fitted)  # the carve-out brings replies of its own
+    assert info["pairs"] == len(pairs) + len(carve) and info["replies"] == len(replies)
+    assert info["carve_out_pairs"] == len(carve)
+    assert set(info["validation"]) == {"0.0", "0.5", "1.0", "1.5", "2.0", "0.5 borrowing", "1.0 borrowing",
+                                       "1.5 borrowing", "2.0 borrowing"} and info["weight"] in (0.0, 0.5, 1.0, 1.5, 2.0)
     enc = Encoder.load(out)
     bare = Encoder.load(out, reply_memory=False)
-    assert enc.reply_memory is not None and len(enc.reply_memory) == len(replies) and bare.reply_memory is None
-    assert enc.reply_memory.weight == info["weight"]  # the weight finetune.json reports is the one it saved
-    enc.reply_memory.weight = 1.0
+    mem = enc.reply_memory
+    assert mem is not None and len(mem) == len(replies) and bare.reply_memory is None
+    assert len(mem.fitting) == len(fitted) and mem.fitting.lookup(replies)[1].sum() == len(fitted)
+    assert (mem.weight, mem.borrow) == (info["weight"], info["borrow"])  # what finetune.json reports is what it saved
+    assert (mem.fitting.weight, mem.fitting.borrow) == (mem.weight, mem.borrow)
+    mem.weight, mem.borrow = 1.0, False
     unseen = "이 문장은 학습 데이터에 없어요 정말로"
     v, b = enc.encode_responses([replies[0], unseen]), bare.encode_responses([replies[0], unseen])
     np.testing.assert_allclose(v[1], b[1], atol=1e-6)          # a reply it never saw keeps its vector
@@ -135,6 +145,94 @@ def test_finetune_writes_the_memory_of_its_training_pairs_and_the_encoder_applie
     assert abs(float(v[0] @ b[0])) < 0.9999                    # a training reply moved ...
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)  # ... and stays a unit vector
     assert model_hash(out) != file_sha256(out / "model.safetensors")  # an index built with it knows the memory
+
+
+def test_the_encoder_reads_the_stored_plain_vectors_only_at_the_precision_they_were_computed(remembering, tiny_shards):
+    from retrieval.encoder import Encoder
+    from retrieval.finetune import training_pairs
+
+    _, out = remembering
+    reply = training_pairs(tiny_shards, 2, (), 0.2)[0]["response"]
+    enc = Encoder.load(out)
+    mem = enc.reply_memory
+    assert mem.info["precision"] in ("fp32", "bf16")
+    mem.weight = 0.0  # the plain vectors
+    at, found = mem._find([reply])
+    assert found[0]
+    fresh = enc.encode_responses([reply], reply_memory=False)[0]
+    stand_in = np.eye(enc.dim, dtype=np.float32)[0]
+    mem.vectors[at[0]] = stand_in  # a vector only the stored copy can give
+    mem.info["precision"] = enc.vector_precision
+    np.testing.assert_array_equal(enc.encode_responses([reply])[0], stand_in)
+    mem.info["precision"] = "bf16" if enc.vector_precision == "fp32" else "fp32"
+    np.testing.assert_allclose(enc.encode_responses([reply])[0], fresh, atol=1e-6)  # computed again
+
+
+def test_a_reply_the_memory_lacks_borrows_from_its_nearest_remembered_replies():
+    from retrieval.reply_memory import BORROW_MIN, BORROW_SHARE
+
+    near1 = np.array([1.0, 0.0, 0.0])
+    near2 = np.array([0.96, 0.28, 0.0])              # cosine 0.96 to near1
+    far = np.array([0.0, 0.0, 1.0])
+    mem = ReplyMemory(np.array([text_key("a"), text_key("b"), text_key("c")]),
+                      np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float16), weight=2.0,
+                      vectors=np.stack([near1, near2, far]).astype(np.float16), borrow=True)
+    new = np.array([[1.0, 0.0, 0.0], [0.0, 2 ** -0.5, 2 ** -0.5]], np.float32)  # like a and b; like none
+    lent = mem.borrowed(new)
+    s1, s2 = 1.0, float(np.float16(0.96))           # the cosines to a's and b's stored vectors
+    np.testing.assert_allclose(lent[0], (s1 * np.array([0, 1, 0]) + s2 * np.array([0, 0, 1])) / (s1 + s2), atol=2e-3)
+    assert BORROW_MIN > float(new[1] @ far) and not lent[1].any()   # nothing at least BORROW_MIN close
+    out = mem.expand(["new", "b", "other"], np.vstack([new[0], near2, new[1]]))
+    want = new[0] + 2.0 * BORROW_SHARE * lent[0]
+    np.testing.assert_allclose(out[0], want / np.linalg.norm(want), atol=2e-3)
+    own = near2 + 2.0 * np.array([0, 0, 1])                         # a remembered reply: its own row only
+    np.testing.assert_allclose(out[1], own / np.linalg.norm(own), atol=2e-3)
+    np.testing.assert_array_equal(out[2], new[1])
+    np.testing.assert_array_equal(mem.expand(["new"], new[:1], borrow=False), new[:1])
+
+
+def test_the_carve_outs_pairs_are_remembered_and_the_fitting_memory_leaves_them_out(tmp_path):
+    ctx = {"배고파": [1, 0, 0], "밥 먹자": [0, 1, 0], "졸려": [0, 0, 4], "피곤해": [0, 2, 0]}
+    enc = TableEncoder(ctx, {"밥 먹으러 가요": [1, 0, 0], "일찍 자요": [0, 0, 1]})
+    pairs = [("배고파", "밥 먹으러 가요"), ("졸려", "일찍 자요"), ("밥 먹자", "밥 먹으러 가요"), ("피곤해", "일찍 자요")]
+    mem = build(enc, [[("S1", c)] for c, _ in pairs], [r for _, r in pairs], carve_out=2)
+    assert mem.info["pairs"] == 4 and mem.info["carve_out_pairs"] == 2 and len(mem.fitting) == 2
+    all_mean, fit_mean = np.array([1, 3, 4]) / 4, np.array([1, 0, 4]) / 2
+    np.testing.assert_allclose(mem.lookup(["밥 먹으러 가요"])[0][0], np.array([0.5, 0.5, 0]) - all_mean, atol=2e-3)
+    np.testing.assert_allclose(mem.fitting.lookup(["밥 먹으러 가요"])[0][0], np.array([1, 0, 0]) - fit_mean, atol=2e-3)
+    mem.weight, mem.borrow = 1.5, True
+    mem.fitting.weight, mem.fitting.borrow = 1.5, True
+    mem.save(tmp_path)
+    back = ReplyMemory.load(tmp_path)
+    assert (back.weight, back.borrow, back.fitting.weight, back.fitting.borrow) == (1.5, True, 1.5, True)
+    np.testing.assert_array_equal(back.fitting.rows, mem.fitting.rows)
+    np.testing.assert_array_equal(back.fitting.vectors, back.vectors[back._find(["밥 먹으러 가요", "일찍 자요"])[0]])
+    np.testing.assert_array_equal(back.plain(["일찍 자요"], None)[0], [[0, 0, 1]])  # stored at the table's "precision"
+    with pytest.raises(ValueError, match="carve-out"):
+        build(enc, [[("S1", "배고파")]], ["밥 먹으러 가요"], carve_out=2)
+
+
+def test_the_ranker_is_fitted_with_the_memory_that_leaves_the_carve_out_out(monkeypatch, tmp_path):
+    import retrieval.ranking.build as rb
+    from conftest import stub_index, topic_pairs
+
+    index = stub_index(tmp_path, "m", topic_pairs(200, 0))
+    full = ReplyMemory(np.array([text_key("a")]), np.zeros((1, index.encoder.dim), np.float16))
+    full.fitting = ReplyMemory(np.zeros(0, np.int64), np.zeros((0, index.encoder.dim), np.float16))
+    index.encoder.reply_memory = full
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(scorer, examples, **kw):
+        seen["memory"] = scorer.encoder.reply_memory
+        raise Stop
+
+    monkeypatch.setattr(rb, "fit_ranker", spy)
+    with pytest.raises(Stop):
+        rb.fit_for_index(tmp_path / "idx", tmp_path / "shards", fraction=0.3, index=index, ngram=False, use=False)
+    assert seen["memory"] is full.fitting and index.encoder.reply_memory is full  # and put back
 
 
 def test_the_report_keeps_the_transformers_own_row_beside_the_encoder_with_its_memory(remembering, tiny_shards, tmp_path):

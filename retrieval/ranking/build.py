@@ -96,8 +96,15 @@ def fit_for_index(index_dir: str | Path, shards: str | Path, reranker_dir: str |
                 if enc is not None:
                     scorer.loaded[F.name] = F(enc)
         scorer.loaded = {f: scorer.loaded[f] for f in BY_NAME if f in scorer.loaded}
-        ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""),
-                            copy_negatives=copy_negatives)
+        memory = getattr(index.encoder, "reply_memory", None)
+        if memory is not None and memory.fitting is not None:
+            # the memory holds the carve-out's pairs too: fitted on them, the replies must not remember them
+            index.encoder.reply_memory = memory.fitting
+        try:
+            ranker = fit_ranker(scorer, examples, note=f"validation carve-out {fraction} of {shards}" + (f"; {note}" if note else ""),
+                                copy_negatives=copy_negatives)
+        finally:
+            index.encoder.reply_memory = memory
         for f in OWN_ENCODERS:
             if f in scorer.loaded and f in ranker.active:
                 scorer.loaded[f].encoder.attach_replies(index_dir, index.texts)  # the chat service reads them
