@@ -72,6 +72,8 @@ Messenger handles after a platform's name ("my instagram is jane_doe99", "snap: 
 A given name called by it without a surname (민수야 뭐해?, 지현아) or so introduced (나는 민수야) becomes
 ``[NAME]`` through ``KoreanVocatives`` (preprocess.pii_korean): the word is read by Kiwi, Korean's
 morphological analyser, as a proper noun and a vocative particle; 아니야, 괜찮아, 친구야 are not.
+A name introduced with the copula after a first-person subject (난 조지야, 저는 제인이에요) through
+``KoreanIntroductions``: Kiwi reads a proper noun and the copula; 나는 학생이야 passes.
 
 Known limits (English): names with no cue ("Ethan said so"), after "I'm" in lower case when the
 name is also a word ("i'm will"), or in a cue that ends its sentence ("Hey! Adam!"); a capitalised
@@ -94,7 +96,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
 from preprocess.pii_english import EnglishMentions, EnglishNames, LibraryPhones
-from preprocess.pii_korean import KoreanVocatives
+from preprocess.pii_korean import KoreanIntroductions, KoreanVocatives
 from preprocess.pii_validators import (account_ok, bizno_ok, card_ok, cue_name_ok, fine_num_ok, iban_ok, intl_ok, ip_ok,
                                        jibun_ok, landline_ok, license_ok, person_ok, postcode_ok, road_ok, rrn_ok,
                                        said_name_ok, service_ok, ssn_ok)
@@ -306,6 +308,8 @@ DETECTORS: tuple[Detector, ...] = (
              person_ok, group=1, needs="입예라", context=_D("(?:저|나)는\\s"), name="self-intro"),
     # a given name called by it (민수야, 지현아) or introduced so (나는 민수야): Kiwi reads NNP + JKV
     Detector("[NAME]", KoreanVocatives(), needs="아야", name="name-ko-vocative"),
+    # a name introduced with the copula after a first-person subject (난 조지야, 저는 제인이에요): Kiwi reads NNP + VCP
+    Detector("[NAME]", KoreanIntroductions(), needs="야요다", context=_D("(?:나는|난|저는|전)\\s"), name="name-ko-intro"),
     # --- English: national numbers, IBAN, phones, street addresses, given names -----------------
     Detector("[RRN]", _D(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"), ssn_ok, needs="#", context=_SSN_CTX, name="ssn"),
     Detector("[RRN]", _D(r"(?<!\d)\d{9}(?!\d)"), ssn_ok, needs="#", cue=_SSN_CUE, context=_D(r"\d{9}"), name="ssn-cued"),

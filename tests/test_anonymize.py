@@ -139,6 +139,11 @@ PII_CASES = [
     ("은비야 생일 축하해!", "[NAME]야 생일 축하해!"),
     ("나는 현우야. 드라마 좋아해?", "나는 [NAME]야. 드라마 좋아해?"),
     ("안녕 나는 앤디야", "안녕 나는 [NAME]야"),
+    # names introduced with the copula after a first-person subject (Kiwi: proper noun + VCP)
+    ("안녕! 난 조지야. 넌?", "안녕! 난 [NAME]야. 넌?"),
+    ("나는 톰이야 반가워", "나는 [NAME]이야 반가워"),
+    ("저는 제인이에요", "저는 [NAME]이에요"),
+    ("안녕하세요 저는 민수입니다", "안녕하세요 저는 [NAME]입니다"),
     # --- mentions and handles
     ("@minjun 이거 봐", "[MENTION] 이거 봐"),
     ("@김민준 확인", "[MENTION] 확인"),
@@ -180,6 +185,8 @@ SURVIVE = [
     "아니야 괜찮아", "최고야!", "친구야 고마워", "하늘아 파랗다", "엄마야 나 왔어", "오빠야 뭐해", "자기야 보고싶어",
     "얘들아 모여", "사랑아 가지 마", "동생아 밥 먹어", "언니야 진짜야?", "바보야 그게 아니잖아", "여보야 사랑해",
     "애기야 가자", "선생님아 숙제 내줘", "뭐야 이게", "내일이야",
+    # a first-person subject and a common noun, or a proper noun with more after it
+    "나는 학생이야", "난 혼자야", "저는 개발자입니다", "나는 컨트리음악이야", "전 한국인이에요", "난 지금이야",
     # what is said about a name, not a name
     "이름이 뭐야?", "그의 이름은 뭐니?", "이름이 뭐예요", "이름이 뭐였더라", "이름은 비밀이야", "이름은 가명이야",
     "이름이 예쁘다", "이름이 기억 안 나", "이름은 중요하지 않아", "이름은 모르겠어요", "이름이 특이하네", "이름이 같아",
@@ -229,7 +236,8 @@ def test_contains_pii_ignores_placeholders():
 def test_table_shape():
     assert all(d.placeholder in PLACEHOLDERS for d in DETECTORS)
     # every row is a compiled regex, except the rows that wrap a library, a word list or an analyser
-    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en", "name-en-mention", "name-ko-vocative"}
+    assert {d.name for d in DETECTORS if not isinstance(d.pattern, re.Pattern)} == {"phone-lib", "name-en", "name-en-mention", "name-ko-vocative",
+                                                                                 "name-ko-intro"}
     assert all(callable(getattr(d.pattern, "finditer", None)) for d in DETECTORS)
     assert len({d.name for d in DETECTORS}) == len(DETECTORS)
     assert all(d.view in ("text", "digits") for d in DETECTORS)
