@@ -268,8 +268,8 @@ def finetune(init: str | Path, shards: str | Path, out: str | Path, config_path:
 def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneConfig, out: Path,
                        progress: bool = True) -> dict:
     """The fine-tuned model's reply memory (retrieval.reply_memory) of its training ``pairs`` and
-    the validation carve-out's pairs, its weight and borrowing chosen on the carve-out with the
-    rows of ``pairs`` alone (weight 1 without a carve-out), written to ``out``; its summary."""
+    the validation carve-out's pairs, its weight and borrowing chosen on the whole carve-out with
+    the rows of ``pairs`` alone (weight 1 without a carve-out), written to ``out``; its summary."""
     from retrieval.evaluate import RetrievalEvaluator
     from retrieval.examples import train_examples, validation_examples
     from retrieval.reply_memory import build, choose_weight
@@ -280,7 +280,9 @@ def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneCon
                                                                 D.sources or None)] if D.valid_fraction > 0 else []
     memory = build(enc, [p["context"] for p in pairs] + [c for c, _ in carve],
                    [p["response"] for p in pairs] + [r for _, r in carve], show_progress=progress, carve_out=len(carve))
-    exs = validation_examples(shards, D.valid_fraction, 1000, context_turns=D.context_turns,
+    # the whole carve-out: the weights' and borrowing's differences there are a few thousandths, below
+    # the noise of a 1,000-example sample (docs/experiments/2026-12-08-reply-memory-borrowing.md)
+    exs = validation_examples(shards, D.valid_fraction, None, context_turns=D.context_turns,
                               sources=D.sources or None) if D.valid_fraction > 0 else []
     if len({e.response for e in exs}) >= 100:
         table = choose_weight(enc, memory, RetrievalEvaluator(exs, n=100))

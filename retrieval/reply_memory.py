@@ -95,10 +95,10 @@ class ReplyMemory:
     def plain(self, texts: Sequence[str], precision: str) -> tuple[np.ndarray, np.ndarray]:
         """(vectors float32 (n, d), found (n,)): the stored plain vectors of the remembered texts,
         none found unless they were computed at ``precision`` (Encoder.vector_precision)."""
-        at, found = self._find(texts)
-        if self.vectors is None or self.info.get("precision") != precision:
-            found = np.zeros(len(texts), bool)
         out = np.zeros((len(texts), self.rows.shape[1] if self.rows.ndim == 2 else 0), np.float32)
+        if self.vectors is None or self.info.get("precision") != precision:
+            return out, np.zeros(len(texts), bool)
+        at, found = self._find(texts)
         out[found] = self.vectors[at[found]]
         return out, found
 
@@ -257,13 +257,17 @@ def choose_weight(encoder, memory: ReplyMemory, evaluator, weights: Sequence[flo
     with the rows of the pairs less the carve-out (``memory.fitting`` where there is one); sets the
     memory's weight and borrowing (and its fitting memory's) to the best (the smallest weight and
     no borrowing on a tie: 0, the plain vectors, unless something does better) and returns the
-    table. The candidates are scored from the encoder's own reply vectors."""
+    table. The candidates are scored from the encoder's own reply vectors (those the memory stores
+    where it has them)."""
     from retrieval.examples import distinct
     view = memory.fitting or memory
     can_borrow = view.vectors is not None
     C = encoder.encode_contexts(evaluator.contexts, batch_size=batch_size)
     flat, idx = distinct(evaluator.candidates.texts)
-    plain = encoder.encode_responses(flat, batch_size=batch_size, reply_memory=False)
+    plain, found = memory.plain(flat, getattr(encoder, "vector_precision", None))  # the carve-out's replies: stored
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        plain[todo] = encoder.encode_responses([flat[i] for i in todo], batch_size=batch_size, reply_memory=False)
     own, lent = view.shifts(flat, plain, borrow=can_borrow)
 
     class Fixed:
