@@ -355,8 +355,5 @@ class Encoder:
         if mem is None or speaker != "R":
             vecs = self.encode([[(speaker, t)] for t in texts], prefix=self.settings.response_prefix, **kw)
             return vecs if mem is None else mem.expand(texts, vecs)
-        vecs, found = mem.plain(texts, self.vector_precision)
-        todo = np.flatnonzero(~found)
-        if len(todo):
-            vecs[todo] = self.encode([[(speaker, texts[i])] for i in todo], prefix=self.settings.response_prefix, **kw)
-        return mem.expand(texts, vecs)
+        from retrieval.reply_memory import plain_vectors
+        return mem.expand(texts, plain_vectors(self, mem, texts, **kw))

@@ -271,21 +271,20 @@ def write_reply_memory(enc: Encoder, pairs: list[dict], shards, cfg: FinetuneCon
     the validation carve-out's pairs, its weight and borrowing chosen on the whole carve-out with
     the rows of ``pairs`` alone (weight 1 without a carve-out), written to ``out``; its summary."""
     from retrieval.evaluate import RetrievalEvaluator
-    from retrieval.examples import train_examples, validation_examples
+    from retrieval.examples import train_examples
     from retrieval.reply_memory import build, choose_weight
     t0 = time.time()
     enc.for_inference(cfg.train.precision)  # the weights as the index and the chat service read them
     D = cfg.data
-    carve = [(ex.context, ex.response) for ex in train_examples(shards, D.valid_fraction, True, D.context_turns,
-                                                                D.sources or None)] if D.valid_fraction > 0 else []
-    memory = build(enc, [p["context"] for p in pairs] + [c for c, _ in carve],
-                   [p["response"] for p in pairs] + [r for _, r in carve], show_progress=progress, carve_out=len(carve))
-    # the whole carve-out: the weights' and borrowing's differences there are a few thousandths, below
-    # the noise of a 1,000-example sample (docs/experiments/2026-12-08-reply-memory-borrowing.md)
-    exs = validation_examples(shards, D.valid_fraction, None, context_turns=D.context_turns,
-                              sources=D.sources or None) if D.valid_fraction > 0 else []
-    if len({e.response for e in exs}) >= 100:
-        table = choose_weight(enc, memory, RetrievalEvaluator(exs, n=100))
+    carve = list(train_examples(shards, D.valid_fraction, True, D.context_turns, D.sources or None)) \
+        if D.valid_fraction > 0 else []
+    C = enc.encode_contexts([p["context"] for p in pairs] + [e.context for e in carve], show_progress=progress)
+    memory = build(enc, None, [p["response"] for p in pairs] + [e.response for e in carve], show_progress=progress,
+                   carve_out=len(carve), context_vectors=C)
+    # chosen on the whole carve-out (its contexts encoded above): the weights' and borrowing's differences there
+    # are a few thousandths, below the noise of a 1,000-example sample (docs/experiments/2026-12-08-reply-memory-borrowing.md)
+    if len({e.response for e in carve}) >= 100:
+        table = choose_weight(enc, memory, RetrievalEvaluator(carve, n=100), context_vectors=C[len(pairs):])
         if progress:
             print("finetune: reply memory, validation R10@1 by weight: "
                   + ", ".join(f"{w} {m['R10@1']:.3f}" for w, m in table.items())

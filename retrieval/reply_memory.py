@@ -214,29 +214,46 @@ def _rows(C: np.ndarray, langs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarra
     return uniq, rows.astype(np.float16), {str(k): int(c) for k, c in zip(names, counts)}
 
 
+def plain_vectors(encoder, memory: ReplyMemory | None, texts: Sequence[str], **kw) -> np.ndarray:
+    """The encoder's own (memory-free) vectors of reply ``texts``: those ``memory`` stores at the
+    encoder's ``vector_precision`` read, the others computed."""
+    if memory is None:
+        return encoder.encode_responses(texts, reply_memory=False, **kw)
+    vecs, found = memory.plain(texts, getattr(encoder, "vector_precision", None))
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        vecs[todo] = encoder.encode_responses([texts[i] for i in todo], reply_memory=False, **kw)
+    return vecs
+
+
 def build(encoder, contexts: Sequence, replies: Sequence[str], batch_size: int = 64,
-          show_progress: bool | None = None, carve_out: int = 0, vectors: bool = True) -> ReplyMemory:
+          show_progress: bool | None = None, carve_out: int = 0, vectors: bool = True,
+          context_vectors: np.ndarray | None = None) -> ReplyMemory:
     """The memory of (context, reply) pairs, the contexts encoded by ``encoder``: per distinct
     reply, the mean of its contexts' vectors less the mean context vector of the reply's language
     (preprocess.pipeline.detect_lang). The last ``carve_out`` pairs are the validation carve-out's:
     the memory holds every pair, its ``fitting`` memory the others. ``vectors``: keep each
-    remembered reply's plain vector (to borrow, and for the encoder to reuse)."""
+    remembered reply's plain vector (to borrow, and for the encoder to reuse). ``context_vectors``:
+    the contexts already encoded (then ``contexts`` is not read)."""
     from preprocess.pipeline import detect_lang
-    if len(contexts) != len(replies):
+    if context_vectors is None and len(contexts) != len(replies):
         raise ValueError(f"reply memory: {len(contexts)} contexts but {len(replies)} replies")
     if not 0 <= carve_out <= len(replies):
         raise ValueError(f"reply memory: a carve-out of {carve_out} of {len(replies)} pairs")
     if not len(replies):
         return ReplyMemory(np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float16), 0.0, {"pairs": 0})
-    C = encoder.encode_contexts(list(contexts), batch_size=batch_size, show_progress=show_progress)
+    C = context_vectors if context_vectors is not None else \
+        encoder.encode_contexts(list(contexts), batch_size=batch_size, show_progress=show_progress)
+    if len(C) != len(replies):
+        raise ValueError(f"reply memory: {len(C)} context vectors but {len(replies)} replies")
     langs = np.array([detect_lang([r]) for r in replies])
     keys = _keys(replies)
     uniq, rows, languages = _rows(C, langs, keys)
     info = {"pairs": len(replies), "replies": int(len(uniq)), "languages": languages}
     V = None
     if vectors:
-        first = dict(zip(keys.tolist(), replies))
-        V = encoder.encode_responses([first[k] for k in uniq.tolist()], batch_size=batch_size,
+        text_of = dict(zip(keys.tolist(), replies))
+        V = encoder.encode_responses([text_of[k] for k in uniq.tolist()], batch_size=batch_size,
                                      show_progress=show_progress, reply_memory=False)
         info["precision"] = getattr(encoder, "vector_precision", None)
     mem = ReplyMemory(uniq, rows, 1.0, info, V)
@@ -251,23 +268,21 @@ def build(encoder, contexts: Sequence, replies: Sequence[str], batch_size: int =
 
 
 def choose_weight(encoder, memory: ReplyMemory, evaluator, weights: Sequence[float] = WEIGHTS,
-                  batch_size: int = 64) -> dict:
+                  batch_size: int = 64, context_vectors: np.ndarray | None = None) -> dict:
     """R10@1 and MRR of each weight, with and without borrowing where the memory can, on
     ``evaluator``'s examples (retrieval.evaluate.RetrievalEvaluator over the validation carve-out),
     with the rows of the pairs less the carve-out (``memory.fitting`` where there is one); sets the
     memory's weight and borrowing (and its fitting memory's) to the best (the smallest weight and
     no borrowing on a tie: 0, the plain vectors, unless something does better) and returns the
     table. The candidates are scored from the encoder's own reply vectors (those the memory stores
-    where it has them)."""
+    where it has them); ``context_vectors``: the evaluator's contexts already encoded."""
     from retrieval.examples import distinct
     view = memory.fitting or memory
     can_borrow = view.vectors is not None
-    C = encoder.encode_contexts(evaluator.contexts, batch_size=batch_size)
+    C = context_vectors if context_vectors is not None else \
+        encoder.encode_contexts(evaluator.contexts, batch_size=batch_size)
     flat, idx = distinct(evaluator.candidates.texts)
-    plain, found = memory.plain(flat, getattr(encoder, "vector_precision", None))  # the carve-out's replies: stored
-    todo = np.flatnonzero(~found)
-    if len(todo):
-        plain[todo] = encoder.encode_responses([flat[i] for i in todo], batch_size=batch_size, reply_memory=False)
+    plain = plain_vectors(encoder, memory, flat, batch_size=batch_size)  # the carve-out's replies: stored
     own, lent = view.shifts(flat, plain, borrow=can_borrow)
 
     class Fixed:

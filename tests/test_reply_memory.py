@@ -210,6 +210,12 @@ def test_the_carve_outs_pairs_are_remembered_and_the_fitting_memory_leaves_them_
     np.testing.assert_array_equal(back.plain(["일찍 자요"], None)[0], [[0, 0, 1]])  # stored at the table's "precision"
     with pytest.raises(ValueError, match="carve-out"):
         build(enc, [[("S1", "배고파")]], ["밥 먹으러 가요"], carve_out=2)
+    given = build(enc, None, [r for _, r in pairs], carve_out=2,  # contexts encoded by the caller: the same rows
+                  context_vectors=enc.encode_contexts([[("S1", c)] for c, _ in pairs]))
+    np.testing.assert_array_equal(given.rows, mem.rows)
+    np.testing.assert_array_equal(given.fitting.rows, mem.fitting.rows)
+    with pytest.raises(ValueError, match="context vectors"):
+        build(enc, None, ["일찍 자요"], context_vectors=np.zeros((2, 3), np.float32))
 
 
 def test_the_ranker_is_fitted_with_the_memory_that_leaves_the_carve_out_out(monkeypatch, tmp_path):
